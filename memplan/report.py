@@ -1,0 +1,214 @@
+"""The request and report models shared by the Python API, the CLI (``--json``) and the REST service.
+
+These are the only pydantic models of the estimator path: the request is validated once at the edge
+and resolved into frozen dataclasses (``memplan.estimator.resolve``); the hot path never touches pydantic
+beyond building the report at the end.
+
+Batch semantics (the frameworks disagree, so memplan states its own):
+
+* ``rollout_batch_size`` — prompts per GPU in one generation call (default: ``micro_batch_size``);
+  each prompt yields ``group_size`` completions (GRPO, RLOO; 1 for PPO); ReMax adds one greedy pass.
+  TRL's GRPO ``per_device_train_batch_size`` counts completions: divide it by ``group_size``.
+  verl's ``train_batch_size`` counts prompts over all GPUs: divide it by the number of GPUs.
+* ``micro_batch_size`` — sequences per GPU in one forward/backward of training or scoring.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field
+
+Algo = Literal["ppo", "grpo", "remax", "rloo", "dpo", "sft"]
+Role = Literal["actor", "critic", "reference", "reward"]
+Phase = Literal["rollout", "scoring", "actor_update", "critic_update"]
+DType = Literal["bf16", "fp16", "fp32"]
+Optimizer = Literal["adamw", "adamw-8bit", "sgd", "adafactor"]
+OptimizerImpl = Literal["auto", "foreach", "fused", "for-loop"]
+Offload = Literal["none", "optimizer", "optimizer+params"]
+RefMode = Literal["separate", "lora-shared", "none"]
+RolloutEngine = Literal["hf", "hybrid-engine", "vllm"]
+Attention = Literal["sdpa", "flash", "eager"]
+Engine = Literal["deepspeed", "fsdp"]
+Placement = Literal["colocated", "split"]
+Quantization = Literal["none", "int8", "int4"]
+LoraTargets = Literal["all-linear", "attention"]
+
+MAX_TOKENS = 1 << 20  # 1M tokens per sequence: longer is not a run anyone launches today
+MAX_BATCH = 1 << 16
+
+
+class ArchConfig(BaseModel):
+    """An architecture given inline (REST clients, tests): the config.json fields memplan reads, bounded.
+
+    Field names follow transformers' ``LlamaConfig``; ``model_type`` picks the family's parameter layout.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_type: Literal[
+        "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "opt", "gpt_neox", "gpt2", "mixtral"
+    ] = Field("llama", description="transformers model_type; selects the parameter layout")
+    hidden_size: int = Field(ge=8, le=65_536, examples=[4096])
+    num_hidden_layers: int = Field(ge=1, le=1_024, examples=[32])
+    num_attention_heads: int = Field(ge=1, le=1_024, examples=[32])
+    num_key_value_heads: int | None = Field(None, ge=1, le=1_024, description="GQA key/value heads")
+    head_dim: int | None = Field(None, ge=1, le=4_096)
+    intermediate_size: int = Field(ge=1, le=1_048_576, examples=[11008])
+    vocab_size: int = Field(ge=2, le=4_194_304, examples=[32000])
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = Field(4096, ge=1, le=MAX_TOKENS)
+    num_local_experts: int = Field(0, ge=0, le=1_024, description="MoE experts (0: dense)")
+    num_experts_per_tok: int = Field(0, ge=0, le=1_024)
+
+
+class EstimateRequest(BaseModel):
+    """One planned run: model, algorithm, cluster and the knobs users know from DeepSpeed-Chat, TRL, verl."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str | ArchConfig = Field(
+        description="Actor (policy) model: catalog name or alias, or an inline architecture",
+        examples=["meta-llama/Llama-2-7b-hf"],
+    )
+    algo: Algo = Field("ppo", description="RL (or SFT/DPO) algorithm", examples=["ppo"])
+    gpus: str = Field(
+        "1xA100-80GB",
+        description="Cluster: 'N x GPU' ('8xA100-40GB') or 'nodes x gpus-per-node x GPU' ('2x8xH100-80GB')",
+        examples=["8xA100-40GB"],
+    )
+    critic_model: str | ArchConfig | None = Field(None, description="Critic architecture (PPO); default: the actor's")
+    reward_model: str | ArchConfig | None = Field(None, description="Reward model architecture; default: the actor's")
+    reward: Literal["model", "rule"] | None = Field(
+        None, description="'rule' drops the reward model (default: rule for GRPO, model otherwise)"
+    )
+
+    # sharding and placement
+    engine: Engine = Field("deepspeed", description="Sharding engine: DeepSpeed ZeRO or PyTorch FSDP")
+    zero_stage: int = Field(0, ge=0, le=3, description="ZeRO stage for every role (FSDP: 3 full, 2 grad-op, 0 none)")
+    actor_zero_stage: int | None = Field(None, ge=0, le=3)
+    critic_zero_stage: int | None = Field(None, ge=0, le=3)
+    ref_zero_stage: int | None = Field(None, ge=0, le=3)
+    reward_zero_stage: int | None = Field(None, ge=0, le=3)
+    hybrid_shard: bool = Field(False, description="Shard within a node only (FSDP HYBRID_SHARD, ZeRO++ hpZ)")
+    offload: Offload = Field("none", description="CPU offload for trainable roles (actor, critic)")
+    offload_ref: bool = Field(False, description="Reference parameters on the CPU (ZeRO-3 param offload)")
+    offload_reward: bool = Field(False, description="Reward model parameters on the CPU (ZeRO-3 param offload)")
+    tp: int = Field(1, ge=1, le=512, description="Tensor-parallel degree")
+    placement: Placement = Field("colocated", description="All roles on every GPU, or each role on its own GPUs")
+
+    # training knobs
+    dtype: DType = Field("bf16", description="Weights and activations dtype (mixed precision keeps fp32 masters)")
+    optimizer: Optimizer = "adamw"
+    optimizer_impl: OptimizerImpl = Field(
+        "auto", description="AdamW kernel: 'foreach' allocates a parameter-sized temporary; auto = fused under "
+        "DeepSpeed ZeRO, foreach under FSDP/DDP (torch's CUDA default)"
+    )
+    gradient_checkpointing: bool = False
+    attention: Attention = Field("sdpa", description="eager keeps b·a·s² fp32 scores per layer")
+    lora_rank: int = Field(0, ge=0, le=65_536, description="LoRA rank (0: full fine-tuning)")
+    lora_targets: LoraTargets = "all-linear"
+    quantize_base: Quantization = Field("none", description="QLoRA: frozen base weights in int8/int4")
+    ref: RefMode | None = Field(
+        None, description="Reference model: separate copy, the LoRA-disabled actor, or none (beta=0). "
+        "Default: lora-shared with LoRA, none for SFT, separate otherwise"
+    )
+
+    # batch and lengths
+    micro_batch_size: int = Field(1, ge=1, le=MAX_BATCH, description="Sequences per GPU per forward/backward")
+    rollout_batch_size: int | None = Field(None, ge=1, le=MAX_BATCH, description="Prompts per GPU per generation")
+    prompt_len: int = Field(256, ge=1, le=MAX_TOKENS)
+    gen_len: int = Field(256, ge=1, le=MAX_TOKENS)
+    seq_len: int | None = Field(None, ge=1, le=MAX_TOKENS, description="SFT/DPO sequence length")
+    group_size: int | None = Field(None, ge=1, le=4096, description="Completions per prompt (GRPO 8, RLOO 4)")
+
+    # rollout engine
+    rollout_engine: RolloutEngine = "hf"
+    vllm_gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)
+
+    # fixed costs and host
+    cuda_context_bytes: int | None = Field(None, ge=0, le=1 << 40, description="Override the GPU's CUDA context")
+    host_ram_bytes_per_node: int = Field(1 << 40, ge=1, le=1 << 50, description="Host RAM per node (default 1 TiB)")
+
+
+class Breakdown(BaseModel):
+    """Bytes by PyTorch's memory categories (torch ``_MemRefType``) plus KV cache and logits."""
+
+    model_config = ConfigDict(frozen=True)
+
+    parameter: int = 0
+    buffer: int = 0
+    gradient: int = 0
+    optstate: int = 0
+    activation: int = 0
+    temp: int = 0
+    kv_cache: int = 0
+    logits: int = 0
+    other: int = 0
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def total(self) -> int:
+        return (
+            self.parameter + self.buffer + self.gradient + self.optstate + self.activation
+            + self.temp + self.kv_cache + self.logits + self.other
+        )
+
+
+class LineItem(BaseModel):
+    """One term of a phase: which role, which category, how many bytes per GPU, and why."""
+
+    model_config = ConfigDict(frozen=True)
+
+    role: str
+    category: str
+    bytes: int
+    note: str = ""
+
+
+class PhaseReport(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    phase: Phase
+    total_bytes: int
+    breakdown: Breakdown
+    items: list[LineItem]
+
+
+class ModelReport(BaseModel):
+    """One resident model: its role and its per-GPU bytes outside any phase's transients."""
+
+    model_config = ConfigDict(frozen=True)
+
+    role: Role
+    name: str
+    num_params: int
+    trainable_params: int
+    trainable: bool
+    zero_stage: int
+    gpus: int = Field(description="GPUs this role is spread over")
+    resident: Breakdown = Field(description="Per-GPU bytes kept between phases")
+    host_bytes: int = Field(description="Bytes this role keeps in host RAM per GPU (CPU offload)")
+    shares_weights_with: str | None = None
+
+
+class Report(BaseModel):
+    """What memplan answers: the peak per GPU, where it goes, and whether it fits."""
+
+    model_config = ConfigDict(frozen=True)
+
+    request: EstimateRequest
+    gpu: str
+    num_gpus: int
+    fits: bool
+    peak_bytes_per_gpu: int
+    capacity_bytes: int
+    headroom_bytes: int
+    peak_phase: Phase
+    fixed_bytes: int = Field(description="CUDA context + allocator reserve, included in every phase")
+    phases: list[PhaseReport]
+    models: list[ModelReport]
+    deciding_terms: list[LineItem] = Field(description="Largest terms of the peak phase, largest first")
+    host_bytes_per_node: int
+    host_fits: bool
+    notes: list[str] = Field(default_factory=list, description="Assumptions and warnings")
