@@ -15,7 +15,15 @@ device (checked for every catalog entry in tests/test_specs.py).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from memplan.errors import EnvironmentProblem, InputError
+
+if TYPE_CHECKING:
+    from memplan.report import ArchConfig
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -77,3 +85,319 @@ class ModelSpec:
     def backbone_params(self) -> int:
         """Parameters without the LM head: what a reward model or critic keeps before its scalar head."""
         return self.num_params - self.lm_head_params
+
+
+# --------------------------------------------------------------------------------------------------
+# Building a ModelSpec from a config.json dictionary (pure Python).
+#
+# Each family's parameter layout mirrors the transformers module that AutoModelForCausalLM builds:
+#   llama/mistral/qwen2/qwen3/gemma/gemma2/phi3/mixtral/qwen2_moe/qwen3_moe  (modeling_<type>.py)
+#   opt (OPTDecoder), gpt_neox (GPTNeoXModel + untied lm_head), gpt2 (Conv1D blocks, tied head).
+# Absent optional keys take the default of transformers' config class for that family.
+# --------------------------------------------------------------------------------------------------
+
+_LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "mixtral", "qwen2_moe", "qwen3_moe")
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted((*_LLAMA_LIKE, "opt", "gpt_neox", "gpt2")))
+
+# transformers' config-class defaults that change the parameter layout when a key is absent
+_TIED_BY_DEFAULT = {"gemma", "gemma2", "opt", "gpt2"}
+_DEFAULT_HEAD_DIM = {"qwen3": 128, "gemma": 256, "gemma2": 256}
+_DEFAULT_MAX_POSITIONS = {"opt": 2048, "gpt2": 1024, "gpt_neox": 2048}
+
+
+def _read_int(config: dict, *keys: str, default: int | None = None, minimum: int = 1) -> int:
+    """The first of ``keys`` present (and not None) in ``config`` as an int >= minimum; InputError otherwise."""
+    for key in keys:
+        value = config.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise InputError(key, f"must be an integer >= {minimum}, got {value!r}", value)
+        return value
+    if default is not None:
+        return default
+    raise InputError(keys[0], "missing from the model config", None)
+
+
+def _read_bool(config: dict, key: str, default: bool) -> bool:
+    value = config.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InputError(key, f"must be true or false, got {value!r}", value)
+    return value
+
+
+def _linear_params(lin: Linear, bias: bool) -> int:
+    return lin.count * (lin.in_features * lin.out_features + (lin.out_features if bias else 0))
+
+
+def spec_from_config(config: dict, name: str) -> ModelSpec:
+    """Resolve a config.json dictionary (or ``PretrainedConfig.to_dict()``) into a ``ModelSpec``.
+
+    Parameter counts are exact: they equal ``sum(p.numel() for p in model.parameters())`` of the model
+    ``AutoModelForCausalLM.from_config`` builds (tied weights counted once). Raises ``InputError`` naming
+    the config field when a field is missing or invalid, or the model type is not supported.
+    """
+    if not isinstance(config, dict):
+        raise InputError("model", f"config must be a JSON object, got {type(config).__name__}", None)
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise InputError(
+            "model_type", f"unsupported model_type {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}",
+            model_type,
+        )
+    if model_type in _LLAMA_LIKE:
+        return _llama_like(config, name, model_type)
+    return {"opt": _opt, "gpt_neox": _gpt_neox, "gpt2": _gpt2}[model_type](config, name)
+
+
+def _heads(config: dict, model_type: str, h: int) -> tuple[int, int, int]:
+    """(a, k, d): attention heads, key/value heads, head dimension."""
+    a = _read_int(config, "num_attention_heads", "n_head")
+    k = _read_int(config, "num_key_value_heads", default=a)
+    if a % k:
+        raise InputError("num_key_value_heads", f"{k} must divide num_attention_heads ({a})", k)
+    d = config.get("head_dim")
+    if d is None:
+        d = _DEFAULT_HEAD_DIM.get(model_type)
+    if d is None:
+        if h % a:
+            raise InputError("num_attention_heads", f"{a} must divide hidden_size ({h})", a)
+        d = h // a
+    d = _read_int({"head_dim": d}, "head_dim")
+    return a, k, d
+
+
+def _llama_like(config: dict, name: str, model_type: str) -> ModelSpec:
+    h = _read_int(config, "hidden_size")
+    L = _read_int(config, "num_hidden_layers")
+    V = _read_int(config, "vocab_size")
+    a, k, d = _heads(config, model_type, h)
+    tied = _read_bool(config, "tie_word_embeddings", model_type in _TIED_BY_DEFAULT)
+
+    # attention projections and their biases
+    if model_type == "phi3":
+        attn = [Linear(name="qkv_proj", in_features=h, out_features=(a + 2 * k) * d, attention=True)]
+    else:
+        attn = [
+            Linear(name="q_proj", in_features=h, out_features=a * d, attention=True),
+            Linear(name="k_proj", in_features=h, out_features=k * d, attention=True),
+            Linear(name="v_proj", in_features=h, out_features=k * d, attention=True),
+        ]
+    attn.append(Linear(name="o_proj", in_features=a * d, out_features=h, attention=True))
+    if model_type == "qwen2":
+        attn_bias = [True, True, True, False]
+    elif model_type == "qwen2_moe":
+        qkv = _read_bool(config, "qkv_bias", True)
+        attn_bias = [qkv, qkv, qkv, False]
+    elif model_type in ("llama", "qwen3", "qwen3_moe", "gemma", "gemma2"):
+        attn_bias = [_read_bool(config, "attention_bias", False)] * len(attn)
+    else:
+        attn_bias = [False] * len(attn)
+    layer = sum(_linear_params(lin, b) for lin, b in zip(attn, attn_bias))
+    if model_type in ("qwen3", "qwen3_moe"):
+        layer += 2 * d  # q_norm, k_norm over the head dimension
+    layer += (4 if model_type == "gemma2" else 2) * h  # RMSNorm weights (gemma2: pre/post attn and MLP)
+
+    # MLP: dense gated, or routed experts
+    num_experts = top_k = 0
+    mlp: list[Linear]
+    if model_type == "mixtral":
+        f = _read_int(config, "intermediate_size")
+        num_experts = _read_int(config, "num_local_experts")
+        top_k = _read_int(config, "num_experts_per_tok")
+        mlp = [
+            Linear(name="gate", in_features=h, out_features=num_experts),  # router
+            Linear(name="w1", in_features=h, out_features=f, count=num_experts),
+            Linear(name="w3", in_features=h, out_features=f, count=num_experts),
+            Linear(name="w2", in_features=f, out_features=h, count=num_experts),
+        ]
+    elif model_type in ("qwen2_moe", "qwen3_moe"):
+        if config.get("mlp_only_layers") or _read_int(config, "decoder_sparse_step", default=1) != 1:
+            raise InputError("mlp_only_layers", "MoE models with dense layers in between are not supported", None)
+        f = _read_int(config, "moe_intermediate_size")
+        num_experts = _read_int(config, "num_experts")
+        top_k = _read_int(config, "num_experts_per_tok")
+        mlp = [
+            Linear(name="gate", in_features=h, out_features=num_experts),  # router
+            Linear(name="gate_proj", in_features=h, out_features=f, count=num_experts),
+            Linear(name="up_proj", in_features=h, out_features=f, count=num_experts),
+            Linear(name="down_proj", in_features=f, out_features=h, count=num_experts),
+        ]
+        if model_type == "qwen2_moe":
+            fs = _read_int(config, "shared_expert_intermediate_size")
+            mlp += [
+                Linear(name="shared_expert.gate_proj", in_features=h, out_features=fs),
+                Linear(name="shared_expert.up_proj", in_features=h, out_features=fs),
+                Linear(name="shared_expert.down_proj", in_features=fs, out_features=h),
+                Linear(name="shared_expert_gate", in_features=h, out_features=1),
+            ]
+    elif model_type == "phi3":
+        f = _read_int(config, "intermediate_size")
+        mlp = [
+            Linear(name="gate_up_proj", in_features=h, out_features=2 * f),
+            Linear(name="down_proj", in_features=f, out_features=h),
+        ]
+    else:
+        f = _read_int(config, "intermediate_size")
+        mlp = [
+            Linear(name="gate_proj", in_features=h, out_features=f),
+            Linear(name="up_proj", in_features=h, out_features=f),
+            Linear(name="down_proj", in_features=f, out_features=h),
+        ]
+    mlp_bias = model_type == "llama" and _read_bool(config, "mlp_bias", False)
+    layer += sum(_linear_params(lin, mlp_bias) for lin in mlp)
+
+    embedding = V * h
+    lm_head = 0 if tied else V * h
+    return ModelSpec(
+        name=name, model_type=model_type, hidden_size=h, num_layers=L, num_heads=a, num_kv_heads=k, head_dim=d,
+        intermediate_size=f, vocab_size=V, gated_mlp=True, num_experts=num_experts, experts_per_token=top_k,
+        tie_word_embeddings=tied,
+        max_position_embeddings=_read_int(config, "max_position_embeddings", default=0, minimum=0),
+        num_params=embedding + L * layer + h + lm_head,  # + final RMSNorm
+        embedding_params=embedding, lm_head_params=lm_head, layer_params=layer, linears=tuple(attn + mlp),
+    )
+
+
+def _opt(config: dict, name: str) -> ModelSpec:
+    h = _read_int(config, "hidden_size")
+    L = _read_int(config, "num_hidden_layers")
+    V = _read_int(config, "vocab_size")
+    f = _read_int(config, "ffn_dim", "intermediate_size")
+    a, _, d = _heads({k: v for k, v in config.items() if k not in ("num_key_value_heads", "head_dim")}, "opt", h)
+    wp = _read_int(config, "word_embed_proj_dim", default=h)
+    P = _read_int(config, "max_position_embeddings", default=_DEFAULT_MAX_POSITIONS["opt"])
+    bias = _read_bool(config, "enable_bias", True)
+    ln = 2 * h if _read_bool(config, "layer_norm_elementwise_affine", True) else 0
+    tied = _read_bool(config, "tie_word_embeddings", True)
+    final_ln = _read_bool(config, "do_layer_norm_before", True) and not _read_bool(
+        config, "_remove_final_layer_norm", False
+    )
+    linears = (
+        Linear(name="q_proj", in_features=h, out_features=h, attention=True),
+        Linear(name="k_proj", in_features=h, out_features=h, attention=True),
+        Linear(name="v_proj", in_features=h, out_features=h, attention=True),
+        Linear(name="out_proj", in_features=h, out_features=h, attention=True),
+        Linear(name="fc1", in_features=h, out_features=f),
+        Linear(name="fc2", in_features=f, out_features=h),
+    )
+    layer = sum(_linear_params(lin, bias) for lin in linears) + 2 * ln
+    # token embeddings (V×wp), learned positions with OPT's offset of 2, project_in/out when wp != h
+    embedding = V * wp + (P + 2) * h + (2 * wp * h if wp != h else 0)
+    lm_head = 0 if tied else V * wp
+    return ModelSpec(
+        name=name, model_type="opt", hidden_size=h, num_layers=L, num_heads=a, num_kv_heads=a, head_dim=d,
+        intermediate_size=f, vocab_size=V, gated_mlp=False, tie_word_embeddings=tied, max_position_embeddings=P,
+        num_params=embedding + L * layer + (ln if final_ln else 0) + lm_head,
+        embedding_params=embedding, lm_head_params=lm_head, layer_params=layer, linears=linears,
+    )
+
+
+def _gpt_neox(config: dict, name: str) -> ModelSpec:
+    h = _read_int(config, "hidden_size")
+    L = _read_int(config, "num_hidden_layers")
+    V = _read_int(config, "vocab_size")
+    f = _read_int(config, "intermediate_size")
+    a, _, d = _heads({k: v for k, v in config.items() if k not in ("num_key_value_heads", "head_dim")}, "gpt_neox", h)
+    attn_bias = _read_bool(config, "attention_bias", True)
+    tied = _read_bool(config, "tie_word_embeddings", False)
+    attn = (
+        Linear(name="query_key_value", in_features=h, out_features=3 * h, attention=True),
+        Linear(name="dense", in_features=h, out_features=h, attention=True),
+    )
+    mlp = (
+        Linear(name="dense_h_to_4h", in_features=h, out_features=f),
+        Linear(name="dense_4h_to_h", in_features=f, out_features=h),
+    )
+    layer = sum(_linear_params(lin, attn_bias) for lin in attn) + sum(_linear_params(lin, True) for lin in mlp)
+    layer += 2 * 2 * h  # input_layernorm, post_attention_layernorm (weight + bias)
+    embedding = V * h
+    lm_head = 0 if tied else V * h
+    return ModelSpec(
+        name=name, model_type="gpt_neox", hidden_size=h, num_layers=L, num_heads=a, num_kv_heads=a, head_dim=d,
+        intermediate_size=f, vocab_size=V, gated_mlp=False, tie_word_embeddings=tied,
+        max_position_embeddings=_read_int(config, "max_position_embeddings", default=2048),
+        num_params=embedding + L * layer + 2 * h + lm_head,  # + final_layer_norm
+        embedding_params=embedding, lm_head_params=lm_head, layer_params=layer, linears=attn + mlp,
+    )
+
+
+def _gpt2(config: dict, name: str) -> ModelSpec:
+    h = _read_int(config, "n_embd", "hidden_size")
+    L = _read_int(config, "n_layer", "num_hidden_layers")
+    V = _read_int(config, "vocab_size")
+    f = _read_int(config, "n_inner", "intermediate_size", default=4 * h)
+    a, _, d = _heads({"num_attention_heads": config.get("n_head", config.get("num_attention_heads"))}, "gpt2", h)
+    P = _read_int(config, "n_positions", "max_position_embeddings", default=_DEFAULT_MAX_POSITIONS["gpt2"])
+    if _read_bool(config, "add_cross_attention", False):
+        raise InputError("add_cross_attention", "GPT-2 with cross-attention is not a causal LM memplan plans", True)
+    tied = _read_bool(config, "tie_word_embeddings", True)
+    linears = (  # Conv1D layers (weights stored in×out), all with bias
+        Linear(name="c_attn", in_features=h, out_features=3 * h, attention=True),
+        Linear(name="attn.c_proj", in_features=h, out_features=h, attention=True),
+        Linear(name="c_fc", in_features=h, out_features=f),
+        Linear(name="mlp.c_proj", in_features=f, out_features=h),
+    )
+    layer = sum(_linear_params(lin, True) for lin in linears) + 2 * 2 * h  # ln_1, ln_2
+    embedding = V * h + P * h  # wte + wpe
+    lm_head = 0 if tied else V * h
+    return ModelSpec(
+        name=name, model_type="gpt2", hidden_size=h, num_layers=L, num_heads=a, num_kv_heads=a, head_dim=d,
+        intermediate_size=f, vocab_size=V, gated_mlp=False, tie_word_embeddings=tied, max_position_embeddings=P,
+        num_params=embedding + L * layer + 2 * h + lm_head,  # + ln_f
+        embedding_params=embedding, lm_head_params=lm_head, layer_params=layer, linears=linears,
+    )
+
+
+def spec_from_arch(arch: ArchConfig, name: str = "inline") -> ModelSpec:
+    """Resolve an inline ``ArchConfig`` (API, tests). Unset GQA heads mean ``a``; unset head_dim means ``h/a``."""
+    config = arch.model_dump()
+    if config["num_key_value_heads"] is None:
+        config["num_key_value_heads"] = config["num_attention_heads"]
+    if config["head_dim"] is None:
+        config["head_dim"] = config["hidden_size"] // config["num_attention_heads"]
+    for key in ("tie_word_embeddings", "max_position_embeddings"):
+        if key not in arch.model_fields_set:  # let the family's own default apply (gpt2, opt, gemma are tied)
+            del config[key]
+    experts = config.pop("num_local_experts")
+    top_k = config.pop("num_experts_per_tok")
+    if config["model_type"] == "mixtral":
+        config["num_local_experts"], config["num_experts_per_tok"] = experts, top_k
+    elif experts:
+        raise InputError("num_local_experts", "experts need model_type 'mixtral'", experts)
+    return spec_from_config(config, name)
+
+
+def spec_from_path(path: str | Path) -> ModelSpec:
+    """Read a local config.json (file, or a model folder holding one) with transformers' config classes."""
+    path = Path(path).expanduser()
+    file = path / "config.json" if path.is_dir() else path
+    if not file.is_file():
+        raise InputError("model", f"no config.json at {str(path)!r}", str(path))
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError("model", f"cannot read {str(file)!r} as JSON: {exc}", str(path)) from exc
+    model_type = raw.get("model_type") if isinstance(raw, dict) else None
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise InputError(
+            "model", f"{str(file)!r} has model_type {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}",
+            str(path),
+        )
+    try:
+        from transformers import AutoConfig
+    except ImportError as exc:
+        raise EnvironmentProblem(
+            "reading a config.json from disk needs transformers: pip install 'memplan[hf]'"
+        ) from exc
+    try:
+        if path.is_dir():
+            hf_config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+        else:
+            fields = {k: v for k, v in raw.items() if k != "model_type"}
+            hf_config = AutoConfig.for_model(model_type, **fields)
+    except (ValueError, TypeError, OSError, KeyError) as exc:
+        raise InputError("model", f"transformers cannot read {str(file)!r}: {exc}", str(path)) from exc
+    return spec_from_config(hf_config.to_dict(), str(path))
