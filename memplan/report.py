@@ -29,7 +29,7 @@ Offload = Literal["none", "optimizer", "optimizer+params"]
 RefMode = Literal["separate", "lora-shared", "none"]
 RolloutEngine = Literal["hf", "hybrid-engine", "vllm"]
 Attention = Literal["sdpa", "flash", "eager"]
-Engine = Literal["deepspeed", "fsdp"]
+Engine = Literal["deepspeed", "fsdp", "torch"]
 Placement = Literal["colocated", "split"]
 Quantization = Literal["none", "int8", "int4"]
 LoraTargets = Literal["all-linear", "attention"]
@@ -84,7 +84,9 @@ class EstimateRequest(BaseModel):
     )
 
     # sharding and placement
-    engine: Engine = Field("deepspeed", description="Sharding engine: DeepSpeed ZeRO or PyTorch FSDP")
+    engine: Engine = Field(
+        "deepspeed", description="Training engine: DeepSpeed ZeRO, PyTorch FSDP2, or plain PyTorch (one GPU / DDP)"
+    )
     zero_stage: int = Field(0, ge=0, le=3, description="ZeRO stage for every role (FSDP: 3 full, 2 grad-op, 0 none)")
     actor_zero_stage: int | None = Field(None, ge=0, le=3)
     critic_zero_stage: int | None = Field(None, ge=0, le=3)
@@ -99,6 +101,11 @@ class EstimateRequest(BaseModel):
 
     # training knobs
     dtype: DType = Field("bf16", description="Weights and activations dtype (mixed precision keeps fp32 masters)")
+    master_weights: bool | None = Field(
+        None, description="fp32 master weights and fp32 optimizer states under bf16/fp16 (DeepSpeed, FSDP "
+        "MixedPrecision). False: pure low-precision training, states in the weights' dtype (torch AdamW on a bf16 "
+        "model). Default: True for deepspeed and fsdp, False for torch"
+    )
     optimizer: Optimizer = "adamw"
     optimizer_impl: OptimizerImpl = Field(
         "auto", description="AdamW kernel: 'foreach' allocates a parameter-sized temporary; auto = fused under "

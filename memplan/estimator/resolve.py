@@ -1,0 +1,243 @@
+"""Request → resolved run: architectures looked up, defaults applied, contradictions rejected.
+
+Everything after this module works on frozen dataclasses of plain ints; every check that can fail on user
+input happens here and raises ``InputError`` naming the field to change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from memplan.errors import InputError
+from memplan.estimator.formulas import DTYPE_BYTES, QUANT_BYTES_PER_PARAM, linear_params, lora_params
+from memplan.estimator.parallel import Sharding
+from memplan.report import ArchConfig, EstimateRequest
+from memplan.specs import ModelSpec
+
+ROLES_BY_ALGO = {
+    "ppo": ("actor", "critic", "reference", "reward"),
+    "grpo": ("actor", "reference", "reward"),
+    "remax": ("actor", "reference", "reward"),
+    "rloo": ("actor", "reference", "reward"),
+    "dpo": ("actor", "reference"),
+    "sft": ("actor",),
+}
+DEFAULT_GROUP = {"grpo": 8, "rloo": 4}
+GENERATES = {"ppo", "grpo", "remax", "rloo"}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RoleSetup:
+    """One resident model: its architecture, what trains, how it is sharded."""
+
+    role: str
+    spec: ModelSpec
+    num_params: int
+    """Parameters of the model as loaded (backbone + scalar head for critic and reward)."""
+    trainable_params: int
+    lm_head: bool
+    """Produces vocabulary logits (actor, reference) rather than a scalar (critic, reward)."""
+    sharding: Sharding
+    base_bytes_per_param: float
+    """Bytes per frozen parameter (dtype, or int8/int4 average for a quantized base)."""
+    lora: bool = False
+    shares_weights_with: str | None = None
+
+    @property
+    def trainable(self) -> bool:
+        return self.trainable_params > 0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Run:
+    """A fully resolved run: cluster, batch geometry, roles."""
+
+    algo: str
+    gpu_name: str
+    capacity_bytes: int
+    cuda_context_bytes: int
+    num_gpus: int
+    gpus_per_node: int
+    e: int
+    roles: tuple[RoleSetup, ...]
+    rollout_seqs: int
+    """Sequences generated at once per GPU: rollout prompts × group size."""
+    greedy_pass: bool
+    prompt_len: int
+    gen_len: int
+    train_seq_len: int
+    train_seqs: int
+    """Sequences per training forward/backward (DPO: chosen + rejected)."""
+    logit_tokens: int
+    """Positions per sequence whose vocabulary logits the loss needs."""
+    experience_seqs: int
+    gradient_checkpointing: bool
+    eager_attention: bool
+    lora_rank: int
+    lora_targets: str
+    rollout_engine: str
+    vllm_utilization: float
+    tp: int
+    placement: str
+    host_ram_bytes_per_node: int
+
+
+def _lookup(model: str | ArchConfig, field: str) -> ModelSpec:
+    from memplan.specs import spec_from_arch
+
+    if isinstance(model, ArchConfig):
+        return spec_from_arch(model)
+    try:
+        return _cached_model(model)
+    except InputError as err:
+        if field == "model":
+            raise
+        raise InputError(field, str(err).split(": ", 1)[-1], model) from None
+
+
+@lru_cache(maxsize=256)
+def _cached_model(name: str) -> ModelSpec:
+    from memplan.catalog import get_model
+
+    return get_model(name)
+
+
+@lru_cache(maxsize=256)
+def _cached_cluster(text: str):
+    from memplan.catalog import parse_cluster
+
+    return parse_cluster(text)
+
+
+def _scalar_head(spec: ModelSpec) -> int:
+    """Backbone + a bias-free Linear(h, 1) (transformers ``*ForSequenceClassification``, DeepSpeed-Chat v_head)."""
+    return spec.backbone_params + spec.hidden_size
+
+
+def resolve(req: EstimateRequest) -> Run:
+    """Resolve and check a request."""
+    cluster = _cached_cluster(req.gpus)
+    n = cluster.num_gpus
+    e = DTYPE_BYTES[req.dtype]
+    algo = req.algo
+    lora = req.lora_rank > 0
+    ref_mode = req.ref or ("none" if algo == "sft" else "lora-shared" if lora else "separate")
+    reward_mode = req.reward or ("rule" if algo == "grpo" else "model")
+    master = req.master_weights if req.master_weights is not None else req.engine != "torch"
+    impl = req.optimizer_impl
+    if impl == "auto":
+        impl = "fused" if req.engine == "deepspeed" else "foreach"
+
+    if ref_mode == "lora-shared" and not lora:
+        raise InputError("ref", "'lora-shared' needs LoRA: set lora_rank > 0, or ref 'separate'", ref_mode)
+    if req.quantize_base != "none" and not lora:
+        raise InputError("quantize_base", "a quantized base trains only adapters: set lora_rank > 0 (QLoRA)",
+                         req.quantize_base)
+    if n % req.tp:
+        raise InputError("tp", f"must divide the number of GPUs ({n})", req.tp)
+    if req.tp > 1 and cluster.gpus_per_node % req.tp:
+        raise InputError("tp", f"must divide the GPUs per node ({cluster.gpus_per_node})", req.tp)
+
+    actor_spec = _lookup(req.model, "model")
+    if actor_spec.num_heads % req.tp:
+        raise InputError("tp", f"must divide the attention heads ({actor_spec.num_heads})", req.tp)
+    stages = {
+        "actor": req.actor_zero_stage, "critic": req.critic_zero_stage,
+        "reference": req.ref_zero_stage, "reward": req.reward_zero_stage,
+    }
+    active = [role for role in ROLES_BY_ALGO[algo]
+              if not (role == "reference" and ref_mode in ("none", "lora-shared"))
+              and not (role == "reward" and reward_mode == "rule")]
+    group_gpus = n
+    if req.placement == "split":
+        group_gpus = n // len(active)
+        if group_gpus < req.tp or group_gpus % req.tp:
+            raise InputError("placement", f"'split' puts each of {len(active)} models ({', '.join(active)}) on "
+                             f"its own GPUs: needs at least {len(active) * req.tp} GPUs, got {n}", req.placement)
+    dp = group_gpus // req.tp
+    shard_dp = min(dp, cluster.gpus_per_node // req.tp) if req.hybrid_shard else dp
+
+    roles: list[RoleSetup] = []
+    for role in ROLES_BY_ALGO[algo]:
+        if role == "reference" and ref_mode == "none":
+            continue
+        if role == "reward" and reward_mode == "rule":
+            continue
+        stage = stages[role] if stages[role] is not None else req.zero_stage
+        field = {"actor": "actor_zero_stage", "critic": "critic_zero_stage",
+                 "reference": "ref_zero_stage", "reward": "reward_zero_stage"}[role]
+        if req.engine == "torch" and stage:
+            raise InputError(field if stages[role] is not None else "zero_stage",
+                             "engine 'torch' does not shard: use 0, or engine 'deepspeed'/'fsdp'", stage)
+        trains = role in ("actor", "critic")
+        offload_opt = trains and req.offload != "none"
+        offload_params = (trains and req.offload == "optimizer+params") or (
+            role == "reference" and req.offload_ref) or (role == "reward" and req.offload_reward)
+        if req.engine == "deepspeed":
+            if offload_opt and stage == 0:
+                raise InputError("offload", "DeepSpeed offloads optimizer states from ZeRO stage 1 up: "
+                                 "set zero_stage (or actor/critic_zero_stage) to 1, 2 or 3", req.offload)
+            if offload_params and stage != 3:
+                name = {"actor": "offload", "critic": "offload", "reference": "offload_ref",
+                        "reward": "offload_reward"}[role]
+                raise InputError(name, f"parameter offload needs ZeRO stage 3; {role} has stage {stage} "
+                                 f"(set {field.replace('_', '-')} 3)", True)
+        if req.engine == "torch" and (offload_opt or offload_params):
+            raise InputError("offload" if trains else f"offload_{'ref' if role == 'reference' else 'reward'}",
+                             "engine 'torch' has no CPU offload: use engine 'deepspeed' or 'fsdp'", True)
+        sharding = Sharding(
+            engine=req.engine, zero_stage=stage, dp=shard_dp, tp=req.tp, offload_optimizer=offload_opt,
+            offload_params=offload_params, master_weights=master, optimizer=req.optimizer, optimizer_impl=impl,
+        )
+        if role == "critic":
+            spec = _lookup(req.critic_model, "critic_model") if req.critic_model is not None else actor_spec
+        elif role == "reward":
+            spec = _lookup(req.reward_model, "reward_model") if req.reward_model is not None else actor_spec
+        else:
+            spec = actor_spec
+        lm_head = role in ("actor", "reference")
+        params = spec.num_params if lm_head else _scalar_head(spec)
+        quantized = req.quantize_base != "none" and role in ("actor", "reference")
+        base_bpp = float(e)
+        if quantized:
+            q = linear_params(spec)
+            base_bpp = (q * QUANT_BYTES_PER_PARAM[req.quantize_base] + (params - q) * e) / params
+        if role == "reference" and ref_mode == "lora-shared":
+            roles.append(RoleSetup(role=role, spec=spec, num_params=params, trainable_params=0, lm_head=True,
+                                   sharding=sharding, base_bytes_per_param=base_bpp, shares_weights_with="actor"))
+            continue
+        adapter = lora and trains
+        trainable = (lora_params(spec, req.lora_rank, req.lora_targets) + (0 if lm_head else spec.hidden_size)
+                     if adapter else (params if trains else 0))
+        roles.append(RoleSetup(role=role, spec=spec, num_params=params, trainable_params=trainable,
+                               lm_head=lm_head, sharding=sharding, base_bytes_per_param=base_bpp, lora=adapter))
+
+    prompts = req.rollout_batch_size or req.micro_batch_size
+    group = req.group_size or DEFAULT_GROUP.get(algo, 1)
+    generates = algo in GENERATES
+    if generates:
+        seq = req.prompt_len + req.gen_len
+        logit_tokens = req.gen_len
+    else:
+        seq = req.seq_len or (req.prompt_len + req.gen_len)
+        logit_tokens = seq
+    for spec_ in {r.spec.name: r.spec for r in roles}.values():
+        limit = spec_.max_position_embeddings
+        if limit and seq > limit and spec_.model_type in ("opt", "gpt2"):  # learned positions cannot extrapolate
+            raise InputError("prompt_len" if generates else "seq_len",
+                             f"{seq} tokens exceed {spec_.name}'s {limit} learned positions", seq)
+    return Run(
+        algo=algo, gpu_name=cluster.gpu.name, capacity_bytes=cluster.gpu.memory_bytes,
+        cuda_context_bytes=req.cuda_context_bytes if req.cuda_context_bytes is not None
+        else cluster.gpu.cuda_context_bytes,
+        num_gpus=n, gpus_per_node=cluster.gpus_per_node, e=e, roles=tuple(roles),
+        rollout_seqs=prompts * group if generates else 0, greedy_pass=algo == "remax",
+        prompt_len=req.prompt_len, gen_len=req.gen_len, train_seq_len=seq,
+        train_seqs=req.micro_batch_size * (2 if algo == "dpo" else 1), logit_tokens=logit_tokens,
+        experience_seqs=prompts * group * (2 if algo == "remax" else 1) if generates else 0,
+        gradient_checkpointing=req.gradient_checkpointing, eager_attention=req.attention == "eager",
+        lora_rank=req.lora_rank, lora_targets=req.lora_targets, rollout_engine=req.rollout_engine,
+        vllm_utilization=req.vllm_gpu_memory_utilization, tp=req.tp, placement=req.placement,
+        host_ram_bytes_per_node=req.host_ram_bytes_per_node,
+    )
