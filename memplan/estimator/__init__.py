@@ -18,9 +18,9 @@ Known limitations:
 from __future__ import annotations
 
 from memplan.estimator.algorithms import EXPERIENCE_BYTES_PER_TOKEN, phases, role_states
-from memplan.estimator.ledger import phase_report
+from memplan.estimator.ledger import Item, PhaseLedger, phase_ledger
 from memplan.estimator.resolve import Run, resolve
-from memplan.report import Breakdown, EstimateRequest, LineItem, ModelReport, PhaseReport, Report
+from memplan.report import EstimateRequest, Report
 
 CUBLAS_WORKSPACE_BYTES = 32 * 1024**2
 """cuBLAS workspace torch keeps per stream on Hopper/Ampere (CUBLAS_WORKSPACE_CONFIG default, 4 MiB × 8)."""
@@ -29,18 +29,18 @@ NCCL_BUFFER_BYTES = 256 * 1024**2
 TOP_TERMS = 6
 
 
-def _fixed_items(run: Run) -> list[LineItem]:
+def _fixed_items(run: Run) -> list[Item]:
     items = [
-        LineItem(role="runtime", category="other", bytes=run.cuda_context_bytes, note="CUDA context"),
-        LineItem(role="runtime", category="other", bytes=CUBLAS_WORKSPACE_BYTES, note="cuBLAS workspace"),
+        Item("runtime", "other", run.cuda_context_bytes, "CUDA context"),
+        Item("runtime", "other", CUBLAS_WORKSPACE_BYTES, "cuBLAS workspace"),
     ]
     if run.num_gpus > 1:
-        items.append(LineItem(role="runtime", category="other", bytes=NCCL_BUFFER_BYTES, note="NCCL buffers"))
+        items.append(Item("runtime", "other", NCCL_BUFFER_BYTES, "NCCL buffers"))
     return items
 
 
-def _resident_items(run: Run, states) -> dict[str, list[LineItem]]:
-    out: dict[str, list[LineItem]] = {}
+def _resident_items(run: Run, states) -> dict[str, list[Item]]:
+    out: dict[str, list[Item]] = {}
     for r in run.roles:
         st = states[r.role]
         items = []
@@ -51,16 +51,16 @@ def _resident_items(run: Run, states) -> dict[str, list[LineItem]]:
             ("buffer", st.buffer, "engine gradient buckets"),
         ):
             if n_bytes:
-                items.append(LineItem(role=r.role, category=category, bytes=n_bytes, note=note))
+                items.append(Item(r.role, category, n_bytes, note))
         out[r.role] = items
     return out
 
 
-def _model_report(run: Run, r, st) -> ModelReport:
-    return ModelReport(
+def _model_report(run: Run, r, st) -> dict:
+    return dict(
         role=r.role, name=r.spec.name, num_params=r.num_params, trainable_params=r.trainable_params,
         trainable=r.trainable, zero_stage=r.sharding.zero_stage, gpus=r.sharding.dp * r.sharding.tp,
-        resident=Breakdown(parameter=st.parameter, optstate=st.optstate, buffer=st.buffer),
+        resident={"parameter": st.parameter, "optstate": st.optstate, "buffer": st.buffer},
         host_bytes=st.host, shares_weights_with=r.shares_weights_with,
     )
 
@@ -82,23 +82,23 @@ def estimate(request: EstimateRequest | None = None, /, **kwargs) -> Report:
     fixed = _fixed_items(run)
     resident = _resident_items(run, states)
     experience = run.experience_seqs * run.train_seq_len * EXPERIENCE_BYTES_PER_TOKEN
-    exp_item = [LineItem(role="actor", category="buffer", bytes=experience, note="experience buffer")] \
-        if experience else []
+    exp_item = [Item("actor", "buffer", experience, "experience buffer")] if experience else []
 
-    reports: list[PhaseReport] = []
+    ledgers: list[PhaseLedger] = []
     for phase, activities in recipe.items():
         extra = exp_item if phase != "rollout" else []
         if run.placement == "split":  # each role on its own GPUs: the busiest group sets the phase
             candidates = []
             for role, items in resident.items():
                 own = [act for act in activities if act.items and act.items[0].role == role]
-                candidates.append(phase_report(phase, fixed + items + (extra if role == "actor" else []), own))
-            reports.append(max(candidates, key=lambda p: p.total_bytes))
+                candidates.append(phase_ledger(phase, fixed + items + (extra if role == "actor" else []), own))
+            ledgers.append(max(candidates, key=lambda p: p.total))
         else:
             all_resident = [item for items in resident.values() for item in items]
-            reports.append(phase_report(phase, fixed + all_resident + extra, activities))
+            ledgers.append(phase_ledger(phase, fixed + all_resident + extra, activities))
 
-    peak = max(reports, key=lambda p: p.total_bytes)
+    reports = [ledger.report() for ledger in ledgers]
+    peak = max(reports, key=lambda p: p["total_bytes"])
     host_per_gpu = sum(st.host for st in states.values())
     host_per_node = host_per_gpu * run.gpus_per_node
     notes = []
@@ -108,15 +108,16 @@ def estimate(request: EstimateRequest | None = None, /, **kwargs) -> Report:
     if run.rollout_engine == "vllm":
         notes.append("vLLM assumed in sleep mode outside rollout; its CUDA graphs are not counted "
                      "(enforce_eager avoids them)")
-    return Report(
-        request=request, gpu=run.gpu_name, num_gpus=run.num_gpus, fits=peak.total_bytes <= run.capacity_bytes,
-        peak_bytes_per_gpu=peak.total_bytes, capacity_bytes=run.capacity_bytes,
-        headroom_bytes=run.capacity_bytes - peak.total_bytes, peak_phase=peak.phase,
+    total = peak["total_bytes"]
+    return Report.model_validate(dict(
+        request=request, gpu=run.gpu_name, num_gpus=run.num_gpus, fits=total <= run.capacity_bytes,
+        peak_bytes_per_gpu=total, capacity_bytes=run.capacity_bytes,
+        headroom_bytes=run.capacity_bytes - total, peak_phase=peak["phase"],
         fixed_bytes=sum(item.bytes for item in fixed), phases=reports,
         models=[_model_report(run, r, states[r.role]) for r in run.roles],
-        deciding_terms=sorted(peak.items, key=lambda item: -item.bytes)[:TOP_TERMS],
+        deciding_terms=sorted(peak["items"], key=lambda item: -item["bytes"])[:TOP_TERMS],
         host_bytes_per_node=host_per_node, host_fits=host_per_node <= run.host_ram_bytes_per_node, notes=notes,
-    )
+    ))
 
 
 def compare(requests: list[EstimateRequest]) -> list[Report]:
