@@ -205,7 +205,7 @@ def _llama_like(config: dict, name: str, model_type: str) -> ModelSpec:
     mlp: list[Linear]
     if model_type == "mixtral":
         f = _read_int(config, "intermediate_size")
-        num_experts = _read_int(config, "num_local_experts")
+        num_experts = _read_int(config, "num_local_experts", "num_experts")
         top_k = _read_int(config, "num_experts_per_tok")
         mlp = [
             Linear(name="gate", in_features=h, out_features=num_experts),  # router
@@ -217,7 +217,7 @@ def _llama_like(config: dict, name: str, model_type: str) -> ModelSpec:
         if config.get("mlp_only_layers") or _read_int(config, "decoder_sparse_step", default=1) != 1:
             raise InputError("mlp_only_layers", "MoE models with dense layers in between are not supported", None)
         f = _read_int(config, "moe_intermediate_size")
-        num_experts = _read_int(config, "num_experts")
+        num_experts = _read_int(config, "num_experts", "num_local_experts")
         top_k = _read_int(config, "num_experts_per_tok")
         mlp = [
             Linear(name="gate", in_features=h, out_features=num_experts),  # router
