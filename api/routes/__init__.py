@@ -1,0 +1,1 @@
+"""One ``APIRouter`` per resource: estimate, compare, plan, catalog (models, GPUs, algorithms), health."""

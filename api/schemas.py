@@ -1,0 +1,108 @@
+"""The service's own schemas: catalog listings and the compare body. Estimates use the library's models.
+
+``EstimateRequest`` and ``Report`` (``memplan.report``) are the request and response of /v1/estimate
+themselves, not copies; this module holds only what the library has no model for.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from memplan.report import Algo, EstimateRequest, Role
+
+HEADLINE = {
+    "model": "meta-llama/Llama-2-7b-hf",
+    "algo": "ppo",
+    "gpus": "8xA100-40GB",
+}
+# The ReMax paper's script (REFERENCE.md): actor and critic ZeRO-2, reference and reward ZeRO-3 with
+# parameter offload, bf16, gradient checkpointing, hybrid-engine generation, batch 1, 256 + 256 tokens.
+REMAX_SETUP = {
+    **HEADLINE,
+    "actor_zero_stage": 2,
+    "critic_zero_stage": 2,
+    "ref_zero_stage": 3,
+    "reward_zero_stage": 3,
+    "offload_ref": True,
+    "offload_reward": True,
+    "dtype": "bf16",
+    "gradient_checkpointing": True,
+    "rollout_engine": "hybrid-engine",
+    "micro_batch_size": 1,
+    "prompt_len": 256,
+    "gen_len": 256,
+}
+INLINE = {
+    "model": {
+        "model_type": "llama", "hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "intermediate_size": 8192, "vocab_size": 128256, "tie_word_embeddings": True,
+    },
+    "algo": "grpo",
+    "gpus": "1xH100-80GB",
+    "group_size": 8,
+    "lora_rank": 64,
+}
+
+ESTIMATE_EXAMPLES = {
+    "headline": {"summary": "Will PPO on Llama-2-7B fit on 8×A100-40GB?", "value": HEADLINE},
+    "remax-paper-ppo": {"summary": "PPO in the ReMax paper's setup", "value": REMAX_SETUP},
+    "remax-paper-remax": {"summary": "ReMax in the same setup", "value": {**REMAX_SETUP, "algo": "remax"}},
+    "inline-architecture": {"summary": "GRPO + LoRA on an architecture given inline", "value": INLINE},
+}
+
+
+class ModelInfo(BaseModel):
+    """A catalog model (GET /v1/models)."""
+
+    name: str = Field(examples=["meta-llama/Llama-2-7b-hf"])
+    aliases: list[str] = Field(default_factory=list, examples=[["llama2-7b"]])
+    num_params: int = Field(examples=[6_738_415_616])
+    model_type: str = Field(examples=["llama"])
+    source: str = Field("", description="Where the config facts come from")
+
+
+class GPUInfo(BaseModel):
+    """A catalog GPU (GET /v1/gpus)."""
+
+    name: str = Field(examples=["A100-40GB"])
+    memory_bytes: int
+    cuda_context_bytes: int
+    bf16_tflops: float | None = None
+    source: str = Field("", description="Datasheet")
+
+
+class AlgorithmInfo(BaseModel):
+    """An algorithm and the models it keeps resident with default knobs (GET /v1/algorithms)."""
+
+    name: Algo
+    resident_models: list[Role]
+    description: str
+
+
+class CompareRequest(BaseModel):
+    """Either explicit ``requests``, or one ``base`` request repeated for each of ``algos``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={"examples": [{"base": REMAX_SETUP, "algos": ["ppo", "remax", "grpo"]}]},
+    )
+
+    requests: list[EstimateRequest] | None = Field(None, min_length=1, max_length=16)
+    base: EstimateRequest | None = None
+    algos: list[Algo] | None = Field(None, min_length=1, max_length=6)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> CompareRequest:
+        if (self.requests is None) == (self.base is None):
+            raise ValueError("give either 'requests' or 'base' with 'algos'")
+        if (self.base is None) != (self.algos is None):
+            raise ValueError("'base' and 'algos' go together")
+        return self
+
+    def expand(self) -> list[EstimateRequest]:
+        if self.requests is not None:
+            return list(self.requests)
+        assert self.base is not None and self.algos is not None
+        fields = self.base.model_dump(exclude_unset=True)
+        return [EstimateRequest.model_validate({**fields, "algo": a}) for a in dict.fromkeys(self.algos)]

@@ -1,0 +1,182 @@
+"""Terminal output of the CLI: the only module that imports rich.
+
+Each command computes one result with one library call and hands it here: ``estimate`` (phases ×
+categories, roles, verdict, deciding terms, notes), ``compare``, the catalogs, and traces. Numbers are
+bytes until this module formats them in GiB (``memplan.units``). ``json_out`` prints any pydantic model
+or plain data as JSON — plain ``print``, so pipes get exactly the JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from memplan.report import Breakdown, Report
+from memplan.units import GiB
+
+CATEGORIES = [f for f in Breakdown.model_fields]  # parameter … other, in torch's order
+
+
+def _console() -> Console:
+    return Console(highlight=False)  # made per call: CliRunner swaps sys.stdout
+
+
+def gib(n_bytes: int | float) -> str:
+    return f"{n_bytes / GiB:.2f}"
+
+
+def as_data(obj: Any) -> Any:
+    """Pydantic models, dataclasses, lists of them → JSON-ready data."""
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="json")
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: as_data(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [as_data(x) for x in obj]
+    if isinstance(obj, dict):
+        return {str(k): as_data(v) for k, v in obj.items()}
+    return obj
+
+
+def json_out(obj: Any) -> None:
+    if isinstance(obj, BaseModel):
+        print(obj.model_dump_json(indent=2))
+    else:
+        print(json.dumps(as_data(obj), indent=2))
+
+
+def _verdict(report: Report) -> Text:
+    word, style = ("FITS", "bold green") if report.fits else ("DOES NOT FIT", "bold red")
+    text = Text(word, style=style)
+    text.append(
+        f"  peak {gib(report.peak_bytes_per_gpu)} GiB per GPU in {report.peak_phase}"
+        f" · capacity {gib(report.capacity_bytes)} GiB · headroom {gib(report.headroom_bytes)} GiB"
+    )
+    return text
+
+
+def _title(report: Report) -> str:
+    req = report.request
+    model = req.model if isinstance(req.model, str) else f"inline {req.model.model_type}"
+    return f"{model} · {req.algo} · {report.num_gpus}× {report.gpu}"
+
+
+def estimate(report: Report) -> None:
+    """The estimate as tables: phases × categories, resident models, verdict, deciding terms, notes."""
+    out = _console()
+    phases = Table(title=f"Per-GPU memory (GiB): {_title(report)}", title_justify="left")
+    phases.add_column("category")
+    for ph in report.phases:
+        mark = " (peak)" if ph.phase == report.peak_phase else ""
+        phases.add_column(ph.phase + mark, justify="right")
+    for cat in CATEGORIES:
+        values = [getattr(ph.breakdown, cat) for ph in report.phases]
+        if any(values):
+            phases.add_row(cat, *(gib(v) for v in values))
+    listed = [ph.breakdown.total for ph in report.phases]
+    if any(ph.total_bytes != t for ph, t in zip(report.phases, listed)):
+        phases.add_row("fixed (context, reserve)", *(gib(ph.total_bytes - t) for ph, t in zip(report.phases, listed)))
+    phases.add_row("total", *(gib(ph.total_bytes) for ph in report.phases), style="bold")
+    out.print(phases)
+
+    roles = Table(title="Resident models (per GPU, between phases)", title_justify="left")
+    for col, just in [("role", "left"), ("model", "left"), ("params", "right"), ("trained", "left"),
+                      ("ZeRO", "right"), ("GPUs", "right"), ("resident GiB", "right"), ("host GiB", "right")]:
+        roles.add_column(col, justify=just)  # type: ignore[arg-type]
+    for m in report.models:
+        name = m.name + (f" (shares {m.shares_weights_with})" if m.shares_weights_with else "")
+        trained = "yes" if m.trainable else "no"
+        if m.trainable and m.trainable_params != m.num_params:
+            trained = f"{m.trainable_params / 1e6:.1f}M"
+        roles.add_row(m.role, name, f"{m.num_params / 1e9:.2f}B", trained, str(m.zero_stage), str(m.gpus),
+                      gib(m.resident.total), gib(m.host_bytes))
+    out.print(roles)
+
+    out.print(_verdict(report))
+    host = "fits" if report.host_fits else "EXCEEDS the node's RAM"
+    out.print(f"host RAM per node: {gib(report.host_bytes_per_node)} GiB ({host}); "
+              f"fixed per GPU: {gib(report.fixed_bytes)} GiB")
+    if report.deciding_terms:
+        terms = Table(title=f"Deciding terms ({report.peak_phase})", title_justify="left")
+        for col in ("role", "category", "GiB", "why"):
+            terms.add_column(col, justify="right" if col == "GiB" else "left")
+        for item in report.deciding_terms:
+            terms.add_row(item.role, item.category, gib(item.bytes), item.note)
+        out.print(terms)
+    for note in report.notes:
+        out.print(f"• {note}")
+
+
+def compare(reports: Sequence[Report]) -> None:
+    """Side by side: peak per GPU, verdict, peak phase, resident models, saving relative to PPO."""
+    out = _console()
+    base = next((r for r in reports if r.request.algo == "ppo"), reports[0] if reports else None)
+    base_name = base.request.algo if base else ""
+    table = Table(title=f"{_title(reports[0])}: compared" if reports else "compared", title_justify="left")
+    for col in ("algo", "verdict", "peak GiB", "headroom GiB", "peak phase", "resident models",
+                f"vs {base_name}"):
+        table.add_column(col, justify="right" if "GiB" in col or col.startswith("vs") else "left")
+    for r in reports:
+        saving = ""
+        if base is not None and r is not base and base.peak_bytes_per_gpu:
+            delta = 1 - r.peak_bytes_per_gpu / base.peak_bytes_per_gpu
+            saving = f"{delta:.0%} less" if delta >= 0 else f"{-delta:.0%} more"
+        verdict = Text("FITS", style="green") if r.fits else Text("DOES NOT FIT", style="red")
+        table.add_row(r.request.algo, verdict, gib(r.peak_bytes_per_gpu), gib(r.headroom_bytes), r.peak_phase,
+                      ", ".join(m.role for m in r.models), saving)
+    out.print(table)
+
+
+def models(items: Iterable[Any]) -> None:
+    out = _console()
+    table = Table(title="Model catalog", title_justify="left")
+    for col in ("name", "aliases", "params", "type"):
+        table.add_column(col, justify="right" if col == "params" else "left")
+    for m in items:
+        table.add_row(m.name, ", ".join(getattr(m, "aliases", ()) or ()), f"{m.num_params / 1e9:.2f}B",
+                      str(getattr(m, "model_type", "")))
+    out.print(table)
+
+
+def gpus(items: Iterable[Any]) -> None:
+    out = _console()
+    table = Table(title="GPU catalog", title_justify="left")
+    for col in ("name", "memory GiB", "CUDA context GiB", "bf16 TFLOPS"):
+        table.add_column(col, justify="left" if col == "name" else "right")
+    for g in items:
+        tflops = getattr(g, "bf16_tflops", None)
+        table.add_row(g.name, gib(g.memory_bytes), gib(getattr(g, "cuda_context_bytes", 0) or 0),
+                      f"{tflops:g}" if tflops else "")
+    out.print(table)
+
+
+def record(obj: Any, title: str) -> None:
+    """A trace or measurement: its scalar fields as rows (bytes also in GiB), then the nested ones as JSON."""
+    out = _console()
+    data = as_data(obj)
+    table = Table(title=title, title_justify="left")
+    table.add_column("field")
+    table.add_column("value", justify="right")
+    nested = {}
+    for key, value in (data.items() if isinstance(data, dict) else []):
+        if isinstance(value, (dict, list)):
+            nested[key] = value
+        elif isinstance(value, int) and not isinstance(value, bool) and key.endswith("bytes"):
+            table.add_row(key, f"{gib(value)} GiB")
+        elif isinstance(value, float):
+            table.add_row(key, f"{value:.4g}")
+        else:
+            table.add_row(key, str(value))
+    out.print(table)
+    for key, value in nested.items():
+        if key == "request":
+            continue
+        out.print(f"{key}:")
+        out.print_json(data=value)
