@@ -67,12 +67,14 @@ def _saved_for_backward(**kwargs) -> int:
     run = resolve(memplan.EstimateRequest(**{**TRACED_7B, **kwargs}))
     actor = run.roles[0]
     fb, _step = train(run, actor, role_states(actor, run))
-    return sum(item.bytes for item in fb.items if item.category in ("activation", "logits"))
+    return sum(item.bytes for item in fb.items if item.category == "activation")
 
 
 def test_sft_7b_activations_and_checkpointing_as_traced():
     # REFERENCE.md: saved activations 11.7 GiB without checkpointing, 0.8 GiB with; eager attention 74.1 GiB.
-    assert _saved_for_backward() / GiB == pytest.approx(11.7, rel=0.03)
+    # Of the 11.7, the LM head and loss keep about 5·b·s·V bytes (REFERENCE.md): 5 · 2048 · 32000.
+    lm_head_and_loss = 5 * 2048 * 32000
+    assert _saved_for_backward() / GiB == pytest.approx(11.7 - lm_head_and_loss / GiB, rel=0.01)
     # with checkpointing: 2·s·h bytes per layer input (Korthikanti §5, full recomputation) plus one layer
     # recomputed in backward; the trace saw 0.8 GiB
     assert _saved_for_backward(gradient_checkpointing=True) / GiB == pytest.approx(0.8, rel=0.25)
