@@ -174,12 +174,20 @@ class LineItem(BaseModel):
 
 
 class PhaseReport(BaseModel):
+    """One phase: resident memory (``Report.resident_items``) plus this phase's own transient items.
+
+    ``total_bytes == resident_bytes + sum(item.bytes for item in items) == breakdown.total``.
+    """
+
     model_config = ConfigDict(frozen=True)
 
     phase: Phase
     total_bytes: int
-    breakdown: Breakdown
-    items: list[LineItem]
+    breakdown: Breakdown = Field(description="Resident and transient bytes of this phase by category")
+    resident_bytes: int = Field(description="Resident models, engine buffers and fixed costs")
+    activity: str = Field(description="The step of the phase whose transients set its peak")
+    items: list[LineItem] = Field(description="This phase's transient terms (its largest activity)")
+    group: str | None = Field(None, description="Split placement: the role whose GPUs set this phase's peak")
 
 
 class ModelReport(BaseModel):
@@ -212,7 +220,9 @@ class Report(BaseModel):
     capacity_bytes: int
     headroom_bytes: int
     peak_phase: Phase
-    fixed_bytes: int = Field(description="CUDA context + allocator reserve, included in every phase")
+    fixed_bytes: int = Field(description="CUDA context, cuBLAS workspace, NCCL buffers: in every phase")
+    resident_items: list[LineItem] = Field(description="Terms present in every phase: fixed costs, weights, "
+                                           "optimizer states, engine buffers")
     phases: list[PhaseReport]
     models: list[ModelReport]
     deciding_terms: list[LineItem] = Field(description="Largest terms of the peak phase, largest first")

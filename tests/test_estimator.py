@@ -86,7 +86,8 @@ def test_sft_7b_activations_and_checkpointing_as_traced():
 def test_phases_add_up_and_peak_is_their_max():
     report = memplan.estimate(algo="ppo", **REMAX_SETUP)
     for phase in report.phases:
-        assert phase.total_bytes == phase.breakdown.total == sum(i.bytes for i in phase.items)
+        assert phase.total_bytes == phase.breakdown.total == phase.resident_bytes + sum(i.bytes for i in phase.items)
+        assert phase.resident_bytes == sum(i.bytes for i in report.resident_items)
     assert report.peak_bytes_per_gpu == max(p.total_bytes for p in report.phases)
     assert report.headroom_bytes == report.capacity_bytes - report.peak_bytes_per_gpu
     assert [p.phase for p in report.phases] == ["rollout", "scoring", "actor_update", "critic_update"]

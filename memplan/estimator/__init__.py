@@ -18,7 +18,7 @@ Known limitations:
 from __future__ import annotations
 
 from memplan.estimator.algorithms import EXPERIENCE_BYTES_PER_TOKEN, phases, role_states
-from memplan.estimator.ledger import Item, PhaseLedger, phase_ledger
+from memplan.estimator.ledger import Item, line_item, phase_report
 from memplan.estimator.resolve import Run, resolve
 from memplan.report import EstimateRequest, Report
 
@@ -84,21 +84,28 @@ def estimate(request: EstimateRequest | None = None, /, **kwargs) -> Report:
     experience = run.experience_seqs * run.train_seq_len * EXPERIENCE_BYTES_PER_TOKEN
     exp_item = [Item("actor", "buffer", experience, "experience buffer")] if experience else []
 
-    ledgers: list[PhaseLedger] = []
+    everything = fixed + [item for items in resident.values() for item in items]
+    reports: list[dict] = []
+    residents: list[list[Item]] = []
     for phase, activities in recipe.items():
         extra = exp_item if phase != "rollout" else []
         if run.placement == "split":  # each role on its own GPUs: the busiest group sets the phase
             candidates = []
             for role, items in resident.items():
                 own = [act for act in activities if act.items and act.items[0].role == role]
-                candidates.append(phase_ledger(phase, fixed + items + (extra if role == "actor" else []), own))
-            ledgers.append(max(candidates, key=lambda p: p.total))
+                group_resident = fixed + items
+                candidates.append((phase_report(phase, group_resident, own, extra if role == "actor" else [],
+                                                group=role), group_resident))
+            report, group_resident = max(candidates, key=lambda c: c[0]["total_bytes"])
+            reports.append(report)
+            residents.append(group_resident)
         else:
-            all_resident = [item for items in resident.values() for item in items]
-            ledgers.append(phase_ledger(phase, fixed + all_resident + extra, activities))
+            reports.append(phase_report(phase, everything, activities, extra))
+            residents.append(everything)
 
-    reports = [ledger.report() for ledger in ledgers]
-    peak = max(reports, key=lambda p: p["total_bytes"])
+    peak_index = max(range(len(reports)), key=lambda i: reports[i]["total_bytes"])
+    peak = reports[peak_index]
+    terms = [line_item(item) for item in residents[peak_index]] + peak["items"]
     host_per_gpu = sum(st.host for st in states.values())
     host_per_node = host_per_gpu * run.gpus_per_node
     notes = []
@@ -114,8 +121,9 @@ def estimate(request: EstimateRequest | None = None, /, **kwargs) -> Report:
         peak_bytes_per_gpu=total, capacity_bytes=run.capacity_bytes,
         headroom_bytes=run.capacity_bytes - total, peak_phase=peak["phase"],
         fixed_bytes=sum(item.bytes for item in fixed), phases=reports,
+        resident_items=[line_item(item) for item in everything],
         models=[_model_report(run, r, states[r.role]) for r in run.roles],
-        deciding_terms=sorted(peak["items"], key=lambda item: -item["bytes"])[:TOP_TERMS],
+        deciding_terms=sorted(terms, key=lambda item: -item["bytes"])[:TOP_TERMS],
         host_bytes_per_node=host_per_node, host_fits=host_per_node <= run.host_ram_bytes_per_node, notes=notes,
     ))
 

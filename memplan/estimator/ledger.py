@@ -45,28 +45,17 @@ class Activity:
         return sum(item.bytes for item in self.items)
 
 
-@dataclass(slots=True)
-class PhaseLedger:
-    """A phase's resident items and its largest activity, before it becomes a ``PhaseReport``."""
-
-    phase: str
-    resident: list[Item]
-    largest: Activity
-
-    @property
-    def total(self) -> int:
-        return sum(item.bytes for item in self.resident) + self.largest.total
-
-    def report(self) -> dict:
-        """A ``PhaseReport`` as a dict; the breakdown is summed from the items."""
-        items = [line_item(item) for item in self.resident]
-        items += [line_item(item, self.largest.name) for item in self.largest.items]
-        sums = dict.fromkeys(CATEGORIES, 0)
-        for item in items:
-            sums[item["category"]] += item["bytes"]
-        return {"phase": self.phase, "total_bytes": sum(sums.values()), "breakdown": sums, "items": items}
-
-
-def phase_ledger(phase: str, resident: list[Item], activities: list[Activity]) -> PhaseLedger:
-    """Resident items plus the largest of the phase's sequential activities."""
-    return PhaseLedger(phase, resident, max(activities, key=lambda act: act.total, default=Activity("idle")))
+def phase_report(phase: str, resident: list[Item], activities: list[Activity], extra: list[Item],
+                 group: str | None = None) -> dict:
+    """A ``PhaseReport`` as a dict: resident items, plus the phase's own buffers and its largest activity."""
+    largest = max(activities, key=lambda act: act.total, default=Activity("idle"))
+    sums = dict.fromkeys(CATEGORIES, 0)
+    resident_bytes = 0
+    for item in resident:
+        sums[item.category] += item.bytes
+        resident_bytes += item.bytes
+    items = [line_item(item) for item in extra] + [line_item(item, largest.name) for item in largest.items]
+    for item in items:
+        sums[item["category"]] += item["bytes"]
+    return {"phase": phase, "total_bytes": sum(sums.values()), "breakdown": sums, "resident_bytes": resident_bytes,
+            "activity": largest.name, "items": items, "group": group}
