@@ -98,18 +98,22 @@ def test_qlora_bits_per_weight():
     assert QUANT_BYTES_PER_PARAM["int4"] * 8 == pytest.approx(4.127, abs=1e-3)
 
 
-@pytest.mark.parametrize(("targets", "peft_targets"), [("all-linear", "all-linear"),
-                                                       ("attention", ["q_proj", "k_proj", "v_proj", "o_proj"])])
-def test_lora_params_equal_peft(targets, peft_targets):
+@pytest.mark.parametrize(("model", "targets", "peft_targets"), [
+    ("Qwen/Qwen2.5-0.5B", "all-linear", "all-linear"),
+    ("Qwen/Qwen2.5-0.5B", "attention", ["q_proj", "k_proj", "v_proj", "o_proj"]),
+    ("memplan/tiny-mixtral", "all-linear", "all-linear"),  # fused 3-D experts: peft's ParamWrapper
+    ("memplan/tiny-qwen3-moe", "all-linear", "all-linear"),
+])
+def test_lora_params_equal_peft(model, targets, peft_targets):
     torch = pytest.importorskip("torch")
     peft = pytest.importorskip("peft")
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from memplan.catalog import get_model_config
 
-    config = AutoConfig.for_model(**get_model_config("Qwen/Qwen2.5-0.5B"))
+    config = AutoConfig.for_model(**get_model_config(model))
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    model = peft.get_peft_model(model, peft.LoraConfig(r=16, target_modules=peft_targets))
-    trainable, _ = model.get_nb_trainable_parameters()
-    assert lora_params(get_model("Qwen/Qwen2.5-0.5B"), 16, targets) == trainable
+        base = AutoModelForCausalLM.from_config(config)
+    adapted = peft.get_peft_model(base, peft.LoraConfig(r=16, target_modules=peft_targets))
+    trainable, _ = adapted.get_nb_trainable_parameters()
+    assert lora_params(get_model(model), 16, targets) == trainable

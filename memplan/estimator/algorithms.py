@@ -44,11 +44,12 @@ def role_states(r: RoleSetup, run: Run) -> States:
     """Resident and update-time model states of one role on one GPU."""
     if r.shares_weights_with:
         return States()
+    largest_param, largest_unit = _largest_param(r), _largest_unit(r)
     if not r.trainable:
-        return frozen_states(r.num_params, r.base_bytes_per_param, _largest_unit(r), run.e, r.sharding)
+        return frozen_states(r.num_params, r.base_bytes_per_param, largest_param, largest_unit, run.e, r.sharding)
     if not r.lora:
-        return trainable_states(r.num_params, _largest_param(r), _largest_unit(r), run.e, r.sharding)
-    base = frozen_states(r.num_params, r.base_bytes_per_param, _largest_unit(r), run.e, r.sharding)
+        return trainable_states(r.num_params, largest_param, largest_unit, run.e, r.sharding)
+    base = frozen_states(r.num_params, r.base_bytes_per_param, largest_param, largest_unit, run.e, r.sharding)
     adapter = trainable_states(r.trainable_params, run.lora_rank * r.spec.hidden_size, 0, run.e, r.sharding)
     return States(
         parameter=base.parameter + adapter.parameter, optstate=adapter.optstate, buffer=adapter.buffer,

@@ -44,14 +44,20 @@ def weight_bytes(num_params: int, bytes_per_param: float) -> int:
 
 
 def lora_params(spec: ModelSpec, rank: int, targets: str) -> int:
-    """Trainable LoRA parameters: r · (in + out) per adapted matrix, over every layer (Hu et al. 2021, §4)."""
+    """Trainable LoRA parameters: r · (in + out) per adapted matrix, over every layer (Hu et al. 2021, §4),
+    as peft 0.21 builds them with ``target_modules='all-linear'`` (checked against peft in the tests)."""
     if rank == 0:
         return 0
-    per_layer = sum(
-        lin.count * rank * (lin.in_features + lin.out_features)
-        for lin in spec.linears
-        if targets == "all-linear" or lin.attention
-    )
+    per_layer = 0
+    for lin in spec.linears:
+        if targets != "all-linear" and not lin.attention:
+            continue
+        out = lin.out_features
+        if lin.count > 1 and lin.name in ("w1", "w3", "gate_proj", "up_proj"):
+            # transformers 5 fuses MoE experts' gate and up into one [E, 2f, h] tensor; peft's ParamWrapper
+            # gives it lora_A (2·r·E, h) and lora_B (2f, 2·r·E): per half, r·E·(h + 2f)
+            out = 2 * out
+        per_layer += lin.count * rank * (lin.in_features + out)
     return per_layer * spec.num_layers
 
 

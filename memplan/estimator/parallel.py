@@ -76,12 +76,27 @@ def _div(n: float, k: int) -> int:
     return int(-(-n // k))
 
 
-def frozen_states(params: int, bytes_per_param: float, largest_unit: int, e: int, sh: Sharding) -> States:
+def gathered_elems(sh: Sharding, largest_param: int, largest_unit: int) -> int:
+    """Parameters unsharded at once for compute under ZeRO-3 / FSDP full sharding.
+
+    DeepSpeed ZeRO-3 fetches module by module and releases after use: the largest module's parameters plus
+    the prefetch bucket (``stage3_prefetch_bucket_size``). FSDP2 unshards one wrapped decoder layer and
+    prefetches the next: two layers (or the embedding / LM head, whichever is larger).
+    """
+    if sh.engine == "deepspeed":
+        return largest_param + PREFETCH_BUCKET_ELEMS
+    return 2 * largest_unit
+
+
+def frozen_states(params: int, bytes_per_param: float, largest_param: int, largest_unit: int, e: int,
+                  sh: Sharding) -> States:
     """A model that only runs forwards: weights (possibly quantized), sharded by ZeRO-3/FSDP, or on the CPU."""
     full = _div(params * bytes_per_param, sh.tp)
     sharded = sh.zero_stage == 3
     on_gpu = _div(full, sh.dp) if sharded else full
-    gather = _div(2 * largest_unit * bytes_per_param, sh.tp) if sharded or sh.offload_params else 0
+    gather = 0
+    if sharded or sh.offload_params:
+        gather = _div(gathered_elems(sh, largest_param, largest_unit) * bytes_per_param, sh.tp)
     if sh.offload_params:
         return States(host=on_gpu, gather=gather, full_gather=full)
     return States(parameter=on_gpu, gather=gather, full_gather=full)
@@ -109,7 +124,7 @@ def trainable_states(params: int, largest_param: int, largest_unit: int, e: int,
         else:
             grads = int(e * psi)
         fp32_grads = _div(4 * min(psi / shard_opt, SUB_GROUP_ELEMS if stage == 3 else psi), 1)
-        gather = int(2 * e * largest_unit / tp) if stage == 3 else 0
+        gather = int(e * gathered_elems(sh, largest_param, largest_unit) / tp) if stage == 3 else 0
         full_gather = int(e * psi)
         states = _div((master + opt) * psi, shard_opt)
         host = 0
@@ -133,7 +148,8 @@ def trainable_states(params: int, largest_param: int, largest_unit: int, e: int,
         states = _div(opt * psi, n)
         temp = _div(temp_per_param * psi, n) + int(loop_temp)
         if sh.zero_stage == 3:
-            gather = int(3 * e * largest_unit / tp)  # current + prefetched layer, and one layer's unsharded grads
+            # current + prefetched layer, and one layer's unsharded gradients before reduce-scatter
+            gather = int(e * (gathered_elems(sh, largest_param, largest_unit) + largest_unit) / tp)
         else:
             gather = int(e * psi) + int(e * largest_unit / tp)  # reshard_after_forward=False keeps all unsharded
         if sh.offload_optimizer or sh.offload_params:  # CPUOffloadPolicy moves parameters, gradients and states
