@@ -27,7 +27,7 @@ class Settings(BaseModel):
 
     max_body_bytes: int = Field(64 * 1024, ge=1, description="Larger request bodies get 413")
     cache_size: int = Field(4096, ge=0, description="Estimates kept, keyed by request (0: no cache)")
-    max_compare: int = Field(16, ge=1, description="Most requests in one POST /v1/compare")
+    telemetry: bool = Field(False, description="FastAPI's native OpenTelemetry (MEMPLAN_API_TELEMETRY=1)")
 
 
 @lru_cache(maxsize=1)
@@ -35,8 +35,9 @@ def get_settings() -> Settings:
     env = {
         "max_body_bytes": os.environ.get("MEMPLAN_API_MAX_BODY_BYTES"),
         "cache_size": os.environ.get("MEMPLAN_API_CACHE_SIZE"),
+        "telemetry": os.environ.get("MEMPLAN_API_TELEMETRY"),
     }
-    return Settings(**{k: int(v) for k, v in env.items() if v})
+    return Settings.model_validate({k: v for k, v in env.items() if v})
 
 
 @lru_cache(maxsize=1)

@@ -55,8 +55,10 @@ def json_out(obj: Any) -> None:
 def _verdict(report: Report) -> Text:
     word, style = ("FITS", "bold green") if report.fits else ("DOES NOT FIT", "bold red")
     text = Text(word, style=style)
+    peak = next((p for p in report.phases if p.phase == report.peak_phase), None)
+    activity = f" ({peak.activity})" if peak is not None and peak.activity else ""
     text.append(
-        f"  peak {gib(report.peak_bytes_per_gpu)} GiB per GPU in {report.peak_phase}"
+        f"  peak {gib(report.peak_bytes_per_gpu)} GiB per GPU in {report.peak_phase}{activity}"
         f" · capacity {gib(report.capacity_bytes)} GiB · headroom {gib(report.headroom_bytes)} GiB"
     )
     return text

@@ -20,7 +20,8 @@ def serve(
     with cli_errors():
         try:
             import fastapi  # noqa: F401
-            import uvicorn
+
+            from api.server import serve as run_server
         except ImportError:
             raise EnvironmentProblem("the service needs fastapi and uvicorn: pip install 'memplan[api]'") from None
-    uvicorn.run("api.main:app", host=host, port=port, workers=workers, log_level="warning")
+    run_server(host=host, port=port, workers=workers)
