@@ -224,3 +224,46 @@ def test_missing_cli_extra_prints_install_hint():
     assert proc.returncode == 2
     assert "pip install 'memplan[cli]'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _fake_trace(request):
+    from memplan.harness.records import PhaseTrace, TraceReport
+    from memplan.report import Breakdown
+
+    # a made-up trace: the CLI only lays it out
+    phases = [
+        PhaseTrace(phase="rollout", peak_bytes=3 * GiB, step=1, peak_op="mm",
+                   breakdown=Breakdown(parameter=2 * GiB, kv_cache=GiB), items=[]),
+        PhaseTrace(phase="actor_update", peak_bytes=5 * GiB, step=2, peak_op="_foreach_sqrt",
+                   breakdown=Breakdown(parameter=2 * GiB, optstate=3 * GiB), items=[]),
+    ]
+    return TraceReport(request=request, peak_bytes=5 * GiB, peak_phase="actor_update", phases=phases,
+                       seconds=1.5, notes=["fake"])
+
+
+def test_trace_command_layout(monkeypatch):
+    import memplan.harness
+
+    monkeypatch.setattr(memplan.harness, "trace", _fake_trace, raising=False)
+    result = run("trace", "--model", "llama-2-7b", "--algo", "grpo")
+    assert result.exit_code == 0, result.output
+    assert "5.00" in result.stdout and "_foreach_sqrt" in result.stdout and "estimate ÷ traced" in result.stdout
+    result = run("trace", "--model", "llama-2-7b", "--algo", "grpo", "--json")
+    from memplan.harness.records import TraceReport
+
+    assert TraceReport.model_validate_json(result.stdout).peak_bytes == 5 * GiB
+
+
+def test_missing_torch_is_exit_2(monkeypatch):
+    import memplan.harness
+    from memplan.errors import EnvironmentProblem
+
+    def no_torch(request, **kwargs):
+        raise EnvironmentProblem("tracing needs torch: pip install 'memplan[measure]'")
+
+    monkeypatch.setattr(memplan.harness, "trace", no_torch, raising=False)
+    monkeypatch.setattr(memplan.harness, "measure", no_torch, raising=False)
+    for command in ("trace", "measure"):
+        result = run(command, "--model", "llama-2-7b")
+        assert result.exit_code == 2, result.output
+        assert "memplan[measure]" in result.stderr and "Traceback" not in result.output

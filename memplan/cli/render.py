@@ -159,26 +159,58 @@ def gpus(items: Iterable[Any]) -> None:
     out.print(table)
 
 
-def record(obj: Any, title: str) -> None:
-    """A trace or measurement: its scalar fields as rows (bytes also in GiB), then the nested ones as JSON."""
+def trace(result: Any, report: Report | None = None) -> None:
+    """A fake-tensor trace (``memplan.harness.TraceReport``): live bytes at each phase's peak by category,
+    beside the estimate's phase totals when ``report`` is given."""
     out = _console()
-    data = as_data(obj)
-    table = Table(title=title, title_justify="left")
-    table.add_column("field")
-    table.add_column("value", justify="right")
-    nested = {}
-    for key, value in (data.items() if isinstance(data, dict) else []):
-        if isinstance(value, (dict, list)):
-            nested[key] = value
-        elif isinstance(value, int) and not isinstance(value, bool) and key.endswith("bytes"):
-            table.add_row(key, f"{gib(value)} GiB")
-        elif isinstance(value, float):
-            table.add_row(key, f"{value:.4g}")
-        else:
-            table.add_row(key, str(value))
+    req = result.request
+    table = Table(title=f"Traced live bytes at each phase's peak (GiB): {_title_of(req)}", title_justify="left")
+    table.add_column("category")
+    for ph in result.phases:
+        table.add_column(ph.phase + (" (peak)" if ph.phase == result.peak_phase else ""), justify="right")
+    for cat in CATEGORIES:
+        values = [getattr(ph.breakdown, cat) for ph in result.phases]
+        if any(values):
+            table.add_row(cat, *(gib(v) for v in values))
+    table.add_row("traced peak", *(gib(ph.peak_bytes) for ph in result.phases), style="bold")
+    table.add_row("at op", *(ph.peak_op or "" for ph in result.phases))
+    if report is not None:
+        est = {ph.phase: ph.total_bytes for ph in report.phases}
+        table.add_row("estimate", *(gib(est[ph.phase]) if ph.phase in est else "" for ph in result.phases))
+        table.add_row("estimate ÷ traced", *(
+            f"{est[ph.phase] / ph.peak_bytes:.3f}" if ph.phase in est and ph.peak_bytes else ""
+            for ph in result.phases))
     out.print(table)
-    for key, value in nested.items():
-        if key == "request":
-            continue
-        out.print(f"{key}:")
-        out.print_json(data=value)
+    out.print(f"traced peak {gib(result.peak_bytes)} GiB in {result.peak_phase}; world size {result.world_size}; "
+              f"{result.seconds:.1f} s")
+    if report is not None:
+        out.print("the estimate adds what a trace cannot see: CUDA context, cuBLAS workspace, NCCL buffers "
+                  f"({gib(report.fixed_bytes)} GiB fixed per GPU)")
+    for note in result.notes:
+        out.print(f"• {note}")
+
+
+def measured(record: Any) -> None:
+    """A CUDA measurement (``memplan.harness.CudaRecord``): peaks per phase and the estimate's ratio."""
+    out = _console()
+    table = Table(title=f"Measured on {record.gpu_name} (GiB): {_title_of(record.request)}", title_justify="left")
+    for col in ("phase", "max allocated", "max reserved", "NVML used"):
+        table.add_column(col, justify="left" if col == "phase" else "right")
+    for ph in record.phases:
+        nvml = gib(ph.nvml_used_bytes) if ph.nvml_used_bytes is not None else ""
+        table.add_row(ph.phase, gib(ph.max_allocated_bytes), gib(ph.max_reserved_bytes), nvml)
+    out.print(table)
+    out.print(f"peak allocated {gib(record.peak_allocated_bytes)} GiB, reserved {gib(record.peak_reserved_bytes)} "
+              f"GiB in {record.peak_phase}; torch {record.torch_version}, CUDA {record.cuda}, driver {record.driver}")
+    if record.estimate_peak_bytes:
+        ratio = record.estimate_peak_bytes / record.peak_reserved_bytes if record.peak_reserved_bytes else 0.0
+        out.print(f"estimate {gib(record.estimate_peak_bytes)} GiB; estimate ÷ reserved = {ratio:.3f}")
+    if record.traced_peak_bytes:
+        out.print(f"traced {gib(record.traced_peak_bytes)} GiB")
+    for note in record.notes:
+        out.print(f"• {note}")
+
+
+def _title_of(req: Any) -> str:
+    model = req.model if isinstance(req.model, str) else f"inline {req.model.model_type}"
+    return f"{model} · {req.algo} · {req.gpus}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import memplan
 from memplan.cli import render
 from memplan.cli.options import BATCH_SEMANTICS, JsonOption, request_command
 from memplan.report import EstimateRequest
@@ -15,7 +16,7 @@ def trace(request: EstimateRequest, json: JsonOption = False) -> None:
     if json:
         render.json_out(result)
     else:
-        render.record(result, f"Traced on fake tensors: {request.model} · {request.algo}")
+        render.trace(result, memplan.estimate(request))
 
 
 trace.__doc__ = f"""Trace one training step on fake tensors (needs torch; no GPU, no weights) and compare the traced peak with the estimate.
