@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 import memplan
 from memplan import catalog
 from memplan.errors import UnknownModelError
+from memplan.estimator import cache_key
 from memplan.report import EstimateRequest, Report
 
 MODEL_FIELDS = ("model", "critic_model", "reward_model")
@@ -64,7 +65,8 @@ def check_names(request: EstimateRequest) -> None:
                 "or give the architecture inline", value)
 
 
-def _estimate_json(request: EstimateRequest) -> bytes:
+def _estimate_json(key: EstimateRequest | tuple) -> bytes:
+    request = key if isinstance(key, EstimateRequest) else key[0]
     return memplan.estimate(request).model_dump_json().encode()
 
 
@@ -77,7 +79,9 @@ def _cached() -> object:
 def estimate_json(request: EstimateRequest) -> bytes:
     """The report for ``request`` as JSON bytes (names checked first; cached by request)."""
     check_names(request)
-    return _cached()(request)  # type: ignore[operator]
+    # keyed like the estimator's own cache: equal inline architectures can differ in the fields they set
+    # (an unset tie_word_embeddings takes the family's default), so the set fields are part of the key
+    return _cached()(cache_key(request))  # type: ignore[operator]
 
 
 def estimate_reports(requests: list[EstimateRequest]) -> list[Report]:

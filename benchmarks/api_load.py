@@ -1,6 +1,6 @@
 """Load-test the REST service: a real uvicorn process on 127.0.0.1, driven by a bounded load generator.
 
-    /work/venv/bin/python benchmarks/api_load.py
+    python benchmarks/api_load.py
 
 For each worker count in WORKERS it starts ``uvicorn api.main:app`` on a free loopback port, then for each
 scenario and concurrency sends a fixed number of requests over keep-alive HTTP/1.1 connections (a closed
@@ -184,7 +184,7 @@ def main() -> None:
     lines = [
         "# REST service load test",
         "",
-        "Command: `/work/venv/bin/python benchmarks/api_load.py`  ",
+        "Command: `python benchmarks/api_load.py`  ",
         f"Machine: {machine()}  ",
         f"Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}  ",
         f"Software: {versions()}",

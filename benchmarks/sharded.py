@@ -1,14 +1,15 @@
 """Estimator vs traced rank-0 peak under FSDP2 sharding: PPO, GRPO, ReMax × ZeRO-2-like / ZeRO-3-like × N ranks.
 
-    python benchmarks/sharded.py                      # the full matrix below (Llama-2-7B; ~30-40 min on 2 cores)
-    python benchmarks/sharded.py --sizes 8 --algos grpo --stages 3    # a subset
-    python benchmarks/sharded.py --traces t.jsonl                     # also keep every trace (JSON lines)
-    python benchmarks/sharded.py --reuse t.jsonl                      # re-estimate kept traces (seconds)
+    python benchmarks/sharded.py                      # the full matrix below (Llama-2-7B; ~20 min on 2 cores)
+    python benchmarks/sharded.py --sizes 8 --algos grpo --stages 3 --out s.md --traces s.jsonl   # a subset
+    python benchmarks/sharded.py --reuse benchmarks/results/sharded_traces.jsonl --out s.md   # re-estimate (seconds)
 
 Each configuration is traced once (``memplan.harness.sharded.trace_sharded``: rank 0 of N, fake tensors,
 fake process group) and estimated (``memplan.estimate``, ``engine='fsdp'``); the estimate is taken net of
 ``fixed_bytes`` (CUDA context, cuBLAS, NCCL: a trace cannot see them). Relative error = (estimate − traced) /
-traced, per phase. Writes benchmarks/results/sharded.md (command, machine, date).
+traced, per phase. Writes benchmarks/results/sharded.md (command, machine, date) and every trace, one
+``TraceReport`` per line, to benchmarks/results/sharded_traces.jsonl (``--traces``; committed, so that an
+estimator change can be re-checked with ``--reuse`` in seconds).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ STAGES = (2, 3)  # zero_stage 2 → fully_shard(reshard_after_forward=False), 3 
 SIZES = (2, 8, 64)  # ranks; the cluster is "N x H100-80GB"
 KNOBS = dict(engine="fsdp", gradient_checkpointing=True, micro_batch_size=1, prompt_len=256, gen_len=256)
 OUT = Path(__file__).parent / "results" / "sharded.md"
+TRACES = Path(__file__).parent / "results" / "sharded_traces.jsonl"
 # ---------------------------------------------------------------------------------------------------------
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -116,11 +118,17 @@ def main() -> None:
     parser.add_argument("--stages", nargs="+", type=int, default=list(STAGES))
     parser.add_argument("--sizes", nargs="+", type=int, default=list(SIZES))
     parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--traces", type=Path, help="also write every TraceReport to this JSON-lines file")
+    parser.add_argument("--traces", type=Path, default=TRACES,
+                        help=f"write every TraceReport to this JSON-lines file (default: {TRACES.name}; "
+                             "not with --reuse)")
     parser.add_argument("--reuse", type=Path, help="compare the TraceReports of this JSON-lines file, trace nothing")
     args = parser.parse_args()
     start = time.perf_counter()
     results = []
+    traces = None
+    if not args.reuse and args.traces:
+        args.traces.parent.mkdir(parents=True, exist_ok=True)
+        traces = args.traces.open("w")
     if args.reuse:
         from memplan.harness.records import TraceReport
 
@@ -134,13 +142,16 @@ def main() -> None:
         traced = traced or trace_sharded(req, n)
         rows = compare(req, traced)
         results.append((algo, stage, n, rows, traced.seconds))
-        if args.traces:
-            with args.traces.open("a") as f:
-                f.write(traced.model_dump_json() + "\n")
+        if traces is not None:
+            traces.write(traced.model_dump_json() + "\n")
+            traces.flush()
         for r in rows:
             print(f"{algo:6s} stage {stage} N={n:<3d} {r['phase']:14s} est {r['estimate'] / 2**30:7.2f} GiB "
                   f"traced {r['traced'] / 2**30:7.2f} GiB  {r['error']:+6.1%}  {category_deltas(r)}",
                   flush=True)
+    if traces is not None:
+        traces.close()
+        print(f"wrote {args.traces}")
     command = "python benchmarks/sharded.py" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(markdown(args.model, results, command, time.perf_counter() - start))

@@ -2,7 +2,7 @@
 
 These are the only pydantic models of the estimator path: the request is validated once at the edge
 and resolved into frozen dataclasses (``memplan.estimator.resolve``); the hot path never touches pydantic
-beyond building the report at the end.
+beyond building the report at the end, from values it computed itself (``trusted``: no re-validation).
 
 Batch semantics (the frameworks disagree, so memplan states its own):
 
@@ -15,7 +15,7 @@ Batch semantics (the frameworks disagree, so memplan states its own):
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
@@ -33,6 +33,10 @@ Engine = Literal["deepspeed", "fsdp", "torch"]
 Placement = Literal["colocated", "split"]
 Quantization = Literal["none", "int8", "int4"]
 LoraTargets = Literal["all-linear", "attention"]
+
+M = TypeVar("M", bound=BaseModel)
+_new = object.__new__  # BaseModel defines no __new__; object's, called directly, skips a lookup
+_setattr = object.__setattr__
 
 MAX_TOKENS = 1 << 20  # 1M tokens per sequence: longer is not a run anyone launches today
 MAX_BATCH = 1 << 16
@@ -229,3 +233,20 @@ class Report(BaseModel):
     host_bytes_per_node: int
     host_fits: bool
     notes: list[str] = Field(default_factory=list, description="Assumptions and warnings")
+
+
+def trusted(cls: type[M], fields: dict, fields_set: set[str] | None = None) -> M:
+    """A report model from values the estimator computed itself, without validating them again.
+
+    ``fields`` holds every field, in declaration order, already of its declared type (ints, strs, lists and
+    models of this module); it becomes the instance's ``__dict__``. ``fields_set`` defaults to all of them,
+    as when a dict with every key is validated. This is what pydantic's ``model_construct`` returns with every
+    field given, without its per-field bookkeeping (tests/test_estimator_speed_invariants.py checks that
+    re-validating a report changes nothing). Only for models without validators, extras or private attributes.
+    """
+    obj = _new(cls)
+    _setattr(obj, "__dict__", fields)
+    _setattr(obj, "__pydantic_fields_set__", set(fields) if fields_set is None else fields_set)
+    _setattr(obj, "__pydantic_extra__", None)
+    _setattr(obj, "__pydantic_private__", None)
+    return obj

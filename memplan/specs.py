@@ -16,7 +16,7 @@ device (checked for every catalog entry in tests/test_specs.py).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -80,6 +80,29 @@ class ModelSpec:
     """Parameters of one decoder layer."""
     linears: tuple[Linear, ...] = ()
     """The linear layers of one decoder layer (for LoRA adapter sizes)."""
+    # Derived once at construction (not compared, not given): the estimator reads them on every request.
+    largest_matrix: int = field(init=False, repr=False, compare=False)
+    """Elements of the largest single weight: the embedding, the LM head or one of a layer's linears (all
+    experts of an MoE matrix together)."""
+    largest_unit: int = field(init=False, repr=False, compare=False)
+    """Parameters of the largest of a decoder layer, the embedding and the LM head."""
+    hash_: int = field(init=False, repr=False, compare=False)
+    """``hash`` of the compared fields: specs key the estimator's caches, and hashing ~20 fields costs µs."""
+
+    def __post_init__(self) -> None:
+        matrices = [lin.count * lin.in_features * lin.out_features for lin in self.linears]
+        object.__setattr__(self, "largest_matrix", max([self.embedding_params, self.lm_head_params, *matrices]))
+        object.__setattr__(self, "largest_unit", max(self.layer_params, self.embedding_params, self.lm_head_params))
+        object.__setattr__(self, "hash_", hash(tuple(getattr(self, f.name) for f in fields(self) if f.compare)))
+
+    def __hash__(self) -> int:
+        return self.hash_
+
+    def __setstate__(self, state: list) -> None:
+        """Unpickling (slots, frozen): derive again, as another process hashes strings differently."""
+        for f, value in zip(fields(self), state):
+            object.__setattr__(self, f.name, value)
+        self.__post_init__()
 
     @property
     def backbone_params(self) -> int:

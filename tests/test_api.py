@@ -80,6 +80,18 @@ def test_inline_architecture_is_bounded(field, value):
     assert any("greater than" in d["msg"] or "less than" in d["msg"] for d in detail)
 
 
+def test_cache_tells_apart_equal_inline_architectures_with_different_set_fields():
+    """GPT-2 ties its LM head by default: an unset tie_word_embeddings and an explicit False compare equal as
+    ArchConfig values but are different models (the untied one has V·h more parameters) — the response
+    cache must not hand the first one's report to the second."""
+    arch = {"model_type": "gpt2", "hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "vocab_size": 1000}
+    body = {"algo": "sft", "gpus": "1xA100-80GB"}
+    tied = client.post("/v1/estimate", json={**body, "model": arch}).json()
+    untied = client.post("/v1/estimate", json={**body, "model": {**arch, "tie_word_embeddings": False}}).json()
+    assert untied["models"][0]["num_params"] - tied["models"][0]["num_params"] == 1000 * 256
+
+
 @pytest.mark.parametrize(
     "name", ["./config.json", "../models/llama", "~/llama/config.json", "/etc/passwd", "/", "some/folder",
              "..\\windows\\config.json", "meta-llama/../../etc/passwd"],

@@ -2,7 +2,8 @@
 
 ``estimate(request)`` resolves the request (``resolve``), computes each role's model states under its
 sharding (``parallel``), runs the algorithm's recipe (``algorithms``) through the ledger, and reports the
-peak over phases. Pure Python: no torch, microseconds.
+peak over phases. Pure Python: no torch, microseconds. A report is a pure function of its request: its
+parts are computed once per distinct request (``CACHE_SIZE`` kept), its models built without re-validation.
 
 Known limitations:
 * Allocator fragmentation (reserved − allocated) is not modeled; the CUDA tier measures it. Leave headroom.
@@ -17,95 +18,121 @@ Known limitations:
 
 from __future__ import annotations
 
-from memplan.estimator.algorithms import EXPERIENCE_BYTES_PER_TOKEN, phases, role_states
-from memplan.estimator.ledger import Item, line_item, phase_report
-from memplan.estimator.resolve import Run, resolve
-from memplan.report import EstimateRequest, Report
+from functools import lru_cache
+from operator import attrgetter
+from typing import NamedTuple
+
+from memplan.estimator.algorithms import EXPERIENCE_BYTES_PER_TOKEN, model_states, phases
+from memplan.estimator.ledger import Item, PhaseTotals, Resident, line_item, phase_report, resident
+from memplan.estimator.parallel import States
+from memplan.estimator.resolve import RoleSetup, resolve
+from memplan.report import ArchConfig, Breakdown, EstimateRequest, LineItem, ModelReport, PhaseReport, Report, trusted
 
 CUBLAS_WORKSPACE_BYTES = 32 * 1024**2
 """cuBLAS workspace torch keeps per stream on Hopper/Ampere (CUBLAS_WORKSPACE_CONFIG default, 4 MiB × 8)."""
 NCCL_BUFFER_BYTES = 256 * 1024**2
 """NCCL_BUFFSIZE 4 MiB × up to 32 channels × send/recv, once more than one GPU communicates."""
 TOP_TERMS = 6
+CACHE_SIZE = 256
+"""Requests whose computed report parts are kept (a few kB each): repeated and planner requests hit it."""
+_line_bytes = attrgetter("bytes")
 
 
-def _fixed_items(run: Run) -> list[Item]:
+@lru_cache(maxsize=64)
+def _fixed(cuda_context_bytes: int, multi_gpu: bool) -> tuple[tuple[Item, ...], tuple[LineItem, ...]]:
+    """The runtime's items (CUDA context, cuBLAS workspace, NCCL buffers) and their line items."""
     items = [
-        Item("runtime", "other", run.cuda_context_bytes, "CUDA context"),
+        Item("runtime", "other", cuda_context_bytes, "CUDA context"),
         Item("runtime", "other", CUBLAS_WORKSPACE_BYTES, "cuBLAS workspace"),
     ]
-    if run.num_gpus > 1:
+    if multi_gpu:
         items.append(Item("runtime", "other", NCCL_BUFFER_BYTES, "NCCL buffers"))
-    return items
+    return tuple(items), tuple(line_item(item) for item in items)
 
 
-def _resident_items(run: Run, states) -> dict[str, list[Item]]:
-    out: dict[str, list[Item]] = {}
-    for r in run.roles:
-        st = states[r.role]
-        items = []
-        for category, n_bytes, note in (
-            ("parameter", st.parameter, "weights"),
-            ("optstate", st.optstate, "optimizer states + fp32 master" if r.sharding.master_weights
-             else "optimizer states"),
-            ("buffer", st.buffer, "engine gradient buckets"),
-        ):
-            if n_bytes:
-                items.append(Item(r.role, category, n_bytes, note))
-        out[r.role] = items
-    return out
+class _RoleParts(NamedTuple):
+    """What one role contributes whatever the recipe: its states, resident items and model report."""
+
+    states: States
+    items: tuple[Item, ...]
+    lines: tuple[LineItem, ...]
+    model: ModelReport
 
 
-def _model_report(run: Run, r, st) -> dict:
-    return dict(
-        role=r.role, name=r.spec.name, num_params=r.num_params, trainable_params=r.trainable_params,
-        trainable=r.trainable, zero_stage=r.sharding.zero_stage, gpus=r.sharding.dp * r.sharding.tp,
-        resident={"parameter": st.parameter, "optstate": st.optstate, "buffer": st.buffer},
-        host_bytes=st.host, shares_weights_with=r.shares_weights_with,
-    )
+@lru_cache(maxsize=1024)
+def _role_parts(r: RoleSetup, e: int, lora_rank: int) -> _RoleParts:
+    """By value (``model_states``' arguments): the same role recurs across a sweep's or a plan's requests."""
+    st = model_states(r, e, lora_rank)
+    items = []
+    for category, n_bytes, note in (
+        ("parameter", st.parameter, "weights"),
+        ("optstate", st.optstate, "optimizer states + fp32 master" if r.sharding.master_weights
+         else "optimizer states"),
+        ("buffer", st.buffer, "engine gradient buckets"),
+    ):
+        if n_bytes:
+            items.append(Item(r.role, category, n_bytes, note))
+    return _RoleParts(st, tuple(items), tuple(line_item(item) for item in items), _model_report(r, st))
 
 
-def estimate(request: EstimateRequest | None = None, /, **kwargs) -> Report:
-    """Estimate the per-GPU peak memory of one run.
+def _model_report(r: RoleSetup, st: States) -> ModelReport:
+    resident = trusted(Breakdown, {"parameter": st.parameter, "buffer": st.buffer, "gradient": 0,
+                                   "optstate": st.optstate, "activation": 0, "temp": 0, "kv_cache": 0, "logits": 0,
+                                   "other": 0},
+                       {"parameter", "optstate", "buffer"})  # the keys given when it was a validated dict
+    return trusted(ModelReport, {
+        "role": r.role, "name": r.spec.name, "num_params": r.num_params, "trainable_params": r.trainable_params,
+        "trainable": r.trainable, "zero_stage": r.sharding.zero_stage, "gpus": r.sharding.dp * r.sharding.tp,
+        "resident": resident, "host_bytes": st.host, "shares_weights_with": r.shares_weights_with,
+    })
 
-    ``estimate(EstimateRequest(...))`` or ``estimate(model=..., algo=..., gpus=..., **knobs)``.
-    Raises ``memplan.errors.InputError`` (naming the field) or pydantic's ``ValidationError`` on bad input.
-    """
-    if request is None:
-        request = EstimateRequest(**kwargs)
-    elif kwargs:
-        request = request.model_copy(update=kwargs)
-        request = EstimateRequest.model_validate(request.model_dump())
+
+class _Parts(NamedTuple):
+    """Everything in a ``Report`` but the request, immutable: cached per request, copied into each report."""
+
+    fields: dict
+    """The report's scalar fields in declaration order (``request`` and the lists as placeholders)."""
+    resident_items: tuple[LineItem, ...]
+    phases: tuple[PhaseTotals, ...]
+    models: tuple[ModelReport, ...]
+    deciding_terms: tuple[LineItem, ...]
+    notes: tuple[str, ...]
+
+
+def _compute(request: EstimateRequest) -> _Parts:
     run = resolve(request)
-    states = {r.role: role_states(r, run) for r in run.roles}
+    parts = {r.role: _role_parts(r, run.e, run.lora_rank) for r in run.roles}
+    states = {role: part.states for role, part in parts.items()}
     recipe = phases(run, states)
-    fixed = _fixed_items(run)
-    resident = _resident_items(run, states)
+    fixed, fixed_lines = _fixed(run.cuda_context_bytes, run.num_gpus > 1)
     experience = run.experience_seqs * run.train_seq_len * EXPERIENCE_BYTES_PER_TOKEN
     exp_item = [Item("actor", "buffer", experience, "experience buffer")] if experience else []
 
-    everything = fixed + [item for items in resident.values() for item in items]
-    reports: list[dict] = []
-    residents: list[list[Item]] = []
+    everything = resident(fixed + tuple(item for part in parts.values() for item in part.items),
+                          fixed_lines + tuple(li for part in parts.values() for li in part.lines))
+    split = run.placement == "split"  # each role on its own GPUs: the busiest group sets the phase
+    groups = {role: resident(fixed + part.items, fixed_lines + part.lines) for role, part in parts.items()} \
+        if split else {}
+    reports: list[PhaseTotals] = []
+    residents: list[Resident] = []
     for phase, activities in recipe.items():
         extra = exp_item if phase != "rollout" else []
-        if run.placement == "split":  # each role on its own GPUs: the busiest group sets the phase
-            candidates = []
-            for role, items in resident.items():
-                own = [act for act in activities if act.items and act.items[0].role == role]
-                group_resident = fixed + items
-                candidates.append((phase_report(phase, group_resident, own, extra if role == "actor" else [],
-                                                group=role), group_resident))
-            report, group_resident = max(candidates, key=lambda c: c[0]["total_bytes"])
-            reports.append(report)
-            residents.append(group_resident)
+        if split:
+            best = None
+            for role, group in groups.items():
+                own = [act for act in activities if act.role == role]
+                report = phase_report(phase, group, own, extra if role == "actor" else [], group=role)
+                if best is None or report.total_bytes > best[0].total_bytes:
+                    best = (report, group)
+            reports.append(best[0])
+            residents.append(best[1])
         else:
             reports.append(phase_report(phase, everything, activities, extra))
             residents.append(everything)
 
-    peak_index = max(range(len(reports)), key=lambda i: reports[i]["total_bytes"])
+    peak_index = max(range(len(reports)), key=lambda i: reports[i].total_bytes)
     peak = reports[peak_index]
-    terms = [line_item(item) for item in residents[peak_index]] + peak["items"]
+    terms = sorted(residents[peak_index].line_items + peak.items, key=_line_bytes, reverse=True)[:TOP_TERMS]
     host_per_gpu = sum(st.host for st in states.values())
     host_per_node = host_per_gpu * run.gpus_per_node
     notes = []
@@ -115,17 +142,61 @@ def estimate(request: EstimateRequest | None = None, /, **kwargs) -> Report:
     if run.rollout_engine == "vllm":
         notes.append("vLLM assumed in sleep mode outside rollout; its CUDA graphs are not counted "
                      "(enforce_eager avoids them)")
-    total = peak["total_bytes"]
-    return Report.model_validate(dict(
-        request=request, gpu=run.gpu_name, num_gpus=run.num_gpus, fits=total <= run.capacity_bytes,
-        peak_bytes_per_gpu=total, capacity_bytes=run.capacity_bytes,
-        headroom_bytes=run.capacity_bytes - total, peak_phase=peak["phase"],
-        fixed_bytes=sum(item.bytes for item in fixed), phases=reports,
-        resident_items=[line_item(item) for item in everything],
-        models=[_model_report(run, r, states[r.role]) for r in run.roles],
-        deciding_terms=sorted(terms, key=lambda item: -item["bytes"])[:TOP_TERMS],
-        host_bytes_per_node=host_per_node, host_fits=host_per_node <= run.host_ram_bytes_per_node, notes=notes,
-    ))
+    total = peak.total_bytes
+    fields = dict(
+        request=None, gpu=run.gpu_name, num_gpus=run.num_gpus, fits=total <= run.capacity_bytes,
+        peak_bytes_per_gpu=total, capacity_bytes=run.capacity_bytes, headroom_bytes=run.capacity_bytes - total,
+        peak_phase=peak.phase, fixed_bytes=sum(item.bytes for item in fixed), resident_items=None, phases=None,
+        models=None, deciding_terms=None, host_bytes_per_node=host_per_node,
+        host_fits=host_per_node <= run.host_ram_bytes_per_node, notes=None,
+    )
+    return _Parts(fields, everything.line_items, tuple(reports), tuple(part.model for part in parts.values()),
+                  tuple(terms), tuple(notes))
+
+
+@lru_cache(maxsize=CACHE_SIZE)
+def _cached(key: EstimateRequest | tuple) -> _Parts:
+    return _compute(key if isinstance(key, EstimateRequest) else key[0])
+
+
+def cache_key(request: EstimateRequest) -> EstimateRequest | tuple:
+    """The request, with the fields given of any inline architecture: equal ``ArchConfig``s can differ in
+    which fields were set, and an unset ``tie_word_embeddings`` takes the family's default."""
+    archs = [v for v in (request.model, request.critic_model, request.reward_model) if isinstance(v, ArchConfig)]
+    if not archs:
+        return request
+    return (request, *(frozenset(a.model_fields_set) for a in archs))
+
+
+def _report(request: EstimateRequest, parts: _Parts) -> Report:
+    """A fresh ``Report`` (fresh lists and phase reports) around the shared immutable parts."""
+    phase_reports = [
+        trusted(PhaseReport, {"phase": p.phase, "total_bytes": p.total_bytes, "breakdown": p.breakdown,
+                              "resident_bytes": p.resident_bytes, "activity": p.activity, "items": list(p.items),
+                              "group": p.group})
+        for p in parts.phases
+    ]
+    fields = dict(parts.fields)
+    fields.update(request=request, resident_items=list(parts.resident_items), phases=phase_reports,
+                  models=list(parts.models), deciding_terms=list(parts.deciding_terms), notes=list(parts.notes))
+    return trusted(Report, fields)
+
+
+def estimate(request: EstimateRequest | None = None, /, **kwargs) -> Report:
+    """Estimate the per-GPU peak memory of one run.
+
+    ``estimate(EstimateRequest(...))`` or ``estimate(model=..., algo=..., gpus=..., **knobs)``.
+    Raises ``memplan.errors.InputError`` (naming the field) or pydantic's ``ValidationError`` on bad input.
+
+    The report's parts are a pure function of the request: they are computed once per distinct request
+    (``CACHE_SIZE`` most recent kept) and each call gets its own ``Report`` around them.
+    """
+    if request is None:
+        request = EstimateRequest(**kwargs)
+    elif kwargs:
+        request = request.model_copy(update=kwargs)
+        request = EstimateRequest.model_validate(request.model_dump())
+    return _report(request, _cached(cache_key(request)))
 
 
 def compare(requests: list[EstimateRequest]) -> list[Report]:

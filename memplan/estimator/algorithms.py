@@ -8,9 +8,13 @@ with the transient bytes it adds on top of the resident models. Knobs and their 
 * ``engine`` and LoRA — peft keeps adapters in fp32, but DeepSpeed casts the whole module to the run's dtype
   at ``deepspeed.initialize`` (``engine.py::_configure_distributed_model``): 16-bit adapters, with masters.
 * ``attention='eager'`` — adds the b·a·s² fp32 softmax and its bf16 copy per layer.
-* ``rollout_engine`` — 'hf': KV cache grows to prompt + answer; 'hybrid-engine': DeepSpeed-Chat's engine
-  first gathers the actor's full weights (ZeRO-3); 'vllm': reserves ``gpu_memory_utilization`` × the GPU
-  for its own weights and KV cache during rollout, asleep (freed) in the other phases.
+* ``rollout_engine`` — 'hf': KV cache grows to prompt + answer; 'vllm': reserves ``gpu_memory_utilization``
+  × the GPU for its own weights and KV cache during rollout, asleep (freed) in the other phases;
+  'hybrid-engine': DeepSpeed-Chat's (and ReMax's) trainer on DeepSpeed 0.10.3 + transformers 4.31
+  (its terms live in ``dschat``): the engine gathers the actor's full weights (ZeRO-3) and keeps its inference
+  workspace (KV cache included) in every phase; make-experience keeps the actor's and reference's
+  ``past_key_values`` and full-sequence logits alive together; the log-prob path covers every position;
+  attention is eager (4.31 has no SDPA path); PPO's actor logits outlive the critic's update.
 * ``group_size`` — completions per prompt: multiplies the rollout's KV cache and the experience buffer.
 * ReMax's greedy pass runs after the sampled one: same peak, twice the experience buffer.
 * micro-batches — when an update runs more than one micro-batch, the gradients of the earlier ones are alive
@@ -18,12 +22,22 @@ with the transient bytes it adds on top of the resident models. Knobs and their 
 
 An activity is one moment: things alive at the same time. A step of the recipe whose peak can fall at two
 different moments (a generation's prefill or its last decode step; a forward's layers or its log-softmax)
-is two activities, and the ledger takes the larger. Gradients that persist between steps (DeepSpeed's
-``BF16_Optimizer``) are added to every activity of every phase.
+is two activities, and the ledger takes the larger. What stays alive across steps (DeepSpeed's
+``BF16_Optimizer`` gradients, the hybrid engine's workspace) is given to every activity as shared items.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
+
+from memplan.estimator.dschat import (
+    actor_logits_held,
+    dschat_experience,
+    generation_logits,
+    hybrid,
+    hybrid_engine_workspace,
+    logprob_loss,
+)
 from memplan.estimator.formulas import (
     backward_transient_per_token,
     final_norm_bytes_per_token,
@@ -33,30 +47,26 @@ from memplan.estimator.formulas import (
     norm_backward_transient_per_token,
     norm_input_bytes_per_token,
     saved_bytes_per_token,
+    tied_embedding_gradient_sum_bytes,
 )
-from memplan.estimator.ledger import Activity
-from memplan.estimator.parallel import States, frozen_states, trainable_states
+from memplan.estimator.ledger import Activity, Item
+from memplan.estimator.parallel import States, Units, frozen_states, trainable_states
 from memplan.estimator.resolve import RoleSetup, Run
 
 EXPERIENCE_BYTES_PER_TOKEN = 8 + 8 + 2 * 4
 """int64 token ids and attention mask over every token, and fp32 per-token results over the answer (old and
 reference log-probs; PPO adds values, returns, advantages): about 8 bytes per token of prompt + answer."""
+_saved_per_token = lru_cache(maxsize=1024)(saved_bytes_per_token)  # the same layer geometry recurs across requests
 
 
-def _largest_unit(r: RoleSetup) -> int:
-    spec = r.spec
-    return max(spec.layer_params, spec.embedding_params, spec.lm_head_params)
+def _eager(run: Run) -> bool:
+    """Eager attention: asked for, or implied by the hybrid engine (transformers 4.31 has no SDPA path)."""
+    return run.eager_attention or hybrid(run)
 
 
-def _largest_param(r: RoleSetup) -> int:
-    spec = r.spec
-    matrices = [lin.count * lin.in_features * lin.out_features for lin in spec.linears]
-    return max([spec.embedding_params, spec.lm_head_params, *matrices])
-
-
-def _adapter_bytes(r: RoleSetup, run: Run) -> int:
-    """Bytes per element of LoRA adapters: peft's fp32, or the run's dtype under DeepSpeed (module cast)."""
-    return run.e if r.sharding.engine == "deepspeed" else 4
+def _adapter_bytes(r: RoleSetup, e: int) -> int:
+    """Bytes per element of LoRA adapters: peft's fp32, or the run's dtype ``e`` under DeepSpeed (module cast)."""
+    return e if r.sharding.engine == "deepspeed" else 4
 
 
 def _lora_mlp(r: RoleSetup, run: Run) -> bool:
@@ -64,28 +74,72 @@ def _lora_mlp(r: RoleSetup, run: Run) -> bool:
     return r.lora and run.lora_targets == "all-linear"
 
 
+def _fsdp_units(r: RoleSetup) -> Units | None:
+    """How FSDP2 wraps the role's model (``engine='fsdp'`` over N > 1 GPUs): its layers, its root and the head
+    whose gradient backward makes first (a tied LM head's too; a scalar head's h). On one GPU FSDP2 keeps no
+    all-gather outputs: ``parallel``'s per-layer approximation is kept (traced within 4 %)."""
+    if r.sharding.engine != "fsdp" or r.sharding.dp == 1:
+        return None
+    spec = r.spec
+    head = (spec.lm_head_params or spec.vocab_size * spec.hidden_size) if r.lm_head else (
+        r.num_params - spec.backbone_params)
+    return Units(layer=spec.layer_params, root=r.num_params - spec.num_layers * spec.layer_params, head=head)
+
+
+def _gathered(st: States, first: bool) -> int:
+    """Weights gathered inside a layer of a forward (FSDP2: of the model's first forward in the step, or not)."""
+    if st.fsdp is None:
+        return st.gather
+    return st.fsdp.first_forward if first else st.fsdp.forward
+
+
+def _fsdp_at(st: States, moment: str) -> int | None:
+    """FSDP2's unsharded bytes at ``moment`` (a field of ``Unsharded``); None without FSDP2."""
+    return None if st.fsdp is None else getattr(st.fsdp, moment)
+
+
+def _fsdp_copy_out(act: Activity, role: str, st: States, first: bool) -> None:
+    """FSDP2's copy-out moment in a forward: a unit unsharded beside two all-gather outputs, before the layer's
+    transients exist; added as the part above what the activity already counts (``_gathered`` + transients)."""
+    if st.fsdp is None:
+        return
+    during, copy = (st.fsdp.first_forward, st.fsdp.first_copy_out) if first else (st.fsdp.forward, st.fsdp.copy_out)
+    transient = sum(item.bytes for item in act.items
+                    if item.role == role and item.category in ("activation", "temp", "logits"))
+    act.add(role, "parameter", copy - during - transient, "FSDP2 copy-out: the previous unit's all-gather output")
+
+
 def role_states(r: RoleSetup, run: Run) -> States:
     """Resident and update-time model states of one role on one GPU."""
+    return model_states(r, run.e, run.lora_rank)
+
+
+@lru_cache(maxsize=1024)
+def model_states(r: RoleSetup, e: int, lora_rank: int) -> States:
+    """``role_states`` on the only fields of the run it reads (cached: roles recur across a sweep's or a plan's
+    requests, and ``resolve`` makes one ``RoleSetup`` per distinct role)."""
     if r.shares_weights_with:
         return States()
-    largest_param, largest_unit = _largest_param(r), _largest_unit(r)
+    largest_param, largest_unit, units = r.spec.largest_matrix, r.spec.largest_unit, _fsdp_units(r)
     if not r.trainable:
-        return frozen_states(r.num_params, r.base_bytes_per_param, largest_param, largest_unit, run.e, r.sharding)
+        return frozen_states(r.num_params, r.base_bytes_per_param, largest_param, largest_unit, e, r.sharding, units)
     if not r.lora:
-        return trainable_states(r.num_params, largest_param, largest_unit, run.e, r.sharding)
-    base = frozen_states(r.num_params, r.base_bytes_per_param, largest_param, largest_unit, run.e, r.sharding)
-    adapter = trainable_states(r.trainable_params, run.lora_rank * r.spec.hidden_size, 0, _adapter_bytes(r, run),
-                               r.sharding)
+        return trainable_states(r.num_params, largest_param, largest_unit, e, r.sharding, units)
+    base = frozen_states(r.num_params, r.base_bytes_per_param, largest_param, largest_unit, e, r.sharding, units)
+    adapter = trainable_states(r.trainable_params, lora_rank * r.spec.hidden_size, 0,
+                               _adapter_bytes(r, e), r.sharding)
     return States(
         parameter=base.parameter + adapter.parameter, optstate=adapter.optstate, buffer=adapter.buffer,
         gradient=adapter.gradient, gradient_persists=adapter.gradient_persists, step_temp=adapter.step_temp,
         gather=base.gather + adapter.gather, full_gather=base.full_gather, host=base.host + adapter.host,
+        fsdp=base.fsdp,
     )
 
 
-def generate(run: Run, actor: RoleSetup, st: States, name: str) -> list[Activity]:
+def generate(run: Run, actor: RoleSetup, st: States, name: str, first: bool = True) -> list[Activity]:
     """One generation call, ``rollout_seqs`` sequences, as two moments: the prefill (the prompt's K/V and one
-    layer's intermediates over every prompt token) and the last decode step (the full cache)."""
+    layer's intermediates over every prompt token) and the last decode step (the full cache). ``first``: the
+    prefill is the actor's first forward in the step (FSDP2 at stage 2 unshards its layers there)."""
     if run.rollout_engine == "vllm":
         act = Activity(name)
         act.add("actor", "other", int(run.vllm_utilization * run.capacity_bytes),
@@ -97,7 +151,10 @@ def generate(run: Run, actor: RoleSetup, st: States, name: str) -> list[Activity
         if run.rollout_engine == "hybrid-engine" and (st.gather or actor.sharding.offload_params):
             act.add("actor", "parameter", st.full_gather, "hybrid engine gathers the full actor for generation")
         else:
-            act.add("actor", "parameter", st.gather, "ZeRO-3 layer gather")
+            act.add("actor", "parameter", _gathered(st, first and act is prefill), "ZeRO-3 layer gather")
+    if run.rollout_engine == "hybrid-engine":  # K/V in the engine's workspace (``dschat``)
+        generation_logits(run, actor, prefill, decode)
+        return [prefill, decode]
     prefill.add("actor", "kv_cache", kv_cache_bytes(spec, run.prompt_len, seqs, run.e, run.tp),
                 f"{seqs} seqs × {run.prompt_len} prompt tokens")
     per_token = layer_forward_transient_per_token(spec, run.e, run.tp, lora_mlp=_lora_mlp(actor, run))
@@ -109,39 +166,48 @@ def generate(run: Run, actor: RoleSetup, st: States, name: str) -> list[Activity
                    "DynamicCache grows by concatenation: one layer's old K or V beside the new one")
     decode.add("actor", "activation", int(seqs * per_token), "one token's intermediates")
     decode.add("actor", "logits", logprob_logits_bytes(seqs, spec.vocab_size, run.e, False, run.tp), "next-token")
+    _fsdp_copy_out(prefill, "actor", st, first)
+    _fsdp_copy_out(decode, "actor", st, False)
     return [prefill, decode]
 
 
-def forward(run: Run, r: RoleSetup, st: States, name: str, seqs: int) -> list[Activity]:
+def forward(run: Run, r: RoleSetup, st: States, name: str, seqs: int, first: bool = True) -> list[Activity]:
     """A no-grad forward over ``seqs`` full sequences: log-probs (actor, reference) or scores (critic, reward),
-    as two moments: inside the layers, and (for an LM head) the vocabulary-wide log-softmax after them."""
+    as two moments: inside the layers, and (for an LM head) the vocabulary-wide log-softmax after them.
+    ``first``: the model's first forward in the step (FSDP2 at stage 2 unshards its layers there)."""
     layers = Activity(name)
-    layers.add(r.role, "parameter", st.gather, "gathered weights")
+    layers.add(r.role, "parameter", _gathered(st, first), "gathered weights")
     tokens = seqs * run.train_seq_len
     lora_mlp = _lora_mlp(r, run) and r.role != "reference"  # the shared reference runs with adapters off
     layers.add(r.role, "activation", int(tokens * layer_forward_transient_per_token(r.spec, run.e, run.tp,
                                                                                    lora_mlp)))
+    _fsdp_copy_out(layers, r.role, st, first)
     if not r.lm_head:
         return [layers]
     logprobs = Activity(f"{name}: log-softmax")
-    logprobs.add(r.role, "parameter", st.gather, "gathered weights")
+    logprobs.add(r.role, "parameter", st.fsdp.after_forward if st.fsdp else st.gather, "gathered weights")
     logprobs.add(r.role, "logits", logprob_logits_bytes(seqs * run.logit_tokens, r.spec.vocab_size, run.e,
                                                         False, run.tp), "log-probs")
-    return [layers, logprobs]
+    if st.fsdp is None:
+        return [layers, logprobs]
+    head = Activity(f"{name}: LM head")  # FSDP2 keeps the root until the forward returns its logits
+    head.add(r.role, "parameter", st.fsdp.lm_head, "gathered weights")
+    head.add(r.role, "logits", int(seqs * run.logit_tokens * r.spec.vocab_size * run.e / run.tp), "logits")
+    return [layers, head, logprobs]
 
 
 def _train_setup(run: Run, r: RoleSetup, st: States):  # noqa: ANN202
     spec, tokens = r.spec, run.train_seqs * run.train_seq_len
-    per = saved_bytes_per_token(
+    per = _saved_per_token(
         spec, run.e, seq_len=run.train_seq_len, weights_trainable=not r.lora, lora_rank=run.lora_rank if r.lora
-        else 0, lora_targets=run.lora_targets, lora_dtype_bytes=_adapter_bytes(r, run),
-        eager_attention=run.eager_attention, tp=run.tp,
+        else 0, lora_targets=run.lora_targets, lora_dtype_bytes=_adapter_bytes(r, run.e),
+        eager_attention=_eager(run), tp=run.tp,
     )
     accumulating = run.rollout_seqs > run.train_seqs and not st.gradient_persists
 
-    def moment(name: str) -> Activity:
+    def moment(name: str, gather: int | None = None) -> Activity:
         act = Activity(f"{r.role} {name}")
-        act.add(r.role, "parameter", st.gather, "gathered weights")
+        act.add(r.role, "parameter", st.gather if gather is None else gather, "gathered weights")
         if accumulating:
             act.add(r.role, "gradient", st.gradient, "earlier micro-batches' gradients")
         return act
@@ -161,15 +227,18 @@ def _checkpointed_inputs(run: Run, r: RoleSetup, tokens: int) -> int:
 
 def _loss(run: Run, r: RoleSetup, act: Activity, tokens: int) -> None:
     """The final norm's saved tensors and the log-softmax path, alive when backward starts at the loss."""
-    lm_head_input = not r.lora and run.logit_tokens == run.train_seq_len
+    dschat = hybrid(run)
+    lm_head_input = not r.lora and (run.logit_tokens == run.train_seq_len or dschat)
     per_token = final_norm_bytes_per_token(r.spec, run.e, weights_trainable=not r.lora, lm_head_input=lm_head_input)
     act.add(r.role, "activation", int(tokens * per_token), "final norm")
-    if r.lm_head:
+    if r.lm_head and dschat:  # DeepSpeed-Chat / ReMax: log-softmax over every position's (fp32) logits
+        logprob_loss(run, r, act)
+    elif r.lm_head:
         act.add(r.role, "logits", logprob_logits_bytes(run.train_seqs * run.logit_tokens, r.spec.vocab_size, run.e,
                                                        True, run.tp), "fp32 log-softmax and its backward")
     else:  # a scalar head: backward starts with the final norm's (or the last layer's) gradients
-        grads = max(norm_backward_transient_per_token(r.spec, run.e), backward_transient_per_token(r.spec, run.e,
-                                                                                                     run.tp))
+        grads = max(norm_backward_transient_per_token(r.spec, run.e),
+                    backward_transient_per_token(r.spec, run.e, run.tp, _lora_mlp(r, run)))
         act.add(r.role, "activation", int(tokens * grads), "backward's first gradients")
 
 
@@ -182,7 +251,7 @@ def train(run: Run, r: RoleSetup, st: States) -> list[Activity]:
     the loss with the layer inputs, is ``checkpointed_loss``.
     """
     spec, tokens, per, moment = _train_setup(run, r, st)
-    fb = moment("forward/backward")
+    fb = moment("forward/backward", _fsdp_at(st, "backward" if run.gradient_checkpointing else "loss"))
     if run.gradient_checkpointing:
         fb.add(r.role, "activation", _checkpointed_inputs(run, r, tokens), "checkpointed layer inputs")
         layer = per.base + per.implementation + per.lora + per.attention_scores
@@ -198,11 +267,17 @@ def train(run: Run, r: RoleSetup, st: States) -> list[Activity]:
         fb.add(r.role, "activation", int(tokens * spec.num_layers * per.lora), "LoRA adapters' inputs")
         fb.add(r.role, "activation", int(tokens * spec.num_layers * per.attention_scores), "eager attention scores")
         _loss(run, r, fb, tokens)
+    out = [fb]
+    if r.lm_head and not r.lora and spec.tie_word_embeddings:
+        end = moment("backward's end")
+        end.add(r.role, "activation", tied_embedding_gradient_sum_bytes(spec, run.e, run.tp),
+                "tied embedding: the LM head's and the input embedding's gradients and their sum")
+        out.append(end)
     step = Activity(f"{r.role} optimizer step")
     if not st.gradient_persists:
         step.add(r.role, "gradient", st.gradient)
     step.add(r.role, "temp", st.step_temp, "optimizer step")
-    return [fb, step]
+    return [*out, step]
 
 
 def checkpointed_loss(run: Run, r: RoleSetup, st: States) -> list[Activity]:
@@ -211,22 +286,74 @@ def checkpointed_loss(run: Run, r: RoleSetup, st: States) -> list[Activity]:
     if not run.gradient_checkpointing:
         return []
     spec, tokens, _per, moment = _train_setup(run, r, st)
-    act = moment("backward at the loss")
+    act = moment("backward at the loss", _fsdp_at(st, "loss"))
     act.add(r.role, "activation", _checkpointed_inputs(run, r, tokens), "checkpointed layer inputs")
     _loss(run, r, act, tokens)
     return [act]
 
 
+def fsdp_backward(run: Run, r: RoleSetup, st: States) -> list[Activity]:
+    """FSDP2's other moments of a training step (``engine='fsdp'``, stage 2 or 3; module docstring of
+    ``parallel``): without checkpointing, backward's first layers (L − 1 layers' saved tensors, the loss's
+    freed); backward's last layers (layer 1 with layer 0 prefetched: one layer's tensors, the sharded gradients
+    of the L − 2 layers reduced before); and the root's reduce-scatter after every layer's."""
+    fs = st.fsdp
+    if fs is None or r.lora:
+        return []
+    spec, tokens, per, moment = _train_setup(run, r, st)
+    layer = per.base + per.implementation + per.lora + per.attention_scores
+    grads = backward_transient_per_token(spec, run.e, run.tp)
+    out = []
+    if not run.gradient_checkpointing:
+        first = moment("backward's first layers", fs.backward)  # layer L − 2, layer L − 1's reduce-scatter out
+        first.add(r.role, "activation", int(tokens * (spec.num_layers - 1) * layer), f"{spec.num_layers - 1} layers")
+        first.add(r.role, "activation", int(tokens * grads), "a layer's gradients")
+        out.append(first)
+    last = moment("backward's last layers", fs.late_backward)
+    last.add(r.role, "activation", int(tokens * layer), "one layer" + (" recomputed" if run.gradient_checkpointing
+                                                                       else "'s saved tensors"))
+    last.add(r.role, "activation", int(tokens * grads), "that layer's gradients")
+    end = moment("root's reduce-scatter", fs.backward_end)
+    for act, layers in ((last, max(spec.num_layers - 2, 0)), (end, spec.num_layers)):
+        if not any(item.category == "gradient" for item in act.items):  # else: earlier micro-batches' (whole)
+            act.add(r.role, "gradient", int(st.gradient * layers * spec.layer_params / r.num_params),
+                    f"sharded gradients of the {layers} layers reduced so far")
+    return [*out, last, end]
+
+
+def _fsdp_persisting_layers(run: Run, recipe: dict[str, list[Activity]], states: dict[str, States]) -> None:
+    """FSDP2 at stage 2 (``reshard_after_forward=False``): a trained model's layers stay unsharded from its first
+    forward in a step to its backward; add them to the other models' activities in between."""
+    if run.placement == "split":
+        return
+    for role, st in states.items():
+        if st.fsdp is None or not st.fsdp.persists:
+            continue
+        started = False
+        kept = (Item(role, "parameter", st.fsdp.persists,
+                     "FSDP2 reshard_after_forward=False: layers unsharded until its backward"),)
+        for phase, activities in recipe.items():
+            if phase == f"{role}_update":
+                break
+            for act in activities:
+                own = act.role == role
+                started = started or own
+                if started and not own:
+                    act.shared += kept
+
+
 def _persisting_gradients(run: Run, recipe: dict[str, list[Activity]], states: dict[str, States]) -> None:
-    """Add gradients kept between steps to every activity (of the same role's GPUs under split placement)."""
+    """Gradients kept between steps, shared by every activity (of the same role's GPUs under split placement)."""
+    split = run.placement == "split"
     for role, st in states.items():
         if not (st.gradient_persists and st.gradient):
             continue
+        kept = (Item(role, "gradient", int(st.gradient), "16-bit gradients, zeroed but kept between steps"),)
         for activities in recipe.values():
             for act in activities:
-                if run.placement == "split" and act.items and act.items[0].role != role:
+                if split and act.role not in (None, role):
                     continue
-                act.add(role, "gradient", st.gradient, "16-bit gradients, zeroed but kept between steps")
+                act.shared += kept
 
 
 def phases(run: Run, states: dict[str, States]) -> dict[str, list[Activity]]:
@@ -236,23 +363,32 @@ def phases(run: Run, states: dict[str, States]) -> dict[str, list[Activity]]:
 
     def score(role: str, seqs: int, what: str) -> list[Activity]:
         r = roles.get(role)
-        return forward(run, r, states[role], f"{role} {what}", seqs) if r else []
+        return forward(run, r, states[role], f"{role} {what}", seqs, first=role != "actor") if r else []
 
     def update(role: str) -> list[Activity]:
-        return train(run, roles[role], states[role]) + checkpointed_loss(run, roles[role], states[role])
+        return (train(run, roles[role], states[role]) + checkpointed_loss(run, roles[role], states[role])
+                + fsdp_backward(run, roles[role], states[role]))
 
     micro = run.train_seqs
     recipe: dict[str, list[Activity]] = {}
     if run.algo in ("ppo", "grpo", "remax", "rloo"):
         rollout = generate(run, actor, states["actor"], "sampled rollout")
         if run.greedy_pass:
-            rollout += generate(run, actor, states["actor"], "greedy rollout (ReMax baseline)")
+            rollout += generate(run, actor, states["actor"], "greedy rollout (ReMax baseline)", first=False)
         recipe["rollout"] = rollout
-        recipe["scoring"] = (score("actor", micro, "old log-probs") + score("reference", micro, "log-probs")
-                             + score("reward", micro, "scores") + score("critic", micro, "values"))
+        dschat = run.rollout_engine == "hybrid-engine" and run.placement == "colocated"
+        if dschat:
+            recipe["scoring"] = dschat_experience(run, roles, states)
+        else:
+            recipe["scoring"] = (score("actor", micro, "old log-probs") + score("reference", micro, "log-probs")
+                                 + score("reward", micro, "scores") + score("critic", micro, "values"))
         recipe["actor_update"] = update("actor")
         if "critic" in roles:
             recipe["critic_update"] = update("critic")
+            if dschat:  # train_rlhf holds actor_prob through the actor's backward and step and the critic's update
+                actor_logits_held(run, recipe, actor)
+        if run.rollout_engine == "hybrid-engine":
+            hybrid_engine_workspace(run, recipe, actor)
     elif run.algo == "dpo":
         if "reference" in roles:
             recipe["scoring"] = score("reference", micro, "log-probs (chosen + rejected)")
@@ -260,4 +396,5 @@ def phases(run: Run, states: dict[str, States]) -> dict[str, list[Activity]]:
     else:  # sft
         recipe["actor_update"] = update("actor")
     _persisting_gradients(run, recipe, states)
+    _fsdp_persisting_layers(run, recipe, states)
     return recipe

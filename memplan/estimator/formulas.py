@@ -217,11 +217,13 @@ def norm_input_bytes_per_token(spec: ModelSpec, e: int) -> float:
     return 4 * spec.hidden_size
 
 
-def backward_transient_per_token(spec: ModelSpec, e: int, tp: int = 1) -> float:
+def backward_transient_per_token(spec: ModelSpec, e: int, tp: int = 1, lora_mlp: bool = False) -> float:
     """Gradients of activations alive at once inside one decoder layer's backward, per token (traced).
 
     The largest moment is the MLP's: the gradient of the down projection's input, and of the two tensors it
-    was made from (act(gate) and up, or fc1's output), beside the incoming gradient: 2·e·f + e·h.
+    was made from (act(gate) and up; ReLU's and gelu_new's saved chain), beside the incoming gradient:
+    2·e·f + e·h; e·f + e·h for GPT-NeoX's exact GELU. In OPT an adapted fc2 sends a second f-wide gradient
+    to its input through the LoRA path (+ e·f; traced; in the other families it is gone by the peak).
     """
     h, f = spec.hidden_size, spec.intermediate_size / tp
     if spec.num_experts:
@@ -229,7 +231,10 @@ def backward_transient_per_token(spec: ModelSpec, e: int, tp: int = 1) -> float:
         # stay fp32: Mixtral) and of the sorted copy (traced, within a few % on both MoE families)
         k, w = spec.experts_per_token, (4 if spec.model_type == "mixtral" else e)
         return k * (2 * e * f + w * h + e * h) + e * h
-    return 2 * e * f + e * h
+    lora = e * f if lora_mlp and spec.model_type == "opt" else 0.0  # fc2's LoRA path: a second input gradient
+    if spec.model_type == "gpt_neox":  # exact GELU: only its input's gradient joins the incoming one
+        return e * f + e * h + lora
+    return 2 * e * f + e * h + lora
 
 
 def norm_backward_transient_per_token(spec: ModelSpec, e: int) -> float:
@@ -270,6 +275,17 @@ def layer_forward_transient_per_token(spec: ModelSpec, e: int, tp: int = 1, lora
     return mlp + 2 * e * h + 4 * h
 
 
+def tied_embedding_gradient_sum_bytes(spec: ModelSpec, e: int, tp: int = 1) -> int:
+    """The end of a full fine-tuning backward when the LM head is tied to the input embedding: 3·e·V·h.
+
+    The shared weight gets two gradients — the LM head's matmul (e·V·h) and ``embedding_dense_backward``'s
+    (e·V·h) — and autograd's input buffer sums them out of place (``aten.add``, a third e·V·h) before the sum
+    is accumulated into ``.grad`` (traced; the same C++ path on CUDA). On a large vocabulary this moment,
+    not the layers', sets the backward's peak (Qwen2.5-0.5B: 779 MiB; Llama-3.2-1B: 1.5 GiB).
+    """
+    return 3 * e * spec.vocab_size * spec.hidden_size // tp
+
+
 def logprob_logits_bytes(tokens: int, vocab: int, e: int, training: bool, tp: int = 1) -> int:
     """Peak of the log-prob path over ``tokens`` positions: ``log_softmax(logits.float()).gather(ids)``.
 
@@ -280,3 +296,111 @@ def logprob_logits_bytes(tokens: int, vocab: int, e: int, training: bool, tp: in
     v = vocab / tp
     per_token = 12 * v if training else (e + 8) * v
     return int(tokens * per_token)
+
+
+# --- DeepSpeed-Chat and ReMax on DeepSpeed's hybrid engine -------------------------------------------------
+# What ``rollout_engine='hybrid-engine'`` means: the versions ReMax pins (environment.yml: deepspeed 0.10.3,
+# transformers 4.31.0, torch 2.0.1) running DeepSpeed-Chat's PPO trainer or ReMax's trainer. Line numbers are
+# those of the pip packages; the trainers are cited by file and function (../notes/research_dschat.md).
+
+
+def hybrid_engine_workspace_bytes(spec: ModelSpec, seqs: int, max_out_tokens: int, e: int, tp: int = 1) -> int:
+    """DeepSpeed's inference workspace, allocated once by the first generation and kept in every phase.
+
+    ``InferenceContext::GenWorkSpace`` (deepspeed 0.10.3 csrc/transformer/inference/includes/
+    inference_context.h:98-182), T = ``hybrid_engine.max_out_tokens`` (DeepSpeed-Chat and ReMax pass
+    prompt + answer; ``min_out_tokens`` = T, hybrid_engine.py:99-100, so it cannot shrink), d' = h/a padded
+    to 32, 64 or 128 (kept when > 128), mp = inference tensor-parallel size:
+
+        (10·a·d' + (a/mp)·T + 2·L·a·d'/mp) · T · b · e
+
+    activations, attention scratch and the KV cache (``ds_softmax_context`` returns views of it,
+    pt_binding.cpp:465-551). Raw ``cudaMalloc``, outside PyTorch's caching allocator (nvml sees it,
+    ``torch.cuda.memory_allocated`` does not). Freed only with ``release_inference_cache``, default False
+    (runtime/config.py:531; hybrid_engine.py:271-274). Llama-2-7B, T = 512, bf16: (40,960 + 16,384 +
+    262,144) · 512 · 2 = 327,155,712 B = 312 MiB per sequence.
+    """
+    a = spec.num_heads
+    d = spec.hidden_size // a
+    d_eff = d if d > 128 else 32 if d <= 32 else 64 if d <= 64 else 128
+    activation = 10 * a * d_eff
+    temp = (a // tp) * max_out_tokens
+    cache = spec.num_layers * (a * d_eff // tp) * 2
+    return (activation + temp + cache) * max_out_tokens * seqs * e
+
+
+def hybrid_engine_cache_bytes(spec: ModelSpec, seqs: int, max_out_tokens: int, e: int, tp: int = 1) -> int:
+    """The KV-cache part of ``hybrid_engine_workspace_bytes``: ``cache_size`` · T · e = 2·L·(a·d'/mp)·T·b·e
+    (inference_context.h: ``cache_size``; every head, not only GQA's KV heads). Llama-2-7B, T = 512:
+    268,435,456 B = 256 MiB per sequence."""
+    a = spec.num_heads
+    d = spec.hidden_size // a
+    d_eff = d if d > 128 else 32 if d <= 32 else 64 if d <= 64 else 128
+    return 2 * spec.num_layers * (a * d_eff // tp) * max_out_tokens * seqs * e
+
+
+def past_key_values_bytes(spec: ModelSpec, seq_len: int, seqs: int, e: int, tp: int = 1) -> int:
+    """The ``past_key_values`` a transformers 4.31 forward returns: 2·L·k·d·s·b·e (``kv_cache_bytes``).
+
+    ``use_cache`` defaults to ``config.use_cache`` = True (configuration_llama.py:118, modeling_llama.py:615)
+    and is forced off only under gradient checkpointing in training (modeling_llama.py:658-663); each layer
+    appends its K and V (modeling_llama.py:324, 704). DeepSpeed-Chat's and ReMax's make-experience forwards
+    of the actor (train mode, checkpointing off outside the training block) and of the reference pass no
+    ``use_cache``, so both outputs keep the cache until ``generate_experience`` returns. Llama-2-7B, s = 512:
+    2 · 32 · 4096 · 512 · 2 = 268,435,456 B = 256 MiB per sequence.
+    """
+    return kv_cache_bytes(spec, seq_len, seqs, e, tp)
+
+
+def hf_logits_element_bytes(spec: ModelSpec, e: int) -> int:
+    """Bytes per element of the logits a transformers 4.31 causal LM returns: Llama upcasts every position's
+    logits to fp32 (modeling_llama.py:825 ``logits = logits.float()``); OPT keeps the compute dtype
+    (modeling_opt.py:956), as do GPT-2 and GPT-NeoX. Families newer than 4.31 upcast like Llama (4.3x)."""
+    return e if spec.model_type in ("opt", "gpt2", "gpt_neox") else 4
+
+
+def lm_head_logits_bytes(seqs: int, positions: int, vocab: int, element_bytes: int, tp: int = 1) -> int:
+    """One [b, s, V] logits tensor over every position: b·s·V·bytes (DeepSpeed-Chat and ReMax take
+    ``log_softmax`` over all positions, not the answer's). Llama-2-7B fp32, s = 512: 65,536,000 B = 62.5 MiB
+    per sequence."""
+    return seqs * positions * (vocab // tp) * element_bytes
+
+
+def eager_attention_forward_bytes(seqs: int, heads: int, seq_len: int, e: int, tp: int = 1) -> int:
+    """Eager attention in a no-grad forward, one layer: the scores (e), their fp32 softmax (4) and its cast
+    back (e) alive at once: b·a·s²·(2e + 4) (transformers 4.31 has no SDPA path for Llama:
+    modeling_llama.py:343-346 ``softmax(attn_weights, dtype=torch.float32).to(query_states.dtype)``).
+    Llama-2-7B bf16, s = 512: 32 · 512² · 8 = 67,108,864 B = 64 MiB per sequence."""
+    return seqs * (heads // tp) * seq_len * seq_len * (2 * e + 4)
+
+
+def dschat_gather_log_probs_bytes(seqs: int, seq_len: int, vocab: int, element_bytes: int, tp: int = 1) -> int:
+    """DeepSpeed-Chat's ``gather_log_probs(logits[:, :-1, :], seq[:, 1:])`` without autograd
+    (dschat/rlhf/ppo_trainer.py, ``generate_experience``): the log-softmax output over s − 1 positions, and
+    for b > 1 the contiguous copy CUDA's ``host_softmax`` makes of the non-contiguous slice (``input_.contiguous()``
+    inside the kernel's op: read in source, not traceable on the CPU): (1 or 2)·b·(s−1)·V·bytes.
+    Llama-2-7B fp32, s = 512, b = 1: 65,408,000 B = 62.4 MiB per sequence."""
+    copies = 2 if seqs > 1 else 1
+    return copies * seqs * (seq_len - 1) * (vocab // tp) * element_bytes
+
+
+def remax_experience_temporaries_bytes(seqs: int, seq_len: int, vocab: int, element_bytes: int,
+                                       tp: int = 1) -> int:
+    """ReMax's make-experience post-processing over full logits (liziniu/ReMax remax_trainer.py @2cdfe70,
+    ``generate_experience``): at ``full_kl = sum(probs * (lsm - lsm_ref))`` the actor's log-softmax, its
+    ``exp``, the reference's log-softmax, their difference and the product are alive at once:
+    5·b·s·V·bytes. Llama-2-7B fp32, s = 512: 327,680,000 B = 312.5 MiB per sequence."""
+    return 5 * seqs * seq_len * (vocab // tp) * element_bytes
+
+
+def dschat_logprob_backward_bytes(seqs: int, seq_len: int, vocab: int, element_bytes: int, *,
+                                  logits_kept: bool, tp: int = 1) -> int:
+    """The training log-prob path of DeepSpeed-Chat and ReMax at its backward peak:
+    ``gather_log_probs(logits[:, :-1, :])``'s saved log-softmax output, gather's dense gradient and
+    log-softmax's input gradient over s − 1 positions (3·b·(s−1)·V·bytes), plus the logits themselves over s
+    positions when the trainer still holds them: DeepSpeed-Chat's ``train_rlhf`` keeps ``actor_prob`` until
+    it returns; ReMax's ``compute_loss`` returns before backward (remax_trainer.py @2cdfe70), freeing them.
+    Llama-2-7B fp32, s = 512: 196,224,000 B (ReMax) or 261,760,000 B (DeepSpeed-Chat) per sequence."""
+    v = vocab // tp
+    kept = seqs * seq_len * v * element_bytes if logits_kept else 0
+    return 3 * seqs * (seq_len - 1) * v * element_bytes + kept

@@ -3,15 +3,19 @@
 A phase is resident memory plus the largest of its sequential activities (a scoring phase runs the
 reference, reward and critic forwards one after another: only the largest one's transients count).
 
-Items are plain tuples on the hot path; the report is plain dicts, validated into pydantic models once,
-in one pass of pydantic-core (faster than building each line item as a model).
+Items are plain tuples on the hot path. A phase's result is an immutable ``PhaseTotals`` whose line items
+and breakdown are report models built once, without re-validation (``memplan.report.trusted``): the
+estimator caches it per request and hands each caller a fresh ``PhaseReport`` around it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
+from operator import itemgetter
 from typing import NamedTuple
 
+from memplan.report import Breakdown, LineItem, trusted
 
 CATEGORIES = ("parameter", "buffer", "gradient", "optstate", "activation", "temp", "kv_cache", "logits", "other")
 
@@ -23,39 +27,104 @@ class Item(NamedTuple):
     note: str = ""
 
 
-def line_item(item: Item, prefix: str = "") -> dict:
-    """A ``LineItem`` as a dict."""
+_new_item = tuple.__new__  # Item(...) without the generated __new__'s Python frame: Activity.add is hot
+_bytes = itemgetter(2)  # Item.bytes
+
+
+@lru_cache(maxsize=8192)
+def line_item(item: Item, prefix: str = "") -> LineItem:
+    """The ``LineItem`` of an item; ``prefix`` (the activity's name) leads its note. Cached: the same items
+    of the same activities recur across the requests of a sweep or a plan (every ``Item`` holds an int)."""
     note = f"{prefix}: {item.note}" if prefix and item.note else prefix or item.note
-    return {"role": item.role, "category": item.category, "bytes": item.bytes, "note": note}
+    return _line_item(item.role, item.category, item.bytes, note)
+
+
+@lru_cache(maxsize=4096, typed=True)
+def _line_item(role: str, category: str, n_bytes: int, note: str) -> LineItem:
+    """LineItems are immutable: equal ones are shared between reports (runtime costs, weights and optimizer
+    states recur across the requests of a sweep or a plan)."""
+    return trusted(LineItem, {"role": role, "category": category, "bytes": n_bytes, "note": note})
 
 
 @dataclass(slots=True)
 class Activity:
-    """One step of a phase (a generation, a forward, a training step) and the transient bytes it adds."""
+    """One step of a phase (a generation, a forward, a training step) and the transient bytes it adds.
+
+    ``shared``: items other parts of the run keep alive during it (the hybrid engine's workspace, gradients
+    kept between steps, another model's unsharded layers), listed after its own items. Often one tuple shared
+    by every activity of a recipe: added once per phase instead of once per activity."""
 
     name: str
     items: list[Item] = field(default_factory=list)
+    shared: tuple[Item, ...] = ()
 
     def add(self, role: str, category: str, n_bytes: int, note: str = "") -> None:
         if n_bytes > 0:
-            self.items.append(Item(role, category, int(n_bytes), note))
+            self.items.append(_new_item(Item, (role, category, int(n_bytes), note)))
+
+    @property
+    def role(self) -> str | None:
+        """Whose step this is: the role of its first item (own, else shared); None when it has none."""
+        first = self.items or self.shared
+        return first[0].role if first else None
 
     @property
     def total(self) -> int:
-        return sum(item.bytes for item in self.items)
+        return sum(map(_bytes, self.items)) + sum(map(_bytes, self.shared))
 
 
-def phase_report(phase: str, resident: list[Item], activities: list[Activity], extra: list[Item],
-                 group: str | None = None) -> dict:
-    """A ``PhaseReport`` as a dict: resident items, plus the phase's own buffers and its largest activity."""
-    largest = max(activities, key=lambda act: act.total, default=Activity("idle"))
+class Resident(NamedTuple):
+    """Items present in every phase on a group of GPUs, their line items and their sums by category."""
+
+    items: tuple[Item, ...]
+    line_items: tuple[LineItem, ...]
+    sums: dict[str, int]
+    """Bytes by category (read-only by convention: shared by every phase of the group)."""
+    total: int
+
+
+def resident(items: list[Item], line_items: list[LineItem]) -> Resident:
+    """Sum resident ``items`` (with their already built ``line_items``) once for all phases."""
     sums = dict.fromkeys(CATEGORIES, 0)
-    resident_bytes = 0
-    for item in resident:
-        sums[item.category] += item.bytes
-        resident_bytes += item.bytes
-    items = [line_item(item) for item in extra] + [line_item(item, largest.name) for item in largest.items]
     for item in items:
-        sums[item["category"]] += item["bytes"]
-    return {"phase": phase, "total_bytes": sum(sums.values()), "breakdown": sums, "resident_bytes": resident_bytes,
-            "activity": largest.name, "items": items, "group": group}
+        sums[item.category] += item.bytes
+    return Resident(tuple(items), tuple(line_items), sums, sum(sums.values()))
+
+
+class PhaseTotals(NamedTuple):
+    """A ``PhaseReport``'s values, immutable: ``items`` is a tuple (the report gets a list copy)."""
+
+    phase: str
+    total_bytes: int
+    breakdown: Breakdown
+    resident_bytes: int
+    activity: str
+    items: tuple[LineItem, ...]
+    group: str | None
+
+
+_IDLE = Activity("idle")
+
+
+def phase_report(phase: str, res: Resident, activities: list[Activity], extra: list[Item],
+                 group: str | None = None) -> PhaseTotals:
+    """Resident items, plus the phase's own buffers and its largest activity (the first of equals)."""
+    largest, largest_total = _IDLE, -1
+    for act in activities:
+        t = sum(map(_bytes, act.items))  # act.total, inline: this loop runs for every phase and GPU group
+        if act.shared:
+            t += sum(map(_bytes, act.shared))
+        if t > largest_total:
+            largest, largest_total = act, t
+    sums = dict(res.sums)
+    items = []
+    for item in extra:
+        sums[item.category] += item.bytes
+        items.append(line_item(item))
+    name = largest.name
+    for own in (largest.items, largest.shared):
+        for item in own:
+            sums[item.category] += item.bytes
+            items.append(line_item(item, name))
+    breakdown = trusted(Breakdown, sums)
+    return PhaseTotals(phase, sum(sums.values()), breakdown, res.total, name, tuple(items), group)

@@ -31,6 +31,32 @@ FSDP2 (``fully_shard``) with ``MixedPrecisionPolicy(param_dtype=bf16)`` keeps fp
 (they are the master weights), fp32 sharded gradients and fp32 Adam states: 16Ψ/N, plus the bf16 unsharded
 parameters of the layers being computed. torch's AdamW defaults to the foreach implementation on CUDA,
 whose ``_foreach_sqrt`` allocates a temporary as large as the parameter group (its state dtype).
+
+What FSDP2 holds unsharded (``fsdp_unsharded``), with ``fully_shard`` on every decoder layer and then on the
+root, as torchtitan and verl wrap models: U parameters per layer, R = Ψ − L·U in the root (embeddings, final
+norm, head), H those of the head whose gradient backward makes first (the LM head, tied or not; a critic's or
+reward model's h), e bytes per unsharded element, r per reduce-scatter element (fp32 ``reduce_dtype``: 4).
+Read from torch 2.13 ``distributed/fsdp/_fully_shard/_fsdp_param_group.py`` and checked against rank-0
+traces (``memplan.harness.sharded``, tests/test_sharded.py):
+
+* a forward unshards the root first and keeps it to the end of the forward; each unit's all-gather output
+  (as large as the unit) is kept until the next unit's copy-out (``wait_for_unshard``: "free the all-gather
+  result"), so a copy-out holds two all-gather outputs and the new unit: inside layer k, e·(R + 2U) beside
+  its activations; at a copy-out, e·(R + 2U + max(R, U)) (the root's output lives until layer 0's); at the
+  LM head, e·(R + U) beside the logits;
+* stage 3 (``reshard_after_forward=True``): each layer is resharded after its forward; backward keeps the root,
+  the head's gradient, layer k's weights and gradients, layer k − 1's prefetched all-gather output and layer
+  k + 1's reduce-scatter input (``reduce_scatter_states``, one in flight): e·(R + H + 3U) + r·U;
+* stage 2 (``reshard_after_forward=False``): layers stay unsharded from a model's first forward in a step to
+  their own backward, also while other models compute: e·(Ψ − R). The first forward ends with e·(Ψ + 2U) at
+  its last copy-out; later ones re-gather the root, whose all-gather output lives through the forward:
+  e·(Ψ + R); backward starts with e·(Ψ + H) + max(e·U, r·U) and frees a layer at a time;
+* after a forward without autograd the root is resharded too (verl's ``_reshard_if_needed``);
+* the root's gradients are reduced last, after its weights are resharded: e·R gradients beside their r·R
+  reduce-scatter input — larger than a layer's moment when the vocabulary is (Llama 3, Qwen 2.5);
+* the sharded gradients, r·Ψ/N, fill in as backward goes: whole at its end.
+
+On one GPU FSDP2 keeps no all-gather outputs, and memplan keeps the per-layer approximation of ``gather``.
 """
 
 from __future__ import annotations
@@ -65,6 +91,47 @@ class Sharding:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class Units:
+    """A model as FSDP2 wraps it: ``fully_shard`` on every decoder layer, then on the root."""
+
+    layer: int
+    """U: parameters of one decoder layer."""
+    root: int
+    """R: the rest (embeddings, final norm, LM or scalar head): Ψ − L·U."""
+    head: int
+    """H: parameters of the head whose gradient backward makes first and the root keeps to its end."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Unsharded:
+    """FSDP2: bytes one role holds beyond its shards at each kind of moment (weights, all-gather outputs,
+    unsharded gradients, reduce-scatter inputs). See the module docstring."""
+
+    first_forward: int
+    """Inside a layer of the model's first forward in a step, beside its activations."""
+    first_copy_out: int
+    """At a unit's copy-out in that forward (no activations)."""
+    forward: int
+    """Inside a layer of a later forward, beside its activations."""
+    copy_out: int
+    """At a unit's copy-out in a later forward."""
+    lm_head: int
+    """At the LM head, after the last layer (its all-gather output still held)."""
+    after_forward: int
+    """After a forward without autograd (the log-softmax over its logits)."""
+    loss: int
+    """Backward at the loss (the forward's root still unsharded)."""
+    backward: int
+    """Backward through the first layers (every checkpointed input still alive)."""
+    late_backward: int
+    """Backward through the last layers (the sharded gradients nearly whole)."""
+    backward_end: int
+    """The root's reduce-scatter, after every layer's."""
+    persists: int
+    """Kept while other models compute, from the model's first forward in a step to its backward (stage 2)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class States:
     """Per-GPU bytes of one role's model states and engine buffers."""
 
@@ -87,6 +154,9 @@ class States:
     """The whole model's weights gathered at once (the hybrid engine's generation under ZeRO-3)."""
     host: int = 0
     """Host RAM for this role per GPU (CPU offload)."""
+    fsdp: Unsharded | None = None
+    """FSDP2 at stage 2 or 3 (``engine='fsdp'``): what it unshards, moment by moment; ``gather`` is then its
+    ``forward``."""
 
 
 def _div(n: float, k: int) -> int:
@@ -105,22 +175,54 @@ def gathered_elems(sh: Sharding, largest_param: int, largest_unit: int) -> int:
     return 2 * largest_unit
 
 
+def fsdp_unsharded(units: Units, params: int, e: float, sh: Sharding, *, trains: bool) -> Unsharded:
+    """What FSDP2 holds unsharded on one GPU at each moment (module docstring), for a trained model at stage 2
+    or 3, or a frozen model at stage 3 (``e``: its bytes per weight; backward gathers as a forward: LoRA)."""
+    tp = sh.tp
+    root, u, head, psi = units.root / tp, units.layer / tp, units.head / tp, params / tp
+    r = 4 if sh.master_weights else e  # MixedPrecisionPolicy(reduce_dtype=fp32)
+    if sh.zero_stage == 3 or not trains:
+        fwd, copy = e * (root + 2 * u), e * (root + 2 * u + max(root, u))
+        if trains:
+            backward, end = e * (root + head + 3 * u) + r * u, (e + r) * root
+        else:
+            backward, end = fwd, 0
+        return Unsharded(first_forward=int(fwd), first_copy_out=int(copy), forward=int(fwd), copy_out=int(copy),
+                         lm_head=int(e * (root + u)), after_forward=0, loss=int(e * root), backward=int(backward),
+                         late_backward=int(backward), backward_end=int(end), persists=0)
+    layers = e * (psi - root)
+    return Unsharded(
+        first_forward=int(e * (psi + u)), first_copy_out=int(e * (max(psi, 2 * root) + 2 * u)),
+        forward=int(e * (psi + root)), copy_out=int(e * (psi + root)), lm_head=int(e * (psi + root)),
+        after_forward=int(layers), loss=int(e * psi),
+        backward=int(e * (psi + head) + max(e, r) * u),  # layer L − 1's gradients, or L − 2's reduce-scatter input
+        late_backward=int(e * (root + head + 3 * u) + r * u), backward_end=int((e + r) * root), persists=int(layers),
+    )
+
+
 def frozen_states(params: int, bytes_per_param: float, largest_param: int, largest_unit: int, e: int,
-                  sh: Sharding) -> States:
-    """A model that only runs forwards: weights (possibly quantized), sharded by ZeRO-3/FSDP, or on the CPU."""
+                  sh: Sharding, units: Units | None = None) -> States:
+    """A model that only runs forwards: weights (possibly quantized), sharded by ZeRO-3/FSDP, or on the CPU.
+    ``units``: how FSDP2 wraps it (needed for ``engine='fsdp'`` at stage 3)."""
     full = _div(params * bytes_per_param, sh.tp)
     sharded = sh.zero_stage == 3
     on_gpu = _div(full, sh.dp) if sharded else full
     gather = 0
-    if sharded or sh.offload_params:
+    fsdp = None
+    if sh.engine == "fsdp" and sharded and units is not None:
+        fsdp = fsdp_unsharded(units, params, bytes_per_param, sh, trains=False)
+        gather = fsdp.forward
+    elif sharded or sh.offload_params:
         gather = _div(gathered_elems(sh, largest_param, largest_unit) * bytes_per_param, sh.tp)
     if sh.offload_params:
-        return States(host=on_gpu, gather=gather, full_gather=full)
-    return States(parameter=on_gpu, gather=gather, full_gather=full)
+        return States(host=on_gpu, gather=gather, full_gather=full, fsdp=fsdp)
+    return States(parameter=on_gpu, gather=gather, full_gather=full, fsdp=fsdp)
 
 
-def trainable_states(params: int, largest_param: int, largest_unit: int, e: int, sh: Sharding) -> States:
-    """A trained model (or a LoRA adapter: then ``params`` are the adapter's) under its engine."""
+def trainable_states(params: int, largest_param: int, largest_unit: int, e: int, sh: Sharding,
+                     units: Units | None = None) -> States:
+    """A trained model (or a LoRA adapter: then ``params`` are the adapter's) under its engine. ``units``: how
+    FSDP2 wraps it (needed for ``engine='fsdp'`` at stage 2 and 3)."""
     n, tp = sh.dp, sh.tp
     psi = params / tp
     state_e = 4 if sh.master_weights else e
@@ -176,16 +278,20 @@ def trainable_states(params: int, largest_param: int, largest_unit: int, e: int,
         grads = _div(w * psi, n)
         states = _div(opt * psi, n)
         temp = _div(temp_per_param * psi, n) + int(loop_temp)
-        if sh.zero_stage == 3:
+        fsdp = None
+        if sh.zero_stage >= 2 and units is not None:
+            fsdp = fsdp_unsharded(units, params, e, sh, trains=True)
+            gather = fsdp.forward
+        elif sh.zero_stage == 3:
             # current + prefetched layer, and one layer's unsharded gradients before reduce-scatter
             gather = int(e * (gathered_elems(sh, largest_param, largest_unit) + largest_unit) / tp)
         else:
             gather = int(e * psi) + int(e * largest_unit / tp)  # reshard_after_forward=False keeps all unsharded
         if sh.offload_optimizer or sh.offload_params:  # CPUOffloadPolicy moves parameters, gradients and states
-            return States(gather=gather, full_gather=int(e * psi), host=weights + grads + states)
+            return States(gather=gather, full_gather=int(e * psi), host=weights + grads + states, fsdp=fsdp)
         return States(
             parameter=weights, optstate=states, gradient=grads, step_temp=temp, gather=gather,
-            full_gather=int(e * psi),
+            full_gather=int(e * psi), fsdp=fsdp,
         )
 
     # plain PyTorch, or DeepSpeed-less DDP: nothing is sharded

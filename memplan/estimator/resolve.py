@@ -84,10 +84,8 @@ class Run:
 
 
 def _lookup(model: str | ArchConfig, field: str) -> ModelSpec:
-    from memplan.specs import spec_from_arch
-
     if isinstance(model, ArchConfig):
-        return spec_from_arch(model)
+        return _cached_arch(model, frozenset(model.model_fields_set))
     try:
         return _cached_model(model)
     except InputError as err:
@@ -104,10 +102,31 @@ def _cached_model(name: str) -> ModelSpec:
 
 
 @lru_cache(maxsize=256)
+def _cached_arch(arch: ArchConfig, fields_set: frozenset[str]) -> ModelSpec:
+    """``spec_from_arch``, keyed on the fields given too: an unset ``tie_word_embeddings`` takes the family's
+    default, so two configs that compare equal can resolve differently."""
+    from memplan.specs import spec_from_arch
+
+    return spec_from_arch(arch)
+
+
+@lru_cache(maxsize=256)
 def _cached_cluster(text: str):
     from memplan.catalog import parse_cluster
 
     return parse_cluster(text)
+
+
+_sharding = lru_cache(maxsize=1024, typed=True)(Sharding)
+"""Roles (and requests) mostly share a few layouts; a cached frozen ``Sharding`` skips its ~10 µs ``__init__``."""
+_role_setup = lru_cache(maxsize=1024, typed=True)(RoleSetup)
+"""Likewise for roles: the same role recurs across a sweep's or a plan's requests, and one object per distinct
+role makes it a cheap key for the estimator's per-role caches (``model_states``)."""
+_lora_params = lru_cache(maxsize=1024)(lora_params)  # a loop over the layer's linears, per trained role
+
+STAGE_FIELD = {"actor": "actor_zero_stage", "critic": "critic_zero_stage", "reference": "ref_zero_stage",
+               "reward": "reward_zero_stage"}
+OFFLOAD_FIELD = {"actor": "offload", "critic": "offload", "reference": "offload_ref", "reward": "offload_reward"}
 
 
 def _scalar_head(spec: ModelSpec) -> int:
@@ -165,8 +184,7 @@ def resolve(req: EstimateRequest) -> Run:
         if role == "reward" and reward_mode == "rule":
             continue
         stage = stages[role] if stages[role] is not None else req.zero_stage
-        field = {"actor": "actor_zero_stage", "critic": "critic_zero_stage",
-                 "reference": "ref_zero_stage", "reward": "reward_zero_stage"}[role]
+        field = STAGE_FIELD[role]
         if req.engine == "torch" and stage:
             raise InputError(field if stages[role] is not None else "zero_stage",
                              "engine 'torch' does not shard: use 0, or engine 'deepspeed'/'fsdp'", stage)
@@ -179,16 +197,15 @@ def resolve(req: EstimateRequest) -> Run:
                 raise InputError("offload", "DeepSpeed offloads optimizer states from ZeRO stage 1 up: "
                                  "set zero_stage (or actor/critic_zero_stage) to 1, 2 or 3", req.offload)
             if offload_params and stage != 3:
-                name = {"actor": "offload", "critic": "offload", "reference": "offload_ref",
-                        "reward": "offload_reward"}[role]
-                raise InputError(name, f"parameter offload needs ZeRO stage 3; {role} has stage {stage} "
+                raise InputError(OFFLOAD_FIELD[role], f"parameter offload needs ZeRO stage 3; {role} has stage {stage} "
                                  f"(set {field.replace('_', '-')} 3)", True)
         if req.engine == "torch" and (offload_opt or offload_params):
             raise InputError("offload" if trains else f"offload_{'ref' if role == 'reference' else 'reward'}",
                              "engine 'torch' has no CPU offload: use engine 'deepspeed' or 'fsdp'", True)
-        sharding = Sharding(
+        sharding = _sharding(
             engine=req.engine, zero_stage=stage, dp=shard_dp, tp=req.tp, offload_optimizer=offload_opt,
             offload_params=offload_params, master_weights=master, optimizer=req.optimizer, optimizer_impl=impl,
+            dtype=req.dtype,
         )
         if role == "critic":
             spec = _lookup(req.critic_model, "critic_model") if req.critic_model is not None else actor_spec
@@ -204,13 +221,13 @@ def resolve(req: EstimateRequest) -> Run:
             q = linear_params(spec)
             base_bpp = (q * QUANT_BYTES_PER_PARAM[req.quantize_base] + (params - q) * e) / params
         if role == "reference" and ref_mode == "lora-shared":
-            roles.append(RoleSetup(role=role, spec=spec, num_params=params, trainable_params=0, lm_head=True,
+            roles.append(_role_setup(role=role, spec=spec, num_params=params, trainable_params=0, lm_head=True,
                                    sharding=sharding, base_bytes_per_param=base_bpp, shares_weights_with="actor"))
             continue
         adapter = lora and trains
-        trainable = (lora_params(spec, req.lora_rank, req.lora_targets) + (0 if lm_head else spec.hidden_size)
+        trainable = (_lora_params(spec, req.lora_rank, req.lora_targets) + (0 if lm_head else spec.hidden_size)
                      if adapter else (params if trains else 0))
-        roles.append(RoleSetup(role=role, spec=spec, num_params=params, trainable_params=trainable,
+        roles.append(_role_setup(role=role, spec=spec, num_params=params, trainable_params=trainable,
                                lm_head=lm_head, sharding=sharding, base_bytes_per_param=base_bpp, lora=adapter))
 
     prompts = req.rollout_batch_size or req.micro_batch_size

@@ -6,8 +6,13 @@
   ``trace``; ``"cuda"`` runs the same recipes on a CUDA device and returns a ``CudaRecord`` with
   ``torch.cuda`` and NVML peaks per phase (``cuda.py``), written under benchmarks/results/cuda/.
 
-World size: a trace runs one process holding every resident model in full (world size 1); requests with
-ZeRO stages or more GPUs are traced at world size 1 and the report's notes say so.
+* ``trace_sharded(request, world_size=N)`` — tier 2, sharded: rank 0 of an N-rank PyTorch FSDP2 run
+  (``fully_shard`` per decoder layer and root, ``engine='fsdp'``, ``zero_stage`` 2 or 3) under fake tensors
+  and torch's fake process group (``sharded.py``); N defaults to the request's GPU count.
+
+World size: ``trace`` runs one process holding every resident model in full (world size 1); requests with
+ZeRO stages or more GPUs are traced at world size 1 and the report's notes say so. ``trace_sharded`` traces
+what one rank of N holds under FSDP2 (``TraceReport.world_size`` = N); DeepSpeed ZeRO is not traced sharded.
 
 torch is imported only when ``trace``/``measure`` run: ``import memplan.harness`` works without it.
 """
@@ -30,6 +35,7 @@ __all__ = [
     "TraceReport",
     "measure",
     "trace",
+    "trace_sharded",
 ]
 
 
@@ -62,6 +68,21 @@ def trace(request: EstimateRequest | None = None, **kwargs: object) -> TraceRepo
     from memplan.harness.fake import trace_request
 
     return trace_request(req)
+
+
+def trace_sharded(request: EstimateRequest | None = None, world_size: int | None = None,
+                  **kwargs: object) -> TraceReport:
+    """Trace rank 0 of ``request`` (or ``EstimateRequest(**kwargs)``) run on ``world_size`` ranks with FSDP2.
+
+    ``world_size`` defaults to the request's GPU count; the report's ``world_size`` says which was traced.
+    Raises ``InputError`` naming the field for what FSDP2 tracing does not run (``engine`` other than
+    'fsdp', LoRA, tensor parallelism, …); see ``memplan.harness.sharded``.
+    """
+    req = _request(request, kwargs)
+    require_torch()
+    from memplan.harness.sharded import trace_sharded as run_sharded
+
+    return run_sharded(req, world_size)
 
 
 def measure(

@@ -1,0 +1,156 @@
+"""DeepSpeed-Chat's (and ReMax's) make-experience and DeepSpeed's hybrid engine: the memory that exists only
+when ``rollout_engine='hybrid-engine'``.
+
+Owns, for ``algorithms``' recipes:
+
+* ``hybrid`` — whether a run generates on the hybrid engine (DeepSpeed-Chat's or ReMax's trainer on
+  DeepSpeed 0.10.3 + transformers 4.31);
+* ``generation_logits`` — transformers 4.31's LM head over every prompt position at prefill (and its fp32
+  upcast), the hybrid engine's K/V being in its workspace;
+* ``dschat_experience`` — ``generate_experience`` after generation: the four forwards' outputs kept together;
+* ``logprob_loss`` — the training log-softmax over every position (and the logits ``train_rlhf`` keeps);
+* ``actor_logits_held`` — PPO's actor logits (``actor_prob``) alive through the critic's update;
+* ``hybrid_engine_workspace`` — the inference workspace (KV cache included) kept in every phase.
+
+Each term's source (trainer line, DeepSpeed kernel, transformers module) is in the docstring of its formula
+in ``formulas`` (``hybrid_engine_workspace_bytes``, ``past_key_values_bytes``, ``hf_logits_element_bytes``,
+``dschat_gather_log_probs_bytes``, ``remax_experience_temporaries_bytes``, ``dschat_logprob_backward_bytes``).
+"""
+
+from __future__ import annotations
+
+from memplan.estimator.formulas import (
+    dschat_gather_log_probs_bytes,
+    dschat_logprob_backward_bytes,
+    eager_attention_forward_bytes,
+    hf_logits_element_bytes,
+    hybrid_engine_cache_bytes,
+    hybrid_engine_workspace_bytes,
+    layer_forward_transient_per_token,
+    lm_head_logits_bytes,
+    logprob_logits_bytes,
+    past_key_values_bytes,
+    remax_experience_temporaries_bytes,
+)
+from memplan.estimator.ledger import Activity, Item
+from memplan.estimator.parallel import States
+from memplan.estimator.resolve import RoleSetup, Run
+
+
+def hybrid(run: Run) -> bool:
+    """A generating run on DeepSpeed's hybrid engine: DeepSpeed-Chat's or ReMax's trainer."""
+    return run.rollout_engine == "hybrid-engine" and run.rollout_seqs > 0
+
+
+def generation_logits(run: Run, actor: RoleSetup, prefill: Activity, decode: Activity) -> None:
+    """The hybrid engine's generation beyond the gathered weights. DeepSpeed's kernels keep K/V and their
+    intermediates in the workspace (pt_binding.cpp: ds_rms_qkv, ds_softmax_context, ds_rms_mlp_gemm write into
+    it), counted in every phase by ``hybrid_engine_workspace``; transformers 4.31's LlamaForCausalLM runs the LM
+    head over every prompt position and upcasts (modeling_llama.py:824-825): the 16-bit logits and their fp32
+    copy at prefill, the next token's at the last decode step."""
+    spec, seqs, e, tp = actor.spec, run.rollout_seqs, run.e, run.tp
+    c = hf_logits_element_bytes(spec, e)
+    prefill.add("actor", "logits", lm_head_logits_bytes(seqs, run.prompt_len, spec.vocab_size, e, tp)
+                + (lm_head_logits_bytes(seqs, run.prompt_len, spec.vocab_size, c, tp) if c != e else 0),
+                f"prefill logits over {run.prompt_len} prompt positions (transformers 4.31 upcasts to fp32)")
+    decode.add("actor", "logits", logprob_logits_bytes(seqs, spec.vocab_size, e, False, tp), "next-token")
+
+
+def dschat_experience(run: Run, roles: dict[str, RoleSetup], states: dict[str, States]) -> list[Activity]:
+    """DeepSpeed-Chat's and ReMax's ``generate_experience`` after generation: the actor, reference, reward
+    and critic forwards run one after another over the whole generation batch, and each output stays
+    referenced until the function returns (dschat/rlhf/ppo_trainer.py; ReMax remax_trainer.py @2cdfe70).
+
+    The actor (train mode, checkpointing off) and the reference return ``past_key_values`` and every
+    position's logits (fp32 for Llama); the reward model and critic (``forward_value(use_cache=False)``) keep
+    only [b, s] values. Then DeepSpeed-Chat gathers the log-probs; ReMax also takes the entropy and the full
+    KL over the vocabulary. One moment per layer stack, LM head and post-processing.
+    """
+    seqs, s, e, tp = run.rollout_seqs, run.train_seq_len, run.e, run.tp
+    kept: list[Item] = []  # outputs alive from their forward to the end
+
+    def moment(r: RoleSetup, what: str) -> Activity:
+        act = Activity(f"make-experience: {r.role} {what}")
+        act.add(r.role, "parameter", states[r.role].gather, "gathered weights")
+        act.items += kept
+        return act
+
+    moments: list[Activity] = []
+    for role in ("actor", "reference", "reward", "critic"):
+        r = roles.get(role)
+        if r is None:
+            continue
+        layers = moment(r, "forward")
+        lora_mlp = r.lora and run.lora_targets == "all-linear" and role != "reference"
+        layers.add(role, "activation", int(seqs * s * layer_forward_transient_per_token(r.spec, e, tp, lora_mlp)),
+                   "one layer's intermediates")
+        layers.add(role, "activation", eager_attention_forward_bytes(seqs, r.spec.num_heads, s, e, tp),
+                   "eager attention scores, fp32 softmax and its 16-bit copy (one layer)")
+        moments.append(layers)
+        if not r.lm_head:
+            continue
+        new = len(layers.items)
+        layers.add(role, "kv_cache", past_key_values_bytes(r.spec, s, seqs, e, tp),
+                   f"{role}'s past_key_values (use_cache defaults to True), kept until generate_experience returns")
+        kv = layers.items[new:]
+        c = hf_logits_element_bytes(r.spec, e)
+        head = moment(r, "LM head")
+        head.items += kv
+        if c != e:
+            head.add(role, "logits", lm_head_logits_bytes(seqs, s, r.spec.vocab_size, e, tp), "16-bit logits")
+        new = len(head.items)
+        head.add(role, "logits", lm_head_logits_bytes(seqs, s, r.spec.vocab_size, c, tp),
+                 f"{role}'s logits over all {s} positions" + (" (fp32 upcast)" if c != e else ""))
+        moments.append(head)
+        kept += kv + head.items[new:]
+    post = Activity("make-experience: log-probs", list(kept))
+    spec = roles["actor"].spec
+    c = hf_logits_element_bytes(spec, e)
+    if run.algo == "remax":
+        post.add("actor", "logits", remax_experience_temporaries_bytes(seqs, s, spec.vocab_size, c, tp),
+                 "log-softmax, probs, reference log-softmax, their difference and product (entropy, full KL)")
+    else:
+        post.add("actor", "logits", dschat_gather_log_probs_bytes(seqs, s, spec.vocab_size, c, tp),
+                 "gather_log_probs: log-softmax over s − 1 positions" + (" + contiguous copy" if seqs > 1 else ""))
+    return [*moments, post]
+
+
+def logprob_loss(run: Run, r: RoleSetup, act: Activity) -> None:
+    """The training loss's log-softmax over every position's (fp32) logits and its backward; DeepSpeed-Chat's
+    ``train_rlhf`` also keeps the logits (ReMax's does not)."""
+    kept = run.algo != "remax"
+    act.add(r.role, "logits", dschat_logprob_backward_bytes(
+        run.train_seqs, run.train_seq_len, r.spec.vocab_size, hf_logits_element_bytes(r.spec, run.e),
+        logits_kept=kept, tp=run.tp),
+        "log-softmax over all positions and its backward" + (" + the logits train_rlhf keeps" if kept else ""))
+
+
+def actor_logits_held(run: Run, recipe: dict[str, list[Activity]], actor: RoleSetup) -> None:
+    """``train_rlhf`` holds ``actor_prob`` (the actor's logits) through the actor's backward and step and the
+    critic's update (the loss moment counts them in ``logprob_loss``)."""
+    logits = lm_head_logits_bytes(run.train_seqs, run.train_seq_len, actor.spec.vocab_size,
+                                  hf_logits_element_bytes(actor.spec, run.e), run.tp)
+    fb, step = recipe["actor_update"][:2]
+    for act in ([fb] if run.gradient_checkpointing else []) + [step] + recipe["critic_update"]:
+        act.add("actor", "logits", logits, "actor's logits, still held by train_rlhf (actor_prob)")
+
+
+def hybrid_engine_workspace(run: Run, recipe: dict[str, list[Activity]], actor: RoleSetup) -> None:
+    """DeepSpeed's inference workspace in every activity (of the actor's GPUs under split placement), as
+    shared items: allocated by the first generation, kept while ``release_inference_cache`` is off (its
+    default)."""
+    tokens = run.prompt_len + run.gen_len  # DeepSpeed-Chat and ReMax: max_out_tokens = prompt + answer
+    total = hybrid_engine_workspace_bytes(actor.spec, run.rollout_seqs, tokens, run.e, run.tp)
+    cache = hybrid_engine_cache_bytes(actor.spec, run.rollout_seqs, tokens, run.e, run.tp)
+    workspace = Activity("")
+    workspace.add("actor", "kv_cache", cache, f"hybrid-engine workspace: KV cache, {run.rollout_seqs} seqs × "
+                  f"{tokens} tokens (cudaMalloc, kept between generations)")
+    workspace.add("actor", "activation", total - cache, "hybrid-engine workspace: inference activations and "
+                  "attention scratch")
+    items = tuple(workspace.items)
+    split = run.placement == "split"
+    for activities in recipe.values():
+        for act in activities:
+            if split and act.role not in (None, "actor"):
+                continue
+            act.shared += items
