@@ -11,8 +11,15 @@ Known limitations:
 * Tensor parallelism divides weights, most activations, KV heads and logits by the TP degree; norms' and
   residual activations are counted as split too (Megatron sequence parallelism), which under-counts TP
   without it.
-* The hybrid engine's inference workspace beyond the KV cache, CUDA graphs of vLLM, and NCCL's buffers are
-  approximations; the CUDA tier is the judge.
+* CUDA graphs of vLLM and NCCL's buffers are approximations; the CUDA tier is the judge.
+* DeepSpeed-Chat's hybrid engine (``dschat``) is modeled from the deepspeed 0.10.3 / transformers 4.31
+  sources (workspace, make-experience outputs, log-prob temporaries), not from a GPU run; with
+  ``--offload optimizer`` it still predicts that the ReMax paper's PPO fits where the paper reports OOM.
+* FSDP2 (``engine='fsdp'``, N > 1) is modeled as torchtitan and verl wrap it — ``fully_shard`` per decoder
+  layer and root, bf16 compute with fp32 reduce-scatter, one reduce-scatter in flight, the root resharded
+  after no-grad forwards — and checked against rank-0 traces, not GPU runs. Other wrap policies, explicit
+  forward prefetch, LoRA or tensor parallelism under FSDP2, and FSDP at stage 1 or on one GPU are
+  approximations.
 * MoE activations assume a perfectly balanced router (top-k experts per token).
 """
 
