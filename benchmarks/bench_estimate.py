@@ -6,7 +6,7 @@ Writes benchmarks/results/bench_estimate.md (command, machine, date). Target: p5
 ``estimate`` keeps the computed parts of recent requests (``memplan.estimator.CACHE_SIZE``): the repeated
 headline request hits that cache; the "first seen" row clears it before each call, and every configuration
 of the sweep is new, so those two time the whole computation. Below that cache the estimator keeps what
-recurs between requests (each role's states and resident items, layer geometry, line items): warm in the
+recurs between requests (the resolved roles, their states and resident items, layer geometry, line items): warm in the
 "first seen" row and, as in any sweep or plan, partly warm in the sweep; the "cold" row clears them too
 (all but the catalog's model and GPU lookups).
 """
@@ -50,10 +50,10 @@ OUT = Path(__file__).parent / "results" / "bench_estimate.md"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import memplan  # noqa: E402
 from memplan.errors import InputError  # noqa: E402
-from memplan.estimator import _cached, _fixed, _role_parts  # noqa: E402  (cleared for "first seen" and "cold")
-from memplan.estimator.algorithms import _saved_per_token, model_states  # noqa: E402
+from memplan.estimator import _cached, _fixed, _residents, _role_parts  # noqa: E402  (cleared for "first seen", "cold")
+from memplan.estimator.algorithms import _forward_per_token, _saved_per_token, model_states  # noqa: E402
 from memplan.estimator.ledger import _line_item, line_item  # noqa: E402
-from memplan.estimator.resolve import _lora_params, _role_setup, _sharding  # noqa: E402
+from memplan.estimator.resolve import _lora_params, _role_setup, _roles, _sharding  # noqa: E402
 from memplan.report import EstimateRequest  # noqa: E402
 
 
@@ -84,8 +84,8 @@ def time_first_seen(request, repeats: int) -> list[float]:
     return out
 
 
-ESTIMATOR_CACHES = (_cached, _fixed, _role_parts, _saved_per_token, model_states, _line_item, line_item, _lora_params,
-                    _role_setup, _sharding)
+ESTIMATOR_CACHES = (_cached, _fixed, _residents, _role_parts, _forward_per_token, _saved_per_token, model_states,
+                    _line_item, line_item, _lora_params, _roles, _role_setup, _sharding)
 
 
 def time_cold(request, repeats: int) -> list[float]:

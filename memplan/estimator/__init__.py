@@ -106,20 +106,43 @@ class _Parts(NamedTuple):
     notes: tuple[str, ...]
 
 
+class _Residents(NamedTuple):
+    """What the run's roles and runtime keep in every phase, whatever the batch and the recipe."""
+
+    states: dict[str, States]
+    """Each role's states (read-only by convention: shared by the requests with the same roles)."""
+    everything: Resident
+    groups: dict[str, Resident]
+    """Split placement: each role's GPUs (the runtime and that role); empty when colocated."""
+    models: tuple[ModelReport, ...]
+    host_per_gpu: int
+    fixed_bytes: int
+
+
+@lru_cache(maxsize=1024)
+def _residents(roles: tuple[RoleSetup, ...], e: int, lora_rank: int, cuda_context_bytes: int, multi_gpu: bool,
+               split: bool) -> _Residents:
+    """By value: the same roles recur across the batch sizes and lengths of a sweep's or a plan's requests."""
+    parts = {r.role: _role_parts(r, e, lora_rank) for r in roles}
+    fixed, fixed_lines = _fixed(cuda_context_bytes, multi_gpu)
+    everything = resident(fixed + tuple(item for part in parts.values() for item in part.items),
+                          fixed_lines + tuple(li for part in parts.values() for li in part.lines))
+    groups = {role: resident(fixed + part.items, fixed_lines + part.lines) for role, part in parts.items()} \
+        if split else {}
+    return _Residents({role: part.states for role, part in parts.items()}, everything, groups,
+                      tuple(part.model for part in parts.values()),
+                      sum(part.states.host for part in parts.values()), sum(item.bytes for item in fixed))
+
+
 def _compute(request: EstimateRequest) -> _Parts:
     run = resolve(request)
-    parts = {r.role: _role_parts(r, run.e, run.lora_rank) for r in run.roles}
-    states = {role: part.states for role, part in parts.items()}
+    split = run.placement == "split"  # each role on its own GPUs: the busiest group sets the phase
+    res = _residents(run.roles, run.e, run.lora_rank, run.cuda_context_bytes, run.num_gpus > 1, split)
+    states, everything, groups = res.states, res.everything, res.groups
     recipe = phases(run, states)
-    fixed, fixed_lines = _fixed(run.cuda_context_bytes, run.num_gpus > 1)
     experience = run.experience_seqs * run.train_seq_len * EXPERIENCE_BYTES_PER_TOKEN
     exp_item = [Item("actor", "buffer", experience, "experience buffer")] if experience else []
 
-    everything = resident(fixed + tuple(item for part in parts.values() for item in part.items),
-                          fixed_lines + tuple(li for part in parts.values() for li in part.lines))
-    split = run.placement == "split"  # each role on its own GPUs: the busiest group sets the phase
-    groups = {role: resident(fixed + part.items, fixed_lines + part.lines) for role, part in parts.items()} \
-        if split else {}
     reports: list[PhaseTotals] = []
     residents: list[Resident] = []
     for phase, activities in recipe.items():
@@ -137,11 +160,13 @@ def _compute(request: EstimateRequest) -> _Parts:
             reports.append(phase_report(phase, everything, activities, extra))
             residents.append(everything)
 
-    peak_index = max(range(len(reports)), key=lambda i: reports[i].total_bytes)
+    peak_index = 0  # the first of equals
+    for i, report in enumerate(reports):
+        if report.total_bytes > reports[peak_index].total_bytes:
+            peak_index = i
     peak = reports[peak_index]
     terms = sorted(residents[peak_index].line_items + peak.items, key=_line_bytes, reverse=True)[:TOP_TERMS]
-    host_per_gpu = sum(st.host for st in states.values())
-    host_per_node = host_per_gpu * run.gpus_per_node
+    host_per_node = res.host_per_gpu * run.gpus_per_node
     notes = []
     if host_per_node > run.host_ram_bytes_per_node:
         notes.append(f"CPU offload needs {host_per_node / 2**30:.0f} GiB of host RAM per node, more than the "
@@ -153,11 +178,11 @@ def _compute(request: EstimateRequest) -> _Parts:
     fields = dict(
         request=None, gpu=run.gpu_name, num_gpus=run.num_gpus, fits=total <= run.capacity_bytes,
         peak_bytes_per_gpu=total, capacity_bytes=run.capacity_bytes, headroom_bytes=run.capacity_bytes - total,
-        peak_phase=peak.phase, fixed_bytes=sum(item.bytes for item in fixed), resident_items=None, phases=None,
+        peak_phase=peak.phase, fixed_bytes=res.fixed_bytes, resident_items=None, phases=None,
         models=None, deciding_terms=None, host_bytes_per_node=host_per_node,
         host_fits=host_per_node <= run.host_ram_bytes_per_node, notes=None,
     )
-    return _Parts(fields, everything.line_items, tuple(reports), tuple(part.model for part in parts.values()),
+    return _Parts(fields, everything.line_items, tuple(reports), res.models,
                   tuple(terms), tuple(notes))
 
 

@@ -57,6 +57,7 @@ EXPERIENCE_BYTES_PER_TOKEN = 8 + 8 + 2 * 4
 """int64 token ids and attention mask over every token, and fp32 per-token results over the answer (old and
 reference log-probs; PPO adds values, returns, advantages): about 8 bytes per token of prompt + answer."""
 _saved_per_token = lru_cache(maxsize=1024)(saved_bytes_per_token)  # the same layer geometry recurs across requests
+_forward_per_token = lru_cache(maxsize=1024)(layer_forward_transient_per_token)  # likewise
 
 
 def _eager(run: Run) -> bool:
@@ -157,7 +158,7 @@ def generate(run: Run, actor: RoleSetup, st: States, name: str, first: bool = Tr
         return [prefill, decode]
     prefill.add("actor", "kv_cache", kv_cache_bytes(spec, run.prompt_len, seqs, run.e, run.tp),
                 f"{seqs} seqs × {run.prompt_len} prompt tokens")
-    per_token = layer_forward_transient_per_token(spec, run.e, run.tp, lora_mlp=_lora_mlp(actor, run))
+    per_token = _forward_per_token(spec, run.e, run.tp, _lora_mlp(actor, run))
     prefill.add("actor", "activation", int(seqs * run.prompt_len * per_token), "one layer's intermediates")
     kv = kv_cache_bytes(spec, tokens, seqs, run.e, run.tp)
     decode.add("actor", "kv_cache", kv, f"{seqs} seqs × {tokens} tokens")
@@ -179,8 +180,7 @@ def forward(run: Run, r: RoleSetup, st: States, name: str, seqs: int, first: boo
     layers.add(r.role, "parameter", _gathered(st, first), "gathered weights")
     tokens = seqs * run.train_seq_len
     lora_mlp = _lora_mlp(r, run) and r.role != "reference"  # the shared reference runs with adapters off
-    layers.add(r.role, "activation", int(tokens * layer_forward_transient_per_token(r.spec, run.e, run.tp,
-                                                                                   lora_mlp)))
+    layers.add(r.role, "activation", int(tokens * _forward_per_token(r.spec, run.e, run.tp, lora_mlp)))
     _fsdp_copy_out(layers, r.role, st, first)
     if not r.lm_head:
         return [layers]

@@ -6,7 +6,7 @@ input happens here and raises ``InputError`` naming the field to change.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 
 from memplan.errors import InputError
@@ -43,6 +43,20 @@ class RoleSetup:
     """Bytes per frozen parameter (dtype, or int8/int4 average for a quantized base)."""
     lora: bool = False
     shares_weights_with: str | None = None
+    hash_: int = field(init=False, repr=False, compare=False)
+    """``hash`` of the compared fields: roles key the estimator's caches (``model_states``, the residents)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hash_", hash(tuple(getattr(self, f.name) for f in fields(self) if f.compare)))
+
+    def __hash__(self) -> int:
+        return self.hash_
+
+    def __setstate__(self, state: list) -> None:
+        """Unpickling (slots, frozen): hash again, as another process hashes strings differently."""
+        for f, value in zip(fields(self), state):
+            object.__setattr__(self, f.name, value)
+        self.__post_init__()
 
     @property
     def trainable(self) -> bool:
@@ -161,13 +175,9 @@ def resolve(req: EstimateRequest) -> Run:
     actor_spec = _lookup(req.model, "model")
     if actor_spec.num_heads % req.tp:
         raise InputError("tp", f"must divide the attention heads ({actor_spec.num_heads})", req.tp)
-    stages = {
-        "actor": req.actor_zero_stage, "critic": req.critic_zero_stage,
-        "reference": req.ref_zero_stage, "reward": req.reward_zero_stage,
-    }
-    active = [role for role in ROLES_BY_ALGO[algo]
-              if not (role == "reference" and ref_mode in ("none", "lora-shared"))
-              and not (role == "reward" and reward_mode == "rule")]
+    active = tuple(role for role in ROLES_BY_ALGO[algo]
+                   if not (role == "reference" and ref_mode in ("none", "lora-shared"))
+                   and not (role == "reward" and reward_mode == "rule"))
     group_gpus = n
     if req.placement == "split":
         group_gpus = n // len(active)
@@ -176,59 +186,17 @@ def resolve(req: EstimateRequest) -> Run:
                              f"its own GPUs: needs at least {len(active) * req.tp} GPUs, got {n}", req.placement)
     dp = group_gpus // req.tp
     shard_dp = min(dp, cluster.gpus_per_node // req.tp) if req.hybrid_shard else dp
-
-    roles: list[RoleSetup] = []
-    for role in ROLES_BY_ALGO[algo]:
-        if role == "reference" and ref_mode == "none":
-            continue
-        if role == "reward" and reward_mode == "rule":
-            continue
-        stage = stages[role] if stages[role] is not None else req.zero_stage
-        field = STAGE_FIELD[role]
-        if req.engine == "torch" and stage:
-            raise InputError(field if stages[role] is not None else "zero_stage",
-                             "engine 'torch' does not shard: use 0, or engine 'deepspeed'/'fsdp'", stage)
-        trains = role in ("actor", "critic")
-        offload_opt = trains and req.offload != "none"
-        offload_params = (trains and req.offload == "optimizer+params") or (
-            role == "reference" and req.offload_ref) or (role == "reward" and req.offload_reward)
-        if req.engine == "deepspeed":
-            if offload_opt and stage == 0:
-                raise InputError("offload", "DeepSpeed offloads optimizer states from ZeRO stage 1 up: "
-                                 "set zero_stage (or actor/critic_zero_stage) to 1, 2 or 3", req.offload)
-            if offload_params and stage != 3:
-                raise InputError(OFFLOAD_FIELD[role], f"parameter offload needs ZeRO stage 3; {role} has stage {stage} "
-                                 f"(set {field.replace('_', '-')} 3)", True)
-        if req.engine == "torch" and (offload_opt or offload_params):
-            raise InputError("offload" if trains else f"offload_{'ref' if role == 'reference' else 'reward'}",
-                             "engine 'torch' has no CPU offload: use engine 'deepspeed' or 'fsdp'", True)
-        sharding = _sharding(
-            engine=req.engine, zero_stage=stage, dp=shard_dp, tp=req.tp, offload_optimizer=offload_opt,
-            offload_params=offload_params, master_weights=master, optimizer=req.optimizer, optimizer_impl=impl,
-            dtype=req.dtype,
-        )
-        if role == "critic":
-            spec = _lookup(req.critic_model, "critic_model") if req.critic_model is not None else actor_spec
-        elif role == "reward":
-            spec = _lookup(req.reward_model, "reward_model") if req.reward_model is not None else actor_spec
-        else:
-            spec = actor_spec
-        lm_head = role in ("actor", "reference")
-        params = spec.num_params if lm_head else _scalar_head(spec)
-        quantized = req.quantize_base != "none" and role in ("actor", "reference")
-        base_bpp = float(e)
-        if quantized:
-            q = linear_params(spec)
-            base_bpp = (q * QUANT_BYTES_PER_PARAM[req.quantize_base] + (params - q) * e) / params
-        if role == "reference" and ref_mode == "lora-shared":
-            roles.append(_role_setup(role=role, spec=spec, num_params=params, trainable_params=0, lm_head=True,
-                                   sharding=sharding, base_bytes_per_param=base_bpp, shares_weights_with="actor"))
-            continue
-        adapter = lora and trains
-        trainable = (_lora_params(spec, req.lora_rank, req.lora_targets) + (0 if lm_head else spec.hidden_size)
-                     if adapter else (params if trains else 0))
-        roles.append(_role_setup(role=role, spec=spec, num_params=params, trainable_params=trainable,
-                               lm_head=lm_head, sharding=sharding, base_bytes_per_param=base_bpp, lora=adapter))
+    critic_spec = (_lookup(req.critic_model, "critic_model") if req.critic_model is not None and "critic" in active
+                   else actor_spec)
+    reward_spec = (_lookup(req.reward_model, "reward_model") if req.reward_model is not None and "reward" in active
+                   else actor_spec)
+    roles = _roles(
+        algo, ref_mode, reward_mode, (req.actor_zero_stage, req.critic_zero_stage, req.ref_zero_stage,
+                                      req.reward_zero_stage), req.zero_stage,
+        req.engine, req.offload, req.offload_ref, req.offload_reward, shard_dp, req.tp, master, req.optimizer, impl,
+        req.dtype, (actor_spec, critic_spec, reward_spec), req.quantize_base,
+        req.lora_rank, req.lora_targets,
+    )
 
     prompts = req.rollout_batch_size or req.micro_batch_size
     group = req.group_size or DEFAULT_GROUP.get(algo, 1)
@@ -258,3 +226,65 @@ def resolve(req: EstimateRequest) -> Run:
         vllm_utilization=req.vllm_gpu_memory_utilization, tp=req.tp, placement=req.placement,
         host_ram_bytes_per_node=req.host_ram_bytes_per_node,
     )
+
+
+@lru_cache(maxsize=1024)
+def _roles(algo: str, ref_mode: str, reward_mode: str, role_stages: tuple[int | None, ...], zero_stage: int,
+           engine: str, offload: str, offload_ref: bool, offload_reward: bool, shard_dp: int, tp: int, master: bool,
+           optimizer: str, impl: str, dtype: str, specs: tuple[ModelSpec, ModelSpec, ModelSpec],
+           quantize_base: str, lora_rank: int, lora_targets: str) -> tuple[RoleSetup, ...]:
+    """Each resident model of the run, checked: the request's knobs ``resolve`` passes on (its role stages in
+    ``STAGE_FIELD``'s order; the actor's, critic's and reward model's specs). Cached: the same roles recur
+    across the batch sizes and lengths of a sweep's or a plan's requests."""
+    e = DTYPE_BYTES[dtype]
+    lora = lora_rank > 0
+    actor_spec, critic_spec, reward_spec = specs
+    stages = dict(zip(STAGE_FIELD, role_stages))
+    roles: list[RoleSetup] = []
+    for role in ROLES_BY_ALGO[algo]:
+        if role == "reference" and ref_mode == "none":
+            continue
+        if role == "reward" and reward_mode == "rule":
+            continue
+        stage = stages[role] if stages[role] is not None else zero_stage
+        field = STAGE_FIELD[role]
+        if engine == "torch" and stage:
+            raise InputError(field if stages[role] is not None else "zero_stage",
+                             "engine 'torch' does not shard: use 0, or engine 'deepspeed'/'fsdp'", stage)
+        trains = role in ("actor", "critic")
+        offload_opt = trains and offload != "none"
+        offload_params = (trains and offload == "optimizer+params") or (
+            role == "reference" and offload_ref) or (role == "reward" and offload_reward)
+        if engine == "deepspeed":
+            if offload_opt and stage == 0:
+                raise InputError("offload", "DeepSpeed offloads optimizer states from ZeRO stage 1 up: "
+                                 "set zero_stage (or actor/critic_zero_stage) to 1, 2 or 3", offload)
+            if offload_params and stage != 3:
+                raise InputError(OFFLOAD_FIELD[role], f"parameter offload needs ZeRO stage 3; {role} has stage {stage} "
+                                 f"(set {field.replace('_', '-')} 3)", True)
+        if engine == "torch" and (offload_opt or offload_params):
+            raise InputError("offload" if trains else f"offload_{'ref' if role == 'reference' else 'reward'}",
+                             "engine 'torch' has no CPU offload: use engine 'deepspeed' or 'fsdp'", True)
+        sharding = _sharding(
+            engine=engine, zero_stage=stage, dp=shard_dp, tp=tp, offload_optimizer=offload_opt,
+            offload_params=offload_params, master_weights=master, optimizer=optimizer, optimizer_impl=impl,
+            dtype=dtype,
+        )
+        spec = critic_spec if role == "critic" else reward_spec if role == "reward" else actor_spec
+        lm_head = role in ("actor", "reference")
+        params = spec.num_params if lm_head else _scalar_head(spec)
+        quantized = quantize_base != "none" and role in ("actor", "reference")
+        base_bpp = float(e)
+        if quantized:
+            q = linear_params(spec)
+            base_bpp = (q * QUANT_BYTES_PER_PARAM[quantize_base] + (params - q) * e) / params
+        if role == "reference" and ref_mode == "lora-shared":
+            roles.append(_role_setup(role=role, spec=spec, num_params=params, trainable_params=0, lm_head=True,
+                                   sharding=sharding, base_bytes_per_param=base_bpp, shares_weights_with="actor"))
+            continue
+        adapter = lora and trains
+        trainable = (_lora_params(spec, lora_rank, lora_targets) + (0 if lm_head else spec.hidden_size)
+                     if adapter else (params if trains else 0))
+        roles.append(_role_setup(role=role, spec=spec, num_params=params, trainable_params=trainable,
+                               lm_head=lm_head, sharding=sharding, base_bytes_per_param=base_bpp, lora=adapter))
+    return tuple(roles)
