@@ -27,15 +27,14 @@ from __future__ import annotations
 
 import functools
 import os
-import statistics
 
 import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-import memplan  # noqa: E402
 from memplan.errors import InputError  # noqa: E402
+from memplan.harness.accuracy import PhaseError, compare, summary, table  # noqa: E402
 from memplan.report import ArchConfig, EstimateRequest  # noqa: E402
 
 SMALL = ArchConfig(model_type="llama", hidden_size=512, intermediate_size=1408, num_hidden_layers=3,
@@ -75,37 +74,10 @@ def traced(model: str | ArchConfig, algo: str, stage: int, n: int, knobs: tuple 
     return trace_sharded(request(model, algo, stage, n, **dict(knobs)))
 
 
-def rows(model: str | ArchConfig, algo: str, stage: int, n: int, knobs: tuple = ()) -> list[dict]:
-    """Per phase: traced and estimated bytes per component and their errors as a share of the traced peak."""
-    req = request(model, algo, stage, n, **dict(knobs))
-    trace, est = traced(model, algo, stage, n, knobs), memplan.estimate(req)
-    by_phase = {p.phase: p for p in est.phases}
-    out = []
-    for tp in trace.phases:
-        ep = by_phase[tp.phase]
-        t_cats, e_cats = tp.breakdown.model_dump(), ep.breakdown.model_dump()
-        e_cats["other"] -= est.fixed_bytes
-        e_cats["total"] = ep.total_bytes - est.fixed_bytes
-        peak = tp.peak_bytes
-        errors = {name: (sum(e_cats[c] for c in cats) - sum(t_cats[c] for c in cats)) / peak
-                  for name, (cats, _tol) in COMPONENTS.items()}
-        out.append(dict(phase=tp.phase, traced=peak, estimate=e_cats["total"], errors=errors))
-    return out
-
-
-def table(title: str, cases: list[tuple[str, list[dict]]]) -> str:
-    """Errors (estimate − traced) / traced peak, per case and phase; '!' marks a component over tolerance."""
-    head = f"{'case':24s} {'phase':14s} {'traced MiB':>12s} {'estimate MiB':>12s} " + " ".join(
-        f"{name:>14s}" for name in COMPONENTS)
-    lines = [title, head]
-    for case, phase_rows in cases:
-        for r in phase_rows:
-            cells = " ".join(f"{r['errors'][name]:+13.1%}{'!' if abs(r['errors'][name]) > tol else ' '}"
-                             for name, (_cats, tol) in COMPONENTS.items())
-            lines.append(f"{case:24s} {r['phase']:14s} {r['traced'] / 2**20:12.1f} {r['estimate'] / 2**20:12.1f} "
-                         f"{cells}")
-    tolerances = ", ".join(f"{name} ±{tol:.0%}" for name, (_c, tol) in COMPONENTS.items())
-    return "\n".join([*lines, f"tolerances (share of the traced peak): {tolerances}"])
+def rows(model: str | ArchConfig, algo: str, stage: int, n: int, knobs: tuple = ()) -> list[PhaseError]:
+    """Per phase: traced and estimated bytes and the errors of ``COMPONENTS`` as a share of the traced peak."""
+    label = name(model, algo, stage, n)
+    return compare(label, traced(model, algo, stage, n, knobs), components=COMPONENTS)
 
 
 def name(model: str | ArchConfig, algo: str, stage: int, n: int) -> str:
@@ -132,12 +104,11 @@ def _cases() -> list:
             + [case(LLAMA_7B, algo, stage, n, ci=(algo, stage, n) in CI_7B) for algo, stage, n in ALL_7B])
 
 
-def check(label: str, phase_rows: list[dict]) -> None:
+def check(label: str, phase_rows: list[PhaseError]) -> None:
     """Every component of every phase within its tolerance (the table is printed either way)."""
-    text = table(f"estimate vs traced rank 0, {label}", [(label, phase_rows)])
+    text = f"estimate vs traced rank 0, {label}\n{table(phase_rows)}"
     print("\n" + text)
-    bad = [(r["phase"], component) for r in phase_rows for component, (_cats, tol) in COMPONENTS.items()
-           if abs(r["errors"][component]) > tol]
+    bad = [(r.phase, component) for r in phase_rows for component in r.over_tolerance()]
     assert not bad, f"over tolerance: {bad}\n{text}"
 
 
@@ -169,12 +140,9 @@ def test_variants_match_traced_rank0(variant: str) -> None:
 def test_median_error_of_total_peak(capsys: pytest.CaptureFixture) -> None:
     """The acceptance target over the CI cases: median |error| of each phase's total ≤ 5 %. The table is
     printed past pytest's capture, so every run shows it."""
-    cases = [(name(SMALL, *c), rows(SMALL, *c)) for c in CI_SMALL] + [
-        (name(LLAMA_7B, *c), rows(LLAMA_7B, *c)) for c in CI_7B]
-    errors = [abs(r["errors"]["total"]) for _case, phase_rows in cases for r in phase_rows]
-    median = statistics.median(errors)
-    text = table(f"median |error| of the total {median:.1%}, max {max(errors):.1%} over {len(errors)} phases",
-                 cases)
+    all_rows = [r for c in CI_SMALL for r in rows(SMALL, *c)] + [r for c in CI_7B for r in rows(LLAMA_7B, *c)]
+    median, _worst = summary(all_rows)
+    text = table(all_rows)
     with capsys.disabled():
         print("\n" + text)
     assert median <= MEDIAN_TARGET, text
