@@ -36,7 +36,6 @@ LoraTargets = Literal["all-linear", "attention"]
 
 M = TypeVar("M", bound=BaseModel)
 _new = object.__new__  # BaseModel defines no __new__; object's, called directly, skips a lookup
-_setattr = object.__setattr__
 
 MAX_TOKENS = 1 << 20  # 1M tokens per sequence: longer is not a run anyone launches today
 MAX_BATCH = 1 << 16
@@ -190,7 +189,7 @@ class PhaseReport(BaseModel):
     breakdown: Breakdown = Field(description="Resident and transient bytes of this phase by category")
     resident_bytes: int = Field(description="Resident models, engine buffers and fixed costs")
     activity: str = Field(description="The step of the phase whose transients set its peak")
-    items: list[LineItem] = Field(description="This phase's transient terms (its largest activity)")
+    items: tuple[LineItem, ...] = Field(description="This phase's transient terms (its largest activity)")
     group: str | None = Field(None, description="Split placement: the role whose GPUs set this phase's peak")
 
 
@@ -212,7 +211,11 @@ class ModelReport(BaseModel):
 
 
 class Report(BaseModel):
-    """What memplan answers: the peak per GPU, where it goes, and whether it fits."""
+    """What memplan answers: the peak per GPU, where it goes, and whether it fits.
+
+    Immutable all the way down (frozen models, tuples): the estimator hands the same report to every caller
+    of the same request.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -225,28 +228,44 @@ class Report(BaseModel):
     headroom_bytes: int
     peak_phase: Phase
     fixed_bytes: int = Field(description="CUDA context, cuBLAS workspace, NCCL buffers: in every phase")
-    resident_items: list[LineItem] = Field(description="Terms present in every phase: fixed costs, weights, "
+    resident_items: tuple[LineItem, ...] = Field(description="Terms present in every phase: fixed costs, weights, "
                                            "optimizer states, engine buffers")
-    phases: list[PhaseReport]
-    models: list[ModelReport]
-    deciding_terms: list[LineItem] = Field(description="Largest terms of the peak phase, largest first")
+    phases: tuple[PhaseReport, ...]
+    models: tuple[ModelReport, ...]
+    deciding_terms: tuple[LineItem, ...] = Field(description="Largest terms of the peak phase, largest first")
     host_bytes_per_node: int
     host_fits: bool
-    notes: list[str] = Field(default_factory=list, description="Assumptions and warnings")
+    notes: tuple[str, ...] = Field((), description="Assumptions and warnings")
 
 
 def trusted(cls: type[M], fields: dict, fields_set: set[str] | None = None) -> M:
     """A report model from values the estimator computed itself, without validating them again.
 
-    ``fields`` holds every field, in declaration order, already of its declared type (ints, strs, lists and
+    ``fields`` holds every field, in declaration order, already of its declared type (ints, strs, tuples and
     models of this module); it becomes the instance's ``__dict__``. ``fields_set`` defaults to all of them,
-    as when a dict with every key is validated. This is what pydantic's ``model_construct`` returns with every
-    field given, without its per-field bookkeeping (tests/test_estimator_speed_invariants.py checks that
-    re-validating a report changes nothing). Only for models without validators, extras or private attributes.
+    as when a dict with every key is validated (one set per class, shared: the models are frozen, and pydantic
+    copies the set before any change, as in ``model_copy``). This is what pydantic's ``model_construct`` returns
+    with every field given, without its per-field bookkeeping (tests/test_estimator_speed_invariants.py checks
+    that re-validating a report changes nothing). Only for frozen models without validators, extras or
+    private attributes.
     """
     obj = _new(cls)
-    _setattr(obj, "__dict__", fields)
-    _setattr(obj, "__pydantic_fields_set__", set(fields) if fields_set is None else fields_set)
-    _setattr(obj, "__pydantic_extra__", None)
-    _setattr(obj, "__pydantic_private__", None)
+    _set_dict(obj, fields)
+    _set_fields_set(obj, _all_fields(cls) if fields_set is None else fields_set)
+    _set_extra(obj, None)
+    _set_private(obj, None)
     return obj
+
+
+_set_dict = BaseModel.__dict__["__dict__"].__set__  # BaseModel's slots, set through their descriptors
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
+_ALL_FIELDS: dict[type, set[str]] = {}
+
+
+def _all_fields(cls: type[BaseModel]) -> set[str]:
+    names = _ALL_FIELDS.get(cls)
+    if names is None:
+        names = _ALL_FIELDS[cls] = set(cls.model_fields)
+    return names

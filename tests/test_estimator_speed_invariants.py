@@ -2,8 +2,8 @@
 
 Reports are built without re-validation (``memplan.report.trusted``) and their parts are cached per request
 (``memplan.estimator.CACHE_SIZE``): a report must equal its own re-validation, serialize without warnings,
-keep pydantic's ``model_fields_set`` as validation would set it, and stay independent of every other report
-of the same request.
+keep pydantic's ``model_fields_set`` as validation would set it, and be immutable, as the same report is
+handed to every caller of the same request.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import warnings
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 import memplan
 from memplan.estimator import _cached
@@ -37,7 +37,7 @@ def _fields_set_as_validated(model, expected: set[str] | None = None) -> None:
     assert model.model_fields_set == (expected or set(type(model).model_fields)), type(model).__name__
     for name in type(model).model_fields:
         value = getattr(model, name)
-        for sub in value if isinstance(value, list) else [value]:
+        for sub in value if isinstance(value, tuple) else [value]:
             if isinstance(sub, BaseModel) and not isinstance(sub, EstimateRequest):
                 resident = isinstance(model, ModelReport) and name == "resident"
                 _fields_set_as_validated(sub, {"parameter", "optstate", "buffer"} if resident else None)
@@ -56,22 +56,20 @@ def test_report_equals_its_revalidation(kwargs):
     _fields_set_as_validated(report)
 
 
-def test_cached_and_fresh_reports_are_equal_and_independent():
+def test_cached_reports_are_immutable():
     request = EstimateRequest(**REQUESTS[1])
     _cached.cache_clear()
     first = memplan.estimate(request)
     text = first.model_dump_json()
-    second = memplan.estimate(request)
-    assert second == first and second is not first
-    assert second.phases[0] is not first.phases[0] and second.phases[0].items is not first.phases[0].items
-    # a caller editing its report's lists changes no other report
-    first.phases[0].items.clear()
-    first.phases.pop()
-    first.notes.append("mine")
-    first.resident_items.clear()
-    first.deciding_terms.clear()
-    first.models.clear()
-    assert memplan.estimate(**REQUESTS[1]).model_dump_json() == second.model_dump_json() == text
+    assert memplan.estimate(**REQUESTS[1]) is first  # an equal request, the same report
+    # nothing a caller holds can be changed in place: frozen models, tuples
+    for obj in (first, first.phases[0], first.phases[0].items[0], first.phases[0].breakdown, first.models[0]):
+        with pytest.raises(ValidationError):
+            setattr(obj, next(iter(type(obj).model_fields)), None)
+    for seq in (first.phases, first.phases[0].items, first.notes, first.resident_items, first.deciding_terms,
+                first.models):
+        assert isinstance(seq, tuple)
+    assert memplan.estimate(request).model_dump_json() == text
 
 
 def test_inline_architectures_equal_but_set_differently_are_not_confused():

@@ -2,8 +2,9 @@
 
 ``estimate(request)`` resolves the request (``resolve``), computes each role's model states under its
 sharding (``parallel``), runs the algorithm's recipe (``algorithms``) through the ledger, and reports the
-peak over phases. Pure Python: no torch, microseconds. A report is a pure function of its request: its
-parts are computed once per distinct request (``CACHE_SIZE`` kept), its models built without re-validation.
+peak over phases. Pure Python: no torch, microseconds. A report is a pure function of its request and
+immutable: it is computed once per distinct request (``CACHE_SIZE`` kept), its models built without
+re-validation.
 
 Known limitations:
 * Allocator fragmentation (reserved − allocated) is not modeled; the CUDA tier measures it. Leave headroom.
@@ -30,7 +31,7 @@ from operator import attrgetter
 from typing import NamedTuple
 
 from memplan.estimator.algorithms import EXPERIENCE_BYTES_PER_TOKEN, model_states, phases
-from memplan.estimator.ledger import Item, PhaseTotals, Resident, line_item, phase_report, resident
+from memplan.estimator.ledger import Item, Resident, line_item, phase_report, resident
 from memplan.estimator.parallel import States
 from memplan.estimator.resolve import RoleSetup, resolve
 from memplan.report import ArchConfig, Breakdown, EstimateRequest, LineItem, ModelReport, PhaseReport, Report, trusted
@@ -94,18 +95,6 @@ def _model_report(r: RoleSetup, st: States) -> ModelReport:
     })
 
 
-class _Parts(NamedTuple):
-    """Everything in a ``Report`` but the request, immutable: cached per request, copied into each report."""
-
-    fields: dict
-    """The report's scalar fields in declaration order (``request`` and the lists as placeholders)."""
-    resident_items: tuple[LineItem, ...]
-    phases: tuple[PhaseTotals, ...]
-    models: tuple[ModelReport, ...]
-    deciding_terms: tuple[LineItem, ...]
-    notes: tuple[str, ...]
-
-
 class _Residents(NamedTuple):
     """What the run's roles and runtime keep in every phase, whatever the batch and the recipe."""
 
@@ -134,7 +123,7 @@ def _residents(roles: tuple[RoleSetup, ...], e: int, lora_rank: int, cuda_contex
                       sum(part.states.host for part in parts.values()), sum(item.bytes for item in fixed))
 
 
-def _compute(request: EstimateRequest) -> _Parts:
+def _compute(request: EstimateRequest) -> Report:
     run = resolve(request)
     split = run.placement == "split"  # each role on its own GPUs: the busiest group sets the phase
     res = _residents(run.roles, run.e, run.lora_rank, run.cuda_context_bytes, run.num_gpus > 1, split)
@@ -143,7 +132,7 @@ def _compute(request: EstimateRequest) -> _Parts:
     experience = run.experience_seqs * run.train_seq_len * EXPERIENCE_BYTES_PER_TOKEN
     exp_item = [Item("actor", "buffer", experience, "experience buffer")] if experience else []
 
-    reports: list[PhaseTotals] = []
+    reports: list[PhaseReport] = []
     residents: list[Resident] = []
     for phase, activities in recipe.items():
         extra = exp_item if phase != "rollout" else []
@@ -175,19 +164,17 @@ def _compute(request: EstimateRequest) -> _Parts:
         notes.append("vLLM assumed in sleep mode outside rollout; its CUDA graphs are not counted "
                      "(enforce_eager avoids them)")
     total = peak.total_bytes
-    fields = dict(
-        request=None, gpu=run.gpu_name, num_gpus=run.num_gpus, fits=total <= run.capacity_bytes,
+    return trusted(Report, dict(
+        request=request, gpu=run.gpu_name, num_gpus=run.num_gpus, fits=total <= run.capacity_bytes,
         peak_bytes_per_gpu=total, capacity_bytes=run.capacity_bytes, headroom_bytes=run.capacity_bytes - total,
-        peak_phase=peak.phase, fixed_bytes=res.fixed_bytes, resident_items=None, phases=None,
-        models=None, deciding_terms=None, host_bytes_per_node=host_per_node,
-        host_fits=host_per_node <= run.host_ram_bytes_per_node, notes=None,
-    )
-    return _Parts(fields, everything.line_items, tuple(reports), res.models,
-                  tuple(terms), tuple(notes))
+        peak_phase=peak.phase, fixed_bytes=res.fixed_bytes, resident_items=everything.line_items,
+        phases=tuple(reports), models=res.models, deciding_terms=tuple(terms), host_bytes_per_node=host_per_node,
+        host_fits=host_per_node <= run.host_ram_bytes_per_node, notes=tuple(notes),
+    ))
 
 
 @lru_cache(maxsize=CACHE_SIZE)
-def _cached(key: EstimateRequest | tuple) -> _Parts:
+def _cached(key: EstimateRequest | tuple) -> Report:
     return _compute(key if isinstance(key, EstimateRequest) else key[0])
 
 
@@ -200,35 +187,21 @@ def cache_key(request: EstimateRequest) -> EstimateRequest | tuple:
     return (request, *(frozenset(a.model_fields_set) for a in archs))
 
 
-def _report(request: EstimateRequest, parts: _Parts) -> Report:
-    """A fresh ``Report`` (fresh lists and phase reports) around the shared immutable parts."""
-    phase_reports = [
-        trusted(PhaseReport, {"phase": p.phase, "total_bytes": p.total_bytes, "breakdown": p.breakdown,
-                              "resident_bytes": p.resident_bytes, "activity": p.activity, "items": list(p.items),
-                              "group": p.group})
-        for p in parts.phases
-    ]
-    fields = dict(parts.fields)
-    fields.update(request=request, resident_items=list(parts.resident_items), phases=phase_reports,
-                  models=list(parts.models), deciding_terms=list(parts.deciding_terms), notes=list(parts.notes))
-    return trusted(Report, fields)
-
-
 def estimate(request: EstimateRequest | None = None, /, **kwargs) -> Report:
     """Estimate the per-GPU peak memory of one run.
 
     ``estimate(EstimateRequest(...))`` or ``estimate(model=..., algo=..., gpus=..., **knobs)``.
     Raises ``memplan.errors.InputError`` (naming the field) or pydantic's ``ValidationError`` on bad input.
 
-    The report's parts are a pure function of the request: they are computed once per distinct request
-    (``CACHE_SIZE`` most recent kept) and each call gets its own ``Report`` around them.
+    The report is a pure function of the request, and immutable: it is computed once per distinct request
+    (``CACHE_SIZE`` most recent kept) and the same report is returned for an equal request.
     """
     if request is None:
         request = EstimateRequest(**kwargs)
     elif kwargs:
         request = request.model_copy(update=kwargs)
         request = EstimateRequest.model_validate(request.model_dump())
-    return _report(request, _cached(cache_key(request)))
+    return _cached(cache_key(request))
 
 
 def compare(requests: list[EstimateRequest]) -> list[Report]:

@@ -3,9 +3,8 @@
 A phase is resident memory plus the largest of its sequential activities (a scoring phase runs the
 reference, reward and critic forwards one after another: only the largest one's transients count).
 
-Items are plain tuples on the hot path. A phase's result is an immutable ``PhaseTotals`` whose line items
-and breakdown are report models built once, without re-validation (``memplan.report.trusted``): the
-estimator caches it per request and hands each caller a fresh ``PhaseReport`` around it.
+Items are plain tuples on the hot path. A phase's result is its ``PhaseReport``, built once without
+re-validation (``memplan.report.trusted``) and immutable: the estimator caches the whole report per request.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from functools import lru_cache
 from operator import itemgetter
 from typing import NamedTuple
 
-from memplan.report import Breakdown, LineItem, trusted
+from memplan.report import Breakdown, LineItem, PhaseReport, trusted
 
 CATEGORIES = ("parameter", "buffer", "gradient", "optstate", "activation", "temp", "kv_cache", "logits", "other")
 
@@ -91,23 +90,11 @@ def resident(items: list[Item], line_items: list[LineItem]) -> Resident:
     return Resident(tuple(items), tuple(line_items), sums, sum(sums.values()))
 
 
-class PhaseTotals(NamedTuple):
-    """A ``PhaseReport``'s values, immutable: ``items`` is a tuple (the report gets a list copy)."""
-
-    phase: str
-    total_bytes: int
-    breakdown: Breakdown
-    resident_bytes: int
-    activity: str
-    items: tuple[LineItem, ...]
-    group: str | None
-
-
 _IDLE = Activity("idle")
 
 
 def phase_report(phase: str, res: Resident, activities: list[Activity], extra: list[Item],
-                 group: str | None = None) -> PhaseTotals:
+                 group: str | None = None) -> PhaseReport:
     """Resident items, plus the phase's own buffers and its largest activity (the first of equals)."""
     largest, largest_total = _IDLE, -1
     for act in activities:
@@ -126,5 +113,6 @@ def phase_report(phase: str, res: Resident, activities: list[Activity], extra: l
         for item in own:
             sums[item.category] += item.bytes
             items.append(line_item(item, name))
-    breakdown = trusted(Breakdown, sums)
-    return PhaseTotals(phase, sum(sums.values()), breakdown, res.total, name, tuple(items), group)
+    return trusted(PhaseReport, {"phase": phase, "total_bytes": sum(sums.values()),
+                                 "breakdown": trusted(Breakdown, sums), "resident_bytes": res.total,
+                                 "activity": name, "items": tuple(items), "group": group})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
+from typing import NamedTuple
 
 from memplan.errors import InputError
 from memplan.estimator.formulas import DTYPE_BYTES, QUANT_BYTES_PER_PARAM, linear_params, lora_params
@@ -63,9 +64,9 @@ class RoleSetup:
         return self.trainable_params > 0
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Run:
-    """A fully resolved run: cluster, batch geometry, roles."""
+class Run(NamedTuple):
+    """A fully resolved run: cluster, batch geometry, roles. A named tuple: one is built per request, and a
+    frozen dataclass's ``__init__`` (a guarded ``setattr`` per field) cost more than the rest of ``resolve``."""
 
     algo: str
     gpu_name: str
