@@ -105,8 +105,7 @@ def _fsdp_copy_out(act: Activity, role: str, st: States, first: bool) -> None:
     if st.fsdp is None:
         return
     during, copy = (st.fsdp.first_forward, st.fsdp.first_copy_out) if first else (st.fsdp.forward, st.fsdp.copy_out)
-    transient = sum(item.bytes for item in act.items
-                    if item.role == role and item.category in ("activation", "temp", "logits"))
+    transient = sum(item[2] for item in act.items if item[0] == role and item[1] in ("activation", "temp", "logits"))
     act.add(role, "parameter", copy - during - transient, "FSDP2 copy-out: the previous unit's all-gather output")
 
 
@@ -146,27 +145,34 @@ def generate(run: Run, actor: RoleSetup, st: States, name: str, first: bool = Tr
         act.add("actor", "other", int(run.vllm_utilization * run.capacity_bytes),
                 "vLLM reserves gpu_memory_utilization × GPU memory (its weights + KV cache)")
         return [act]
-    spec, seqs, tokens = actor.spec, run.rollout_seqs, run.prompt_len + run.gen_len
-    prefill, decode = Activity(f"{name}: prefill"), Activity(f"{name}: last decode step")
-    for act in (prefill, decode):
-        if run.rollout_engine == "hybrid-engine" and (st.gather or actor.sharding.offload_params):
-            act.add("actor", "parameter", st.full_gather, "hybrid engine gathers the full actor for generation")
-        else:
-            act.add("actor", "parameter", _gathered(st, first and act is prefill), "ZeRO-3 layer gather")
+    spec, seqs, tokens, e, tp = actor.spec, run.rollout_seqs, run.prompt_len + run.gen_len, run.e, run.tp
     if run.rollout_engine == "hybrid-engine":  # K/V in the engine's workspace (``dschat``)
+        if st.gather or actor.sharding.offload_params:
+            weights = ("actor", "parameter", st.full_gather, "hybrid engine gathers the full actor for generation")
+            prefill = Activity(f"{name}: prefill", [weights])
+            decode = Activity(f"{name}: last decode step", [weights])
+        else:
+            prefill = Activity(f"{name}: prefill", [("actor", "parameter", _gathered(st, first), "ZeRO-3 layer gather")])
+            decode = Activity(f"{name}: last decode step",
+                              [("actor", "parameter", _gathered(st, False), "ZeRO-3 layer gather")])
         generation_logits(run, actor, prefill, decode)
         return [prefill, decode]
-    prefill.add("actor", "kv_cache", kv_cache_bytes(spec, run.prompt_len, seqs, run.e, run.tp),
-                f"{seqs} seqs × {run.prompt_len} prompt tokens")
-    per_token = _forward_per_token(spec, run.e, run.tp, _lora_mlp(actor, run))
-    prefill.add("actor", "activation", int(seqs * run.prompt_len * per_token), "one layer's intermediates")
-    kv = kv_cache_bytes(spec, tokens, seqs, run.e, run.tp)
-    decode.add("actor", "kv_cache", kv, f"{seqs} seqs × {tokens} tokens")
-    if run.rollout_engine == "hf":
-        decode.add("actor", "temp", kv // (2 * spec.num_layers),
-                   "DynamicCache grows by concatenation: one layer's old K or V beside the new one")
-    decode.add("actor", "activation", int(seqs * per_token), "one token's intermediates")
-    decode.add("actor", "logits", logprob_logits_bytes(seqs, spec.vocab_size, run.e, False, run.tp), "next-token")
+    per_token = _forward_per_token(spec, e, tp, _lora_mlp(actor, run))
+    kv = kv_cache_bytes(spec, tokens, seqs, e, tp)
+    prefill = Activity(f"{name}: prefill", [
+        ("actor", "parameter", _gathered(st, first), "ZeRO-3 layer gather"),
+        ("actor", "kv_cache", kv_cache_bytes(spec, run.prompt_len, seqs, e, tp),
+         f"{seqs} seqs × {run.prompt_len} prompt tokens"),
+        ("actor", "activation", int(seqs * run.prompt_len * per_token), "one layer's intermediates"),
+    ])
+    decode = Activity(f"{name}: last decode step", [
+        ("actor", "parameter", _gathered(st, False), "ZeRO-3 layer gather"),
+        ("actor", "kv_cache", kv, f"{seqs} seqs × {tokens} tokens"),
+        ("actor", "temp", kv // (2 * spec.num_layers),
+         "DynamicCache grows by concatenation: one layer's old K or V beside the new one"),
+        ("actor", "activation", int(seqs * per_token), "one token's intermediates"),
+        ("actor", "logits", logprob_logits_bytes(seqs, spec.vocab_size, e, False, tp), "next-token"),
+    ])
     _fsdp_copy_out(prefill, "actor", st, first)
     _fsdp_copy_out(decode, "actor", st, False)
     return [prefill, decode]
@@ -176,23 +182,25 @@ def forward(run: Run, r: RoleSetup, st: States, name: str, seqs: int, first: boo
     """A no-grad forward over ``seqs`` full sequences: log-probs (actor, reference) or scores (critic, reward),
     as two moments: inside the layers, and (for an LM head) the vocabulary-wide log-softmax after them.
     ``first``: the model's first forward in the step (FSDP2 at stage 2 unshards its layers there)."""
-    layers = Activity(name)
-    layers.add(r.role, "parameter", _gathered(st, first), "gathered weights")
-    tokens = seqs * run.train_seq_len
-    lora_mlp = _lora_mlp(r, run) and r.role != "reference"  # the shared reference runs with adapters off
-    layers.add(r.role, "activation", int(tokens * _forward_per_token(r.spec, run.e, run.tp, lora_mlp)))
-    _fsdp_copy_out(layers, r.role, st, first)
+    role, spec, e, tp, tokens = r.role, r.spec, run.e, run.tp, seqs * run.train_seq_len
+    lora_mlp = _lora_mlp(r, run) and role != "reference"  # the shared reference runs with adapters off
+    layers = Activity(name, [
+        (role, "parameter", _gathered(st, first), "gathered weights"),
+        (role, "activation", int(tokens * _forward_per_token(spec, e, tp, lora_mlp)), ""),
+    ])
+    _fsdp_copy_out(layers, role, st, first)
     if not r.lm_head:
         return [layers]
-    logprobs = Activity(f"{name}: log-softmax")
-    logprobs.add(r.role, "parameter", st.fsdp.after_forward if st.fsdp else st.gather, "gathered weights")
-    logprobs.add(r.role, "logits", logprob_logits_bytes(seqs * run.logit_tokens, r.spec.vocab_size, run.e,
-                                                        False, run.tp), "log-probs")
+    logprobs = Activity(f"{name}: log-softmax", [
+        (role, "parameter", st.fsdp.after_forward if st.fsdp else st.gather, "gathered weights"),
+        (role, "logits", logprob_logits_bytes(seqs * run.logit_tokens, spec.vocab_size, e, False, tp), "log-probs"),
+    ])
     if st.fsdp is None:
         return [layers, logprobs]
-    head = Activity(f"{name}: LM head")  # FSDP2 keeps the root until the forward returns its logits
-    head.add(r.role, "parameter", st.fsdp.lm_head, "gathered weights")
-    head.add(r.role, "logits", int(seqs * run.logit_tokens * r.spec.vocab_size * run.e / run.tp), "logits")
+    head = Activity(f"{name}: LM head", [  # FSDP2 keeps the root until the forward returns its logits
+        (role, "parameter", st.fsdp.lm_head, "gathered weights"),
+        (role, "logits", int(seqs * run.logit_tokens * spec.vocab_size * e / tp), "logits"),
+    ])
     return [layers, head, logprobs]
 
 
@@ -206,11 +214,10 @@ def _train_setup(run: Run, r: RoleSetup, st: States):  # noqa: ANN202
     accumulating = run.rollout_seqs > run.train_seqs and not st.gradient_persists
 
     def moment(name: str, gather: int | None = None) -> Activity:
-        act = Activity(f"{r.role} {name}")
-        act.add(r.role, "parameter", st.gather if gather is None else gather, "gathered weights")
+        items = [(r.role, "parameter", st.gather if gather is None else gather, "gathered weights")]
         if accumulating:
-            act.add(r.role, "gradient", st.gradient, "earlier micro-batches' gradients")
-        return act
+            items.append((r.role, "gradient", st.gradient, "earlier micro-batches' gradients"))
+        return Activity(f"{r.role} {name}", items)
 
     return spec, tokens, per, moment
 
@@ -253,11 +260,13 @@ def train(run: Run, r: RoleSetup, st: States) -> list[Activity]:
     spec, tokens, per, moment = _train_setup(run, r, st)
     fb = moment("forward/backward", _fsdp_at(st, "backward" if run.gradient_checkpointing else "loss"))
     if run.gradient_checkpointing:
-        fb.add(r.role, "activation", _checkpointed_inputs(run, r, tokens), "checkpointed layer inputs")
         layer = per.base + per.implementation + per.lora + per.attention_scores
-        fb.add(r.role, "activation", int(tokens * layer), "one layer recomputed in backward")
-        fb.add(r.role, "activation", int(tokens * backward_transient_per_token(spec, run.e, run.tp)),
-               "that layer's gradients")
+        fb.items += (
+            (r.role, "activation", _checkpointed_inputs(run, r, tokens), "checkpointed layer inputs"),
+            (r.role, "activation", int(tokens * layer), "one layer recomputed in backward"),
+            (r.role, "activation", int(tokens * backward_transient_per_token(spec, run.e, run.tp)),
+             "that layer's gradients"),
+        )
     else:
         frozen_input = norm_input_bytes_per_token(spec, run.e) if r.lora else 0  # layer 0's input norm
         fb.add(r.role, "activation", int(tokens * (spec.num_layers * per.base - frozen_input)),
@@ -273,10 +282,9 @@ def train(run: Run, r: RoleSetup, st: States) -> list[Activity]:
         end.add(r.role, "activation", tied_embedding_gradient_sum_bytes(spec, run.e, run.tp),
                 "tied embedding: the LM head's and the input embedding's gradients and their sum")
         out.append(end)
-    step = Activity(f"{r.role} optimizer step")
+    step = Activity(f"{r.role} optimizer step", [(r.role, "temp", st.step_temp, "optimizer step")])
     if not st.gradient_persists:
-        step.add(r.role, "gradient", st.gradient)
-    step.add(r.role, "temp", st.step_temp, "optimizer step")
+        step.items.insert(0, (r.role, "gradient", st.gradient, ""))
     return [*out, step]
 
 
@@ -287,7 +295,7 @@ def checkpointed_loss(run: Run, r: RoleSetup, st: States) -> list[Activity]:
         return []
     spec, tokens, _per, moment = _train_setup(run, r, st)
     act = moment("backward at the loss", _fsdp_at(st, "loss"))
-    act.add(r.role, "activation", _checkpointed_inputs(run, r, tokens), "checkpointed layer inputs")
+    act.items.append((r.role, "activation", _checkpointed_inputs(run, r, tokens), "checkpointed layer inputs"))
     _loss(run, r, act, tokens)
     return [act]
 
@@ -315,7 +323,7 @@ def fsdp_backward(run: Run, r: RoleSetup, st: States) -> list[Activity]:
     last.add(r.role, "activation", int(tokens * grads), "that layer's gradients")
     end = moment("root's reduce-scatter", fs.backward_end)
     for act, layers in ((last, max(spec.num_layers - 2, 0)), (end, spec.num_layers)):
-        if not any(item.category == "gradient" for item in act.items):  # else: earlier micro-batches' (whole)
+        if not any(item[1] == "gradient" for item in act.items):  # else: earlier micro-batches' (whole)
             act.add(r.role, "gradient", int(st.gradient * layers * spec.layer_params / r.num_params),
                     f"sharded gradients of the {layers} layers reduced so far")
     return [*out, last, end]

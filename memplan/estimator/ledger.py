@@ -26,7 +26,6 @@ class Item(NamedTuple):
     note: str = ""
 
 
-_new_item = tuple.__new__  # Item(...) without the generated __new__'s Python frame: Activity.add is hot
 _bytes = itemgetter(2)  # Item.bytes
 
 
@@ -34,8 +33,9 @@ _bytes = itemgetter(2)  # Item.bytes
 def line_item(item: Item, prefix: str = "") -> LineItem:
     """The ``LineItem`` of an item; ``prefix`` (the activity's name) leads its note. Cached: the same items
     of the same activities recur across the requests of a sweep or a plan (every ``Item`` holds an int)."""
-    note = f"{prefix}: {item.note}" if prefix and item.note else prefix or item.note
-    return _line_item(item.role, item.category, item.bytes, note)
+    role, category, n_bytes, note = item
+    note = f"{prefix}: {note}" if prefix and note else prefix or note
+    return _line_item(role, category, n_bytes, note)
 
 
 @lru_cache(maxsize=4096, typed=True)
@@ -49,6 +49,8 @@ def _line_item(role: str, category: str, n_bytes: int, note: str) -> LineItem:
 class Activity:
     """One step of a phase (a generation, a forward, a training step) and the transient bytes it adds.
 
+    ``items``: ``Item``s or plain ``(role, category, bytes, note)`` tuples of int bytes, never negative;
+    zero-byte ones are kept (recipes list their terms whatever their size) and left out of the report.
     ``shared``: items other parts of the run keep alive during it (the hybrid engine's workspace, gradients
     kept between steps, another model's unsharded layers), listed after its own items. Often one tuple shared
     by every activity of a recipe: added once per phase instead of once per activity."""
@@ -58,14 +60,20 @@ class Activity:
     shared: tuple[Item, ...] = ()
 
     def add(self, role: str, category: str, n_bytes: int, note: str = "") -> None:
+        """Append a term computed as a difference or a product of floats: dropped unless positive, made int."""
         if n_bytes > 0:
-            self.items.append(_new_item(Item, (role, category, int(n_bytes), note)))
+            self.items.append((role, category, int(n_bytes), note))
 
     @property
     def role(self) -> str | None:
-        """Whose step this is: the role of its first item (own, else shared); None when it has none."""
-        first = self.items or self.shared
-        return first[0].role if first else None
+        """Whose step this is: the role of its first item holding bytes (own, else shared); None when none."""
+        for item in self.items:
+            if item[2]:
+                return item[0]
+        for item in self.shared:
+            if item[2]:
+                return item[0]
+        return None
 
     @property
     def total(self) -> int:
@@ -106,13 +114,14 @@ def phase_report(phase: str, res: Resident, activities: list[Activity], extra: l
     sums = dict(res.sums)
     items = []
     for item in extra:
-        sums[item.category] += item.bytes
+        sums[item[1]] += item[2]
         items.append(line_item(item))
     name = largest.name
     for own in (largest.items, largest.shared):
         for item in own:
-            sums[item.category] += item.bytes
-            items.append(line_item(item, name))
+            if item[2]:
+                sums[item[1]] += item[2]
+                items.append(line_item(item, name))
     return trusted(PhaseReport, {"phase": phase, "total_bytes": sum(sums.values()),
                                  "breakdown": trusted(Breakdown, sums), "resident_bytes": res.total,
                                  "activity": name, "items": tuple(items), "group": group})
