@@ -69,7 +69,7 @@ def _saved_for_backward(**kwargs) -> int:
     run = resolve(memplan.EstimateRequest(**{**TRACED_7B, **kwargs}))
     actor = run.roles[0]
     fb, _step = train(run, actor, role_states(actor, run))
-    return sum(item.bytes for item in fb.items if item.category == "activation")
+    return sum(n_bytes for _role, category, n_bytes, _note in fb.items if category == "activation")
 
 
 def test_sft_7b_activations_and_checkpointing_as_traced():
