@@ -39,6 +39,7 @@ from memplan.estimator.dschat import (
     logprob_loss,
 )
 from memplan.estimator.formulas import (
+    LayerActivation,
     backward_transient_per_token,
     final_norm_bytes_per_token,
     kv_cache_bytes,
@@ -52,11 +53,22 @@ from memplan.estimator.formulas import (
 from memplan.estimator.ledger import Activity, Item
 from memplan.estimator.parallel import States, Units, frozen_states, trainable_states
 from memplan.estimator.resolve import RoleSetup, Run
+from memplan.specs import ModelSpec
 
 EXPERIENCE_BYTES_PER_TOKEN = 8 + 8 + 2 * 4
 """int64 token ids and attention mask over every token, and fp32 per-token results over the answer (old and
 reference log-probs; PPO adds values, returns, advantages): about 8 bytes per token of prompt + answer."""
-_saved_per_token = lru_cache(maxsize=1024)(saved_bytes_per_token)  # the same layer geometry recurs across requests
+
+
+@lru_cache(maxsize=1024)
+def _saved_per_token(spec: ModelSpec, e: int, seq_len: int, weights_trainable: bool, lora_rank: int,
+                     lora_targets: str, lora_dtype_bytes: int, eager_attention: bool, tp: int) -> LayerActivation:
+    """``saved_bytes_per_token``, cached on positional arguments: the same layer geometry recurs across requests."""
+    return saved_bytes_per_token(spec, e, seq_len=seq_len, weights_trainable=weights_trainable, lora_rank=lora_rank,
+                                 lora_targets=lora_targets, lora_dtype_bytes=lora_dtype_bytes,
+                                 eager_attention=eager_attention, tp=tp)
+
+
 _forward_per_token = lru_cache(maxsize=1024)(layer_forward_transient_per_token)  # likewise
 
 
@@ -149,10 +161,10 @@ def generate(run: Run, actor: RoleSetup, st: States, name: str, first: bool = Tr
     if run.rollout_engine == "hybrid-engine":  # K/V in the engine's workspace (``dschat``)
         if st.gather or actor.sharding.offload_params:
             weights = ("actor", "parameter", st.full_gather, "hybrid engine gathers the full actor for generation")
-            prefill = Activity(f"{name}: prefill", [weights])
-            decode = Activity(f"{name}: last decode step", [weights])
+            prefill, decode = Activity(f"{name}: prefill", [weights]), Activity(f"{name}: last decode step", [weights])
         else:
-            prefill = Activity(f"{name}: prefill", [("actor", "parameter", _gathered(st, first), "ZeRO-3 layer gather")])
+            prefill = Activity(f"{name}: prefill",
+                               [("actor", "parameter", _gathered(st, first), "ZeRO-3 layer gather")])
             decode = Activity(f"{name}: last decode step",
                               [("actor", "parameter", _gathered(st, False), "ZeRO-3 layer gather")])
         generation_logits(run, actor, prefill, decode)
@@ -206,11 +218,8 @@ def forward(run: Run, r: RoleSetup, st: States, name: str, seqs: int, first: boo
 
 def _train_setup(run: Run, r: RoleSetup, st: States):  # noqa: ANN202
     spec, tokens = r.spec, run.train_seqs * run.train_seq_len
-    per = _saved_per_token(
-        spec, run.e, seq_len=run.train_seq_len, weights_trainable=not r.lora, lora_rank=run.lora_rank if r.lora
-        else 0, lora_targets=run.lora_targets, lora_dtype_bytes=_adapter_bytes(r, run.e),
-        eager_attention=_eager(run), tp=run.tp,
-    )
+    per = _saved_per_token(spec, run.e, run.train_seq_len, not r.lora, run.lora_rank if r.lora else 0,
+                           run.lora_targets, _adapter_bytes(r, run.e), _eager(run), run.tp)
     accumulating = run.rollout_seqs > run.train_seqs and not st.gradient_persists
 
     def moment(name: str, gather: int | None = None) -> Activity:

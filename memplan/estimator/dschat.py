@@ -50,10 +50,10 @@ def generation_logits(run: Run, actor: RoleSetup, prefill: Activity, decode: Act
     copy at prefill, the next token's at the last decode step."""
     spec, seqs, e, tp = actor.spec, run.rollout_seqs, run.e, run.tp
     c = hf_logits_element_bytes(spec, e)
-    prefill.add("actor", "logits", lm_head_logits_bytes(seqs, run.prompt_len, spec.vocab_size, e, tp)
-                + (lm_head_logits_bytes(seqs, run.prompt_len, spec.vocab_size, c, tp) if c != e else 0),
-                f"prefill logits over {run.prompt_len} prompt positions (transformers 4.31 upcasts to fp32)")
-    decode.add("actor", "logits", logprob_logits_bytes(seqs, spec.vocab_size, e, False, tp), "next-token")
+    prefill.items.append(("actor", "logits", lm_head_logits_bytes(seqs, run.prompt_len, spec.vocab_size, e, tp)
+                          + (lm_head_logits_bytes(seqs, run.prompt_len, spec.vocab_size, c, tp) if c != e else 0),
+                          f"prefill logits over {run.prompt_len} prompt positions (transformers 4.31 upcasts to fp32)"))
+    decode.items.append(("actor", "logits", logprob_logits_bytes(seqs, spec.vocab_size, e, False, tp), "next-token"))
 
 
 def dschat_experience(run: Run, roles: dict[str, RoleSetup], states: dict[str, States]) -> list[Activity]:
@@ -70,10 +70,8 @@ def dschat_experience(run: Run, roles: dict[str, RoleSetup], states: dict[str, S
     kept: list[Item] = []  # outputs alive from their forward to the end
 
     def moment(r: RoleSetup, what: str) -> Activity:
-        act = Activity(f"make-experience: {r.role} {what}")
-        act.add(r.role, "parameter", states[r.role].gather, "gathered weights")
-        act.items += kept
-        return act
+        return Activity(f"make-experience: {r.role} {what}",
+                        [(r.role, "parameter", states[r.role].gather, "gathered weights"), *kept])
 
     moments: list[Activity] = []
     for role in ("actor", "reference", "reward", "critic"):
@@ -82,47 +80,48 @@ def dschat_experience(run: Run, roles: dict[str, RoleSetup], states: dict[str, S
             continue
         layers = moment(r, "forward")
         lora_mlp = r.lora and run.lora_targets == "all-linear" and role != "reference"
-        layers.add(role, "activation", int(seqs * s * layer_forward_transient_per_token(r.spec, e, tp, lora_mlp)),
-                   "one layer's intermediates")
-        layers.add(role, "activation", eager_attention_forward_bytes(seqs, r.spec.num_heads, s, e, tp),
-                   "eager attention scores, fp32 softmax and its 16-bit copy (one layer)")
+        layers.items += (
+            (role, "activation", int(seqs * s * layer_forward_transient_per_token(r.spec, e, tp, lora_mlp)),
+             "one layer's intermediates"),
+            (role, "activation", eager_attention_forward_bytes(seqs, r.spec.num_heads, s, e, tp),
+             "eager attention scores, fp32 softmax and its 16-bit copy (one layer)"),
+        )
         moments.append(layers)
         if not r.lm_head:
             continue
-        new = len(layers.items)
-        layers.add(role, "kv_cache", past_key_values_bytes(r.spec, s, seqs, e, tp),
-                   f"{role}'s past_key_values (use_cache defaults to True), kept until generate_experience returns")
-        kv = layers.items[new:]
+        kv = (role, "kv_cache", past_key_values_bytes(r.spec, s, seqs, e, tp),
+              f"{role}'s past_key_values (use_cache defaults to True), kept until generate_experience returns")
+        layers.items.append(kv)
         c = hf_logits_element_bytes(r.spec, e)
         head = moment(r, "LM head")
-        head.items += kv
-        if c != e:
-            head.add(role, "logits", lm_head_logits_bytes(seqs, s, r.spec.vocab_size, e, tp), "16-bit logits")
-        new = len(head.items)
-        head.add(role, "logits", lm_head_logits_bytes(seqs, s, r.spec.vocab_size, c, tp),
-                 f"{role}'s logits over all {s} positions" + (" (fp32 upcast)" if c != e else ""))
+        head.items.append(kv)
+        if c != e:  # the 16-bit logits live only until their upcast
+            head.items.append((role, "logits", lm_head_logits_bytes(seqs, s, r.spec.vocab_size, e, tp),
+                               "16-bit logits"))
+        logits = (role, "logits", lm_head_logits_bytes(seqs, s, r.spec.vocab_size, c, tp),
+                  f"{role}'s logits over all {s} positions" + (" (fp32 upcast)" if c != e else ""))
+        head.items.append(logits)
         moments.append(head)
-        kept += kv + head.items[new:]
-    post = Activity("make-experience: log-probs", list(kept))
+        kept += (kv, logits)
     spec = roles["actor"].spec
     c = hf_logits_element_bytes(spec, e)
     if run.algo == "remax":
-        post.add("actor", "logits", remax_experience_temporaries_bytes(seqs, s, spec.vocab_size, c, tp),
-                 "log-softmax, probs, reference log-softmax, their difference and product (entropy, full KL)")
+        last = ("actor", "logits", remax_experience_temporaries_bytes(seqs, s, spec.vocab_size, c, tp),
+                "log-softmax, probs, reference log-softmax, their difference and product (entropy, full KL)")
     else:
-        post.add("actor", "logits", dschat_gather_log_probs_bytes(seqs, s, spec.vocab_size, c, tp),
-                 "gather_log_probs: log-softmax over s − 1 positions" + (" + contiguous copy" if seqs > 1 else ""))
-    return [*moments, post]
+        last = ("actor", "logits", dschat_gather_log_probs_bytes(seqs, s, spec.vocab_size, c, tp),
+                "gather_log_probs: log-softmax over s − 1 positions" + (" + contiguous copy" if seqs > 1 else ""))
+    return [*moments, Activity("make-experience: log-probs", [*kept, last])]
 
 
 def logprob_loss(run: Run, r: RoleSetup, act: Activity) -> None:
     """The training loss's log-softmax over every position's (fp32) logits and its backward; DeepSpeed-Chat's
     ``train_rlhf`` also keeps the logits (ReMax's does not)."""
     kept = run.algo != "remax"
-    act.add(r.role, "logits", dschat_logprob_backward_bytes(
+    act.items.append((r.role, "logits", dschat_logprob_backward_bytes(
         run.train_seqs, run.train_seq_len, r.spec.vocab_size, hf_logits_element_bytes(r.spec, run.e),
         logits_kept=kept, tp=run.tp),
-        "log-softmax over all positions and its backward" + (" + the logits train_rlhf keeps" if kept else ""))
+        "log-softmax over all positions and its backward" + (" + the logits train_rlhf keeps" if kept else "")))
 
 
 def actor_logits_held(run: Run, recipe: dict[str, list[Activity]], actor: RoleSetup) -> None:
@@ -130,9 +129,10 @@ def actor_logits_held(run: Run, recipe: dict[str, list[Activity]], actor: RoleSe
     critic's update (the loss moment counts them in ``logprob_loss``)."""
     logits = lm_head_logits_bytes(run.train_seqs, run.train_seq_len, actor.spec.vocab_size,
                                   hf_logits_element_bytes(actor.spec, run.e), run.tp)
+    held = ("actor", "logits", logits, "actor's logits, still held by train_rlhf (actor_prob)")
     fb, step = recipe["actor_update"][:2]
     for act in ([fb] if run.gradient_checkpointing else []) + [step] + recipe["critic_update"]:
-        act.add("actor", "logits", logits, "actor's logits, still held by train_rlhf (actor_prob)")
+        act.items.append(held)
 
 
 def hybrid_engine_workspace(run: Run, recipe: dict[str, list[Activity]], actor: RoleSetup) -> None:

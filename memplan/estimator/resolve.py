@@ -24,6 +24,7 @@ ROLES_BY_ALGO = {
     "dpo": ("actor", "reference"),
     "sft": ("actor",),
 }
+ROLES_WITH_REWARD = {algo for algo, roles in ROLES_BY_ALGO.items() if "reward" in roles}
 DEFAULT_GROUP = {"grpo": 8, "rloo": 4}
 GENERATES = {"ppo", "grpo", "remax", "rloo"}
 
@@ -144,6 +145,14 @@ STAGE_FIELD = {"actor": "actor_zero_stage", "critic": "critic_zero_stage", "refe
 OFFLOAD_FIELD = {"actor": "offload", "critic": "offload", "reference": "offload_ref", "reward": "offload_reward"}
 
 
+@lru_cache(maxsize=1024)
+def _learned_positions(roles: tuple[RoleSetup, ...]) -> tuple[tuple[int, str], ...]:
+    """Each distinct model of the roles with learned positions (OPT, GPT-2): its limit and name, in role order."""
+    specs = {r.spec.name: r.spec for r in roles}.values()
+    return tuple((spec.max_position_embeddings, spec.name) for spec in specs
+                 if spec.max_position_embeddings and spec.model_type in ("opt", "gpt2"))
+
+
 def _scalar_head(spec: ModelSpec) -> int:
     """Backbone + a bias-free Linear(h, 1) (transformers ``*ForSequenceClassification``, DeepSpeed-Chat v_head)."""
     return spec.backbone_params + spec.hidden_size
@@ -176,20 +185,21 @@ def resolve(req: EstimateRequest) -> Run:
     actor_spec = _lookup(req.model, "model")
     if actor_spec.num_heads % req.tp:
         raise InputError("tp", f"must divide the attention heads ({actor_spec.num_heads})", req.tp)
-    active = tuple(role for role in ROLES_BY_ALGO[algo]
-                   if not (role == "reference" and ref_mode in ("none", "lora-shared"))
-                   and not (role == "reward" and reward_mode == "rule"))
     group_gpus = n
     if req.placement == "split":
+        active = tuple(role for role in ROLES_BY_ALGO[algo]
+                       if not (role == "reference" and ref_mode in ("none", "lora-shared"))
+                       and not (role == "reward" and reward_mode == "rule"))
         group_gpus = n // len(active)
         if group_gpus < req.tp or group_gpus % req.tp:
             raise InputError("placement", f"'split' puts each of {len(active)} models ({', '.join(active)}) on "
                              f"its own GPUs: needs at least {len(active) * req.tp} GPUs, got {n}", req.placement)
     dp = group_gpus // req.tp
     shard_dp = min(dp, cluster.gpus_per_node // req.tp) if req.hybrid_shard else dp
-    critic_spec = (_lookup(req.critic_model, "critic_model") if req.critic_model is not None and "critic" in active
+    critic_spec = (_lookup(req.critic_model, "critic_model") if req.critic_model is not None and algo == "ppo"
                    else actor_spec)
-    reward_spec = (_lookup(req.reward_model, "reward_model") if req.reward_model is not None and "reward" in active
+    reward_spec = (_lookup(req.reward_model, "reward_model")
+                   if req.reward_model is not None and algo in ROLES_WITH_REWARD and reward_mode != "rule"
                    else actor_spec)
     roles = _roles(
         algo, ref_mode, reward_mode, (req.actor_zero_stage, req.critic_zero_stage, req.ref_zero_stage,
@@ -208,11 +218,10 @@ def resolve(req: EstimateRequest) -> Run:
     else:
         seq = req.seq_len or (req.prompt_len + req.gen_len)
         logit_tokens = seq
-    for spec_ in {r.spec.name: r.spec for r in roles}.values():
-        limit = spec_.max_position_embeddings
-        if limit and seq > limit and spec_.model_type in ("opt", "gpt2"):  # learned positions cannot extrapolate
+    for limit, name in _learned_positions(roles):  # learned positions cannot extrapolate
+        if seq > limit:
             raise InputError("prompt_len" if generates else "seq_len",
-                             f"{seq} tokens exceed {spec_.name}'s {limit} learned positions", seq)
+                             f"{seq} tokens exceed {name}'s {limit} learned positions", seq)
     return Run(
         algo=algo, gpu_name=cluster.gpu.name, capacity_bytes=cluster.gpu.memory_bytes,
         cuda_context_bytes=req.cuda_context_bytes if req.cuda_context_bytes is not None
