@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_estimate.py
 
 Writes benchmarks/results/bench_estimate.md (command, machine, date). Target: p50 < 100 µs per estimate.
-``estimate`` keeps the computed parts of recent requests (``memplan.estimator.CACHE_SIZE``): the repeated
+``estimate`` keeps the (immutable) reports of recent requests (``memplan.estimator.CACHE_SIZE``): the repeated
 headline request hits that cache; the "first seen" row clears it before each call, and every configuration
 of the sweep is new, so those two time the whole computation. Below that cache the estimator keeps what
 recurs between requests (the resolved roles, their states and resident items, layer geometry, line items): warm in the
@@ -53,7 +53,7 @@ from memplan.errors import InputError  # noqa: E402
 from memplan.estimator import _cached, _fixed, _residents, _role_parts  # noqa: E402  (cleared for "first seen", "cold")
 from memplan.estimator.algorithms import _forward_per_token, _saved_per_token, model_states  # noqa: E402
 from memplan.estimator.ledger import _line_item, line_item  # noqa: E402
-from memplan.estimator.resolve import _lora_params, _role_setup, _roles, _sharding  # noqa: E402
+from memplan.estimator.resolve import _learned_positions, _lora_params, _role_setup, _roles, _sharding  # noqa: E402
 from memplan.report import EstimateRequest  # noqa: E402
 
 
@@ -85,7 +85,7 @@ def time_first_seen(request, repeats: int) -> list[float]:
 
 
 ESTIMATOR_CACHES = (_cached, _fixed, _residents, _role_parts, _forward_per_token, _saved_per_token, model_states,
-                    _line_item, line_item, _lora_params, _roles, _role_setup, _sharding)
+                    _line_item, line_item, _lora_params, _roles, _role_setup, _sharding, _learned_positions)
 
 
 def time_cold(request, repeats: int) -> list[float]:
@@ -99,6 +99,13 @@ def time_cold(request, repeats: int) -> list[float]:
         memplan.estimate(request)
         out.append((clock() - t0) / 1000)
     return out
+
+
+def _estimate_or_invalid(request: EstimateRequest) -> None:
+    try:
+        memplan.estimate(request)
+    except InputError:
+        pass
 
 
 def machine() -> str:
@@ -131,6 +138,7 @@ def main() -> None:
     assert len(configs) == SWEEP_SIZE, len(configs)
     fits = invalid = 0
     per_call: list[float] = []
+    by_algo: dict[str, list[float]] = {}
     t0 = time.perf_counter()
     for kw in configs:
         c0 = time.perf_counter_ns()
@@ -141,7 +149,14 @@ def main() -> None:
         else:
             fits += report.fits
         per_call.append((time.perf_counter_ns() - c0) / 1000)
+        by_algo.setdefault(kw["algo"], []).append(per_call[-1])
     sweep_s = time.perf_counter() - t0
+
+    # the same configurations again as prebuilt requests (validation outside the timing), report cache cleared
+    _cached.cache_clear()
+    prebuilt = [EstimateRequest(**kw) for kw in configs]  # every axis value is in range: no ValidationError
+    gc.collect()
+    per_prebuilt = time_calls(_estimate_or_invalid, prebuilt)
 
     rows = [
         ("one estimate (prebuilt request)", single),
@@ -149,6 +164,7 @@ def main() -> None:
         ("one estimate (prebuilt request, first seen: cache cleared)", first_seen),
         ("one estimate (prebuilt request, cold: every estimator cache cleared)", cold),
         ("sweep, per configuration", per_call),
+        ("sweep, per configuration (requests prebuilt)", per_prebuilt),
     ]
     lines = [
         "# memplan.estimate timing",
@@ -171,7 +187,8 @@ def main() -> None:
         "",
         f"Sweep: {SWEEP_SIZE:,} configurations drawn (seed 0) from the product of {axes}: {sweep_s:.2f} s in all "
         f"({SWEEP_SIZE / sweep_s:,.0f} estimates/s); {fits:,} fit, {invalid:,} rejected as invalid input "
-        "(counted in the timing).",
+        "(counted in the timing). Sweep p50 by algorithm (µs, kwargs): "
+        + ", ".join(f"{algo} {pct(values, 0.5):.0f}" for algo, values in by_algo.items()) + ".",
         "",
     ]
     OUT.parent.mkdir(parents=True, exist_ok=True)
