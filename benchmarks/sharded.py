@@ -35,49 +35,40 @@ TRACES = Path(__file__).parent / "results" / "sharded_traces.jsonl"
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import memplan  # noqa: E402
+from memplan.harness import accuracy  # noqa: E402
+from memplan.harness.accuracy import PhaseError  # noqa: E402
 from memplan.report import EstimateRequest  # noqa: E402
 
 MIB = 2**20
+CATEGORIES = ("parameter", "buffer", "gradient", "optstate", "activation", "temp", "kv_cache", "logits", "other")
+BY_CATEGORY = {cat: ((cat,), 1.0) for cat in CATEGORIES} | {"total": (("total",), 1.0)}
+"""``accuracy.compare``'s component groups here: each category alone (its delta for the table) and the total
+(tolerances unused: this benchmark reports, tests/test_sharded.py judges)."""
 
 
 def request(model: str, algo: str, stage: int, n: int) -> EstimateRequest:
     return EstimateRequest(model=model, algo=algo, gpus=f"{n}xH100-80GB", zero_stage=stage, **KNOBS)
 
 
-def compare(req: EstimateRequest, traced) -> list[dict]:  # noqa: ANN001 (a TraceReport)
-    """Per phase of ``traced``: estimate net of fixed costs, traced rank-0 peak, relative error, categories."""
-    est = memplan.estimate(req)
-    by_phase = {p.phase: p for p in est.phases}
-    rows = []
-    for tp in traced.phases:
-        ep = by_phase[tp.phase]
-        net = ep.total_bytes - est.fixed_bytes
-        est_cats = ep.breakdown.model_dump()
-        est_cats["other"] -= est.fixed_bytes
-        error = (net - tp.peak_bytes) / tp.peak_bytes
-        rows.append(dict(phase=tp.phase, estimate=net, traced=tp.peak_bytes, error=error, peak_op=tp.peak_op,
-                         step=tp.step, est_cats=est_cats, traced_cats=tp.breakdown.model_dump()))
-    return rows
+def compare(req: EstimateRequest, traced) -> list[PhaseError]:  # noqa: ANN001 (a TraceReport)
+    """Per phase of ``traced``: ``accuracy.compare`` of the estimate of ``req``, per category and in total."""
+    return accuracy.compare(f"{req.algo} {req.zero_stage} {traced.world_size}", traced, memplan.estimate(req),
+                            components=BY_CATEGORY)
 
 
-def category_deltas(row: dict) -> str:
+def category_deltas(row: PhaseError) -> str:
     """Categories where estimate and trace differ by ≥ 1 MiB: 'name +est−traced MiB'."""
-    parts = []
-    for cat, traced in row["traced_cats"].items():
-        if cat == "total":
-            continue
-        d = row["est_cats"].get(cat, 0) - traced
-        if abs(d) >= MIB:
-            parts.append(f"{cat} {d / MIB:+,.0f}")
-    return ", ".join(parts) or "—"
+    deltas = ((cat, round(row.errors[cat] * row.traced_bytes)) for cat in CATEGORIES)  # the bytes back
+    return ", ".join(f"{cat} {d / MIB:+,.0f}" for cat, d in deltas if abs(d) >= MIB) or "—"
 
 
-def markdown(model: str, results: list[tuple[str, int, int, list[dict], float]], command: str, wall: float) -> str:
+def markdown(model: str, results: list[tuple[str, int, int, list[PhaseError], float]], command: str,
+             wall: float) -> str:
     import torch
     import transformers
 
-    errors = [abs(r["error"]) for *_, rows, _ in results for r in rows]
-    peaks = [abs(max(rows, key=lambda r: r["traced"])["error"]) for *_, rows, _ in results]
+    errors = [abs(r.error) for *_, rows, _ in results for r in rows]
+    peaks = [abs(max(rows, key=lambda r: r.traced_bytes).error) for *_, rows, _ in results]
     lines = [
         "# Sharded runs: estimator vs traced rank 0 (FSDP2)",
         "",
@@ -102,9 +93,8 @@ def markdown(model: str, results: list[tuple[str, int, int, list[dict], float]],
     ]
     for algo, stage, n, rows, _ in results:
         for r in rows:
-            lines.append(f"| {algo} | {stage} | {n} | {r['phase']} | {r['estimate'] / 2**30:.2f} | "
-                         f"{r['traced'] / 2**30:.2f} | {r['error']:+.1%} | {r['peak_op']} (step {r['step']}) | "
-                         f"{category_deltas(r)} |")
+            lines.append(f"| {algo} | {stage} | {n} | {r.phase} | {r.estimate_bytes / 2**30:.2f} | "
+                         f"{r.traced_bytes / 2**30:.2f} | {r.error:+.1%} | {r.peak_op} | {category_deltas(r)} |")
     lines += ["", "Trace seconds per run: " + ", ".join(f"{a}/{s}/{n} {sec:.0f}" for a, s, n, _, sec in results), ""]
     return "\n".join(lines)
 
@@ -146,9 +136,8 @@ def main() -> None:
             traces.write(traced.model_dump_json() + "\n")
             traces.flush()
         for r in rows:
-            print(f"{algo:6s} stage {stage} N={n:<3d} {r['phase']:14s} est {r['estimate'] / 2**30:7.2f} GiB "
-                  f"traced {r['traced'] / 2**30:7.2f} GiB  {r['error']:+6.1%}  {category_deltas(r)}",
-                  flush=True)
+            print(f"{algo:6s} stage {stage} N={n:<3d} {r.phase:14s} est {r.estimate_bytes / 2**30:7.2f} GiB "
+                  f"traced {r.traced_bytes / 2**30:7.2f} GiB  {r.error:+6.1%}  {category_deltas(r)}", flush=True)
     if traces is not None:
         traces.close()
         print(f"wrote {args.traces}")
