@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from api.schemas import HEADLINE, INLINE, REMAX_SETUP
-from memplan.planner import KNOBS, LimitReport, PlanReport, batch_limit, gpu_limit, plan
+from memplan.planner import KNOBS, LimitReport, batch_limit, gpu_limit, plan
 from memplan.report import EstimateRequest
 
 client = TestClient(create_app())
