@@ -28,7 +28,9 @@ is two activities, and the ledger takes the larger. What stays alive across step
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
+from typing import NamedTuple
 
 from memplan.estimator.dschat import (
     actor_logits_held,
@@ -216,7 +218,18 @@ def forward(run: Run, r: RoleSetup, st: States, name: str, seqs: int, first: boo
     return [layers, head, logprobs]
 
 
-def _train_setup(run: Run, r: RoleSetup, st: States):  # noqa: ANN202
+class TrainSetup(NamedTuple):
+    """A training step's geometry: the model, its tokens per micro-batch, the bytes each token saves per layer,
+    and ``moment(name, gather)``, which starts an activity of the step with its gathered weights (and the
+    earlier micro-batches' gradients)."""
+
+    spec: ModelSpec
+    tokens: int
+    per: LayerActivation
+    moment: Callable[..., Activity]
+
+
+def _train_setup(run: Run, r: RoleSetup, st: States) -> TrainSetup:
     spec, tokens = r.spec, run.train_seqs * run.train_seq_len
     per = _saved_per_token(spec, run.e, run.train_seq_len, not r.lora, run.lora_rank if r.lora else 0,
                            run.lora_targets, _adapter_bytes(r, run.e), _eager(run), run.tp)
@@ -228,7 +241,7 @@ def _train_setup(run: Run, r: RoleSetup, st: States):  # noqa: ANN202
             items.append((r.role, "gradient", st.gradient, "earlier micro-batches' gradients"))
         return Activity(f"{r.role} {name}", items)
 
-    return spec, tokens, per, moment
+    return TrainSetup(spec, tokens, per, moment)
 
 
 def _checkpointed_inputs(run: Run, r: RoleSetup, tokens: int) -> int:
@@ -258,7 +271,7 @@ def _loss(run: Run, r: RoleSetup, act: Activity, tokens: int) -> None:
         act.add(r.role, "activation", int(tokens * grads), "backward's first gradients")
 
 
-def train(run: Run, r: RoleSetup, st: States) -> list[Activity]:
+def train(run: Run, r: RoleSetup, st: States, setup: TrainSetup | None = None) -> list[Activity]:
     """Forward + backward at its peak moment, and the optimizer step.
 
     Without checkpointing the backward peak is at the loss: every layer's saved tensors, the final norm's and
@@ -266,7 +279,7 @@ def train(run: Run, r: RoleSetup, st: States) -> list[Activity]:
     recomputation of one layer in backward (layer inputs + that layer's saved tensors); the other candidate,
     the loss with the layer inputs, is ``checkpointed_loss``.
     """
-    spec, tokens, per, moment = _train_setup(run, r, st)
+    spec, tokens, per, moment = setup or _train_setup(run, r, st)
     fb = moment("forward/backward", _fsdp_at(st, "backward" if run.gradient_checkpointing else "loss"))
     if run.gradient_checkpointing:
         layer = per.base + per.implementation + per.lora + per.attention_scores
@@ -297,19 +310,19 @@ def train(run: Run, r: RoleSetup, st: States) -> list[Activity]:
     return [*out, step]
 
 
-def checkpointed_loss(run: Run, r: RoleSetup, st: States) -> list[Activity]:
+def checkpointed_loss(run: Run, r: RoleSetup, st: States, setup: TrainSetup | None = None) -> list[Activity]:
     """With gradient checkpointing: the moment backward starts at the loss (layer inputs, final norm, the
     log-softmax path) — larger than a layer's recomputation when the vocabulary is large."""
     if not run.gradient_checkpointing:
         return []
-    spec, tokens, _per, moment = _train_setup(run, r, st)
+    spec, tokens, _per, moment = setup or _train_setup(run, r, st)
     act = moment("backward at the loss", _fsdp_at(st, "loss"))
     act.items.append((r.role, "activation", _checkpointed_inputs(run, r, tokens), "checkpointed layer inputs"))
     _loss(run, r, act, tokens)
     return [act]
 
 
-def fsdp_backward(run: Run, r: RoleSetup, st: States) -> list[Activity]:
+def fsdp_backward(run: Run, r: RoleSetup, st: States, setup: TrainSetup | None = None) -> list[Activity]:
     """FSDP2's other moments of a training step (``engine='fsdp'``, stage 2 or 3; module docstring of
     ``parallel``): without checkpointing, backward's first layers (L − 1 layers' saved tensors, the loss's
     freed); backward's last layers (layer 1 with layer 0 prefetched: one layer's tensors, the sharded gradients
@@ -317,7 +330,7 @@ def fsdp_backward(run: Run, r: RoleSetup, st: States) -> list[Activity]:
     fs = st.fsdp
     if fs is None or r.lora:
         return []
-    spec, tokens, per, moment = _train_setup(run, r, st)
+    spec, tokens, per, moment = setup or _train_setup(run, r, st)
     layer = per.base + per.implementation + per.lora + per.attention_scores
     grads = backward_transient_per_token(spec, run.e, run.tp)
     out = []
@@ -383,8 +396,9 @@ def phases(run: Run, states: dict[str, States]) -> dict[str, list[Activity]]:
         return forward(run, r, states[role], f"{role} {what}", seqs, first=role != "actor") if r else []
 
     def update(role: str) -> list[Activity]:
-        return (train(run, roles[role], states[role]) + checkpointed_loss(run, roles[role], states[role])
-                + fsdp_backward(run, roles[role], states[role]))
+        r, st = roles[role], states[role]
+        setup = _train_setup(run, r, st)  # the step's geometry, shared by its moments
+        return train(run, r, st, setup) + checkpointed_loss(run, r, st, setup) + fsdp_backward(run, r, st, setup)
 
     micro = run.train_seqs
     recipe: dict[str, list[Activity]] = {}
