@@ -23,12 +23,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from _machine import machine  # benchmarks/_machine.py: these scripts run from this folder
 
 # --- configuration -------------------------------------------------------------------------------------
 RESULTS = Path(__file__).parent / "results"
@@ -139,13 +139,11 @@ def cuda_section() -> list[str]:
     return [*lines, ""]
 
 
-def machine() -> str:
+def machine_and_versions() -> str:
     import torch
     import transformers
 
-    return (f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), Python "
-            f"{platform.python_version()}, {platform.system()}; torch {torch.__version__}, transformers "
-            f"{transformers.__version__}")
+    return f"{machine()}; torch {torch.__version__}, transformers {transformers.__version__}"
 
 
 def markdown(single, sharded, peers, peers_meta, command: str, wall: float) -> str:  # noqa: ANN001
@@ -158,7 +156,7 @@ def markdown(single, sharded, peers, peers_meta, command: str, wall: float) -> s
         "# Accuracy: estimator vs tracer vs CUDA, with the peers",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {machine()}  ",
+        f"Machine: {machine_and_versions()}  ",
         f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {wall / 60:.1f} min in all  ",
         f"Traces (world size 1): {traces_line()}",
         "",

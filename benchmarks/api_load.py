@@ -17,13 +17,14 @@ import contextlib
 import datetime
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from _machine import machine  # benchmarks/_machine.py: these scripts run from this folder
 
 # --- configuration -------------------------------------------------------------------------------------
 HOST = "127.0.0.1"  # loopback only
@@ -140,13 +141,6 @@ def server(workers: int, speedups: str | None = None):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError, StopIteration):
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    return f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, {platform.system()}"
 
 
 def versions() -> str:

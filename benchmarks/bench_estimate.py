@@ -16,13 +16,13 @@ from __future__ import annotations
 import datetime
 import gc
 import itertools
-import os
-import platform
 import random
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from _machine import machine  # benchmarks/_machine.py: these scripts run from this folder
 
 # --- configuration -------------------------------------------------------------------------------------
 REPEATS = 5_000  # timed estimates of the headline request
@@ -108,16 +108,6 @@ def _estimate_or_invalid(request: EstimateRequest) -> None:
         pass
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    load = f", load average {os.getloadavg()[0]:.1f} at start" if hasattr(os, "getloadavg") else ""
-    return f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, {platform.system()}{load}"
-
-
 def sweep_requests() -> list[dict]:
     """SWEEP_SIZE configurations drawn evenly (fixed seed) from the product of SWEEP_AXES."""
     combos = [dict(zip(SWEEP_AXES, c)) for c in itertools.product(*SWEEP_AXES.values())]
@@ -170,7 +160,7 @@ def main() -> None:
         "# memplan.estimate timing",
         "",
         f"Command: `{Path(sys.executable).name} benchmarks/bench_estimate.py`  ",
-        f"Machine: {machine()}  ",
+        f"Machine: {machine(load_average=True)}  ",
         f"Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}  ",
         f"memplan {getattr(memplan, '__version__', '?')}, pydantic {__import__('pydantic').VERSION}",
         "",

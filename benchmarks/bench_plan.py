@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import datetime
 import gc
-import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from _machine import machine  # benchmarks/_machine.py: these scripts run from this folder
 
 # --- configuration -------------------------------------------------------------------------------------
 REPEATS = 20  # timed runs of each search (the per-request report cache is cleared before each run)
@@ -40,15 +40,6 @@ import memplan  # noqa: E402
 from memplan.estimator import _cached  # noqa: E402  (the per-request cache, cleared before each timed run)
 from memplan.planner import batch_limit, gpu_limit, plan  # noqa: E402
 from memplan.report import EstimateRequest  # noqa: E402
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, {platform.system()}"
 
 
 def timed(fn, request: EstimateRequest) -> tuple[list[float], object]:

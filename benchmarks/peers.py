@@ -57,12 +57,13 @@ import datetime
 import io
 import json
 import logging
-import os
 import platform
 import re
 import sys
 import time
 from pathlib import Path
+
+from _machine import machine  # benchmarks/_machine.py: these scripts run from this folder
 
 import torch
 import transformers
@@ -287,7 +288,7 @@ def run() -> dict:
         })
     return {
         "command": "/work/peers-venv/bin/python benchmarks/peers.py",
-        "machine": machine(),
+        "machine": machine_without_gpu(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "seconds": round(time.time() - t0, 1),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
@@ -297,10 +298,8 @@ def run() -> dict:
     }
 
 
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return f"{os.cpu_count()} CPUs ({cpu}), {platform.system()} {platform.machine()}, no GPU (estimators only)"
+def machine_without_gpu() -> str:
+    return f"{machine()}, no GPU (estimators only)"
 
 
 def gib(x) -> str:

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from _machine import machine  # benchmarks/_machine.py: these scripts run from this folder
 
 # --- configuration -------------------------------------------------------------------------------------
 MODEL = "meta-llama/Llama-2-7b-hf"
@@ -73,9 +73,7 @@ def markdown(model: str, results: list[tuple[str, int, int, list[PhaseError], fl
         "# Sharded runs: estimator vs traced rank 0 (FSDP2)",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), Python "
-        f"{platform.python_version()}, {platform.system()}; torch {torch.__version__}, transformers "
-        f"{transformers.__version__}  ",
+        f"Machine: {machine()}; torch {torch.__version__}, transformers {transformers.__version__}  ",
         f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {wall / 60:.1f} min in all",
         "",
         f"Model {model}, {', '.join(f'{k}={v}' for k, v in KNOBS.items())}; GRPO group 8 (default). Traced: rank 0 "
