@@ -309,3 +309,34 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     d = ref_logp - logp
     return d.exp() - d - 1
 
+
+
+def clipped_policy_update(ctx: Ctx, n: int, seq: torch.Tensor, old: torch.Tensor, adv: torch.Tensor,
+                          ref: torch.Tensor | None, clip: float, kl_coef: float) -> None:
+    """PPO's and GRPO's actor update: the clipped surrogate −min(ρA, clip(ρ)A) per token, plus kl_coef · k3 KL
+    to the reference when there is one; backward per micro-batch, optimizer step."""
+    m, probe, g = ctx.models, ctx.probe, ctx.setup.gen_len
+    with probe.phase("actor_update", n):
+        def loss(a: int, b: int) -> torch.Tensor:
+            logp = sequence_logprobs(m.actor, seq[a:b], g, probe, "actor")
+            ratio = (logp - old[a:b]).exp()
+            per_token = -torch.min(ratio * adv[a:b], ratio.clamp(1 - clip, 1 + clip) * adv[a:b])
+            if ref is not None:
+                per_token = per_token + kl_coef * kl_k3(logp, ref[a:b])
+            return per_token.mean()
+
+        train_micro_batches(ctx, "actor", seq.shape[0], loss)
+        ctx.trainers["actor"].step()
+
+
+def reinforce_update(ctx: Ctx, n: int, seq: torch.Tensor, adv: torch.Tensor) -> None:
+    """ReMax's and RLOO's actor update: REINFORCE, −A · Σ log π over the answer; backward per micro-batch,
+    optimizer step."""
+    m, probe, g = ctx.models, ctx.probe, ctx.setup.gen_len
+    with probe.phase("actor_update", n):
+        def loss(a: int, b: int) -> torch.Tensor:
+            logp = sequence_logprobs(m.actor, seq[a:b], g, probe, "actor")
+            return -(adv[a:b] * logp).sum(-1).mean()
+
+        train_micro_batches(ctx, "actor", seq.shape[0], loss)
+        ctx.trainers["actor"].step()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from memplan.harness.steps.common import (
-    Ctx, kl_k3, make_prompts, reference_logprobs, rewards, rollout, score, sequence_logprobs, train_micro_batches,
+    Ctx, clipped_policy_update, make_prompts, reference_logprobs, rewards, rollout, score, sequence_logprobs,
 )
 
 CLIP = 0.2
@@ -40,14 +40,4 @@ def step(ctx: Ctx, n: int) -> None:
             grouped = r.view(-1, k)
             adv = ((grouped - grouped.mean(-1, keepdim=True)) / (grouped.std(-1, keepdim=True) + 1e-4)).view(-1, 1)
 
-    with probe.phase("actor_update", n):
-        def loss(a: int, b: int) -> torch.Tensor:
-            logp = sequence_logprobs(m.actor, seq[a:b], g, probe, "actor")
-            ratio = (logp - old[a:b]).exp()
-            per_token = -torch.min(ratio * adv[a:b], ratio.clamp(1 - CLIP, 1 + CLIP) * adv[a:b])
-            if ref is not None:
-                per_token = per_token + BETA * kl_k3(logp, ref[a:b])
-            return per_token.mean()
-
-        train_micro_batches(ctx, "actor", seq.shape[0], loss)
-        ctx.trainers["actor"].step()
+    clipped_policy_update(ctx, n, seq, old, adv, ref, CLIP, BETA)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 
 from memplan.harness.steps.common import (
-    Ctx, kl_k3, make_prompts, reference_logprobs, rewards, rollout, score, sequence_logprobs, token_values,
-    train_micro_batches,
+    Ctx, clipped_policy_update, make_prompts, reference_logprobs, rewards, rollout, score, sequence_logprobs,
+    token_values, train_micro_batches,
 )
 
 CLIP = 0.2
@@ -43,17 +43,7 @@ def step(ctx: Ctx, n: int) -> None:
             adv = returns - values
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
 
-    with probe.phase("actor_update", n):
-        def actor_loss(a: int, b: int) -> torch.Tensor:
-            logp = sequence_logprobs(m.actor, seq[a:b], g, probe, "actor")
-            ratio = (logp - old[a:b]).exp()
-            pg = -torch.min(ratio * adv[a:b], ratio.clamp(1 - CLIP, 1 + CLIP) * adv[a:b])
-            if ref is not None:
-                pg = pg + KL_COEF * kl_k3(logp, ref[a:b])
-            return pg.mean()
-
-        train_micro_batches(ctx, "actor", seq.shape[0], actor_loss)
-        ctx.trainers["actor"].step()
+    clipped_policy_update(ctx, n, seq, old, adv, ref, CLIP, KL_COEF)
 
     with probe.phase("critic_update", n):
         def critic_loss(a: int, b: int) -> torch.Tensor:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from memplan.harness.steps.common import (
-    Ctx, make_prompts, reference_logprobs, rewards, rollout, score, sequence_logprobs, train_micro_batches,
+    Ctx, make_prompts, reference_logprobs, reinforce_update, rewards, rollout, score, sequence_logprobs,
 )
 
 KL_COEF = 0.1
@@ -39,10 +39,4 @@ def step(ctx: Ctx, n: int) -> None:
             kl = (old - ref).sum(-1) if ref is not None else torch.zeros_like(r)
             adv = (r - baseline - KL_COEF * kl).view(-1, 1)
 
-    with probe.phase("actor_update", n):
-        def loss(a: int, b: int) -> torch.Tensor:
-            logp = sequence_logprobs(m.actor, seq[a:b], g, probe, "actor")
-            return -(adv[a:b] * logp).sum(-1).mean()
-
-        train_micro_batches(ctx, "actor", seq.shape[0], loss)
-        ctx.trainers["actor"].step()
+    reinforce_update(ctx, n, seq, adv)
