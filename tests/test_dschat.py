@@ -21,7 +21,7 @@ from memplan.estimator.formulas import (
     past_key_values_bytes,
     remax_experience_temporaries_bytes,
 )
-from memplan.estimator.algorithms import role_states
+from memplan.estimator.algorithms import phases, role_states
 from memplan.estimator.dschat import dschat_experience
 from memplan.estimator.resolve import resolve
 from memplan.report import ArchConfig, EstimateRequest
@@ -98,6 +98,25 @@ def test_hf_engine_unchanged_by_these_terms():
     hf = memplan.estimate(algo="remax", offload="optimizer", **dict(REMAX, rollout_engine="hf"))
     for p in hf.phases:
         assert not any("hybrid-engine" in i.note or "make-experience" in i.note for i in p.items), p.phase
+
+
+def test_actor_logits_held_through_every_later_moment_of_the_update():
+    # train_rlhf keeps actor_prob from the loss to the end of the critic's update. With a tied LM head (OPT) the
+    # actor's update has a "backward's end" moment before its optimizer step: both hold the logits, and the loss
+    # moment counts them once. OPT-1.3B, V 50272, fp16 logits (OPT does not upcast), 1 × 512 positions, by hand:
+    held = 1 * 512 * 50272 * 2
+    for gc in (False, True):
+        run = resolve(EstimateRequest(model="facebook/opt-1.3b", algo="ppo", gpus="1xA100-80GB", dtype="fp16",
+                                      rollout_engine="hybrid-engine", prompt_len=256, gen_len=256,
+                                      gradient_checkpointing=gc))
+        recipe = phases(run, {r.role: role_states(r, run) for r in run.roles})
+        for phase in ("actor_update", "critic_update"):
+            for act in recipe[phase]:
+                logits = [n for role, category, n, note in act.items if role == "actor" and category == "logits"]
+                loss = any("log-softmax over all positions" in note for *_, note in act.items)
+                assert (len(logits), sum(logits) if not loss else held) == (1, held), (gc, act.name)
+        names = [act.name for act in recipe["actor_update"]]
+        assert "actor backward's end" in names and "actor optimizer step" in names
 
 
 def test_per_sequence_cost_of_the_headline_runs():

@@ -126,12 +126,14 @@ def logprob_loss(run: Run, r: RoleSetup, act: Activity) -> None:
 
 def actor_logits_held(run: Run, recipe: dict[str, list[Activity]], actor: RoleSetup) -> None:
     """``train_rlhf`` holds ``actor_prob`` (the actor's logits) through the actor's backward and step and the
-    critic's update (the loss moment counts them in ``logprob_loss``)."""
+    critic's update: every moment of them but the loss's, which counts them already (``logprob_loss``)."""
     logits = lm_head_logits_bytes(run.train_seqs, run.train_seq_len, actor.spec.vocab_size,
                                   hf_logits_element_bytes(actor.spec, run.e), run.tp)
     held = ("actor", "logits", logits, "actor's logits, still held by train_rlhf (actor_prob)")
-    fb, step = recipe["actor_update"][:2]
-    for act in ([fb] if run.gradient_checkpointing else []) + [step] + recipe["critic_update"]:
+    for act in recipe["actor_update"]:
+        if not any(role == "actor" and category == "logits" for role, category, _n, _note in act.items):
+            act.items.append(held)
+    for act in recipe["critic_update"]:
         act.items.append(held)
 
 
