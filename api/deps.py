@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 import memplan
 from memplan import catalog
 from memplan.errors import UnknownModelError
-from memplan.estimator import cache_key
+from memplan.estimator import cache_key, request_of
 from memplan.report import EstimateRequest, Report
 
 MODEL_FIELDS = ("model", "critic_model", "reward_model")
@@ -66,8 +66,7 @@ def check_names(request: EstimateRequest) -> None:
 
 
 def _estimate_json(key: EstimateRequest | tuple) -> bytes:
-    request = key if isinstance(key, EstimateRequest) else key[0]
-    return memplan.estimate(request).model_dump_json().encode()
+    return memplan.estimate(request_of(key)).model_dump_json().encode()
 
 
 @lru_cache(maxsize=1)

@@ -15,15 +15,49 @@ device (checked for every catalog entry in tests/test_specs.py).
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from memplan.errors import EnvironmentProblem, InputError
 
 if TYPE_CHECKING:
     from memplan.report import ArchConfig
+
+T = TypeVar("T")
+
+
+def hashed_once(cls: type[T]) -> type[T]:
+    """Class decorator (above ``@dataclass(frozen=True, slots=True)``) for the estimator's cache keys: the hash of
+    the compared fields is taken once, after ``__init__``, into the class's ``hash_`` field — hashing ~20 fields
+    on every cache look-up costs µs. Unpickling derives again (the class's ``__post_init__``) and hashes again,
+    as another process hashes strings differently."""
+    compared = tuple(f.name for f in fields(cls) if f.compare)
+    names = tuple(f.name for f in fields(cls))
+    init, post_init = cls.__init__, getattr(cls, "__post_init__", None)
+
+    def rehash(self: T) -> None:
+        object.__setattr__(self, "hash_", hash(tuple(getattr(self, name) for name in compared)))
+
+    @functools.wraps(init)
+    def __init__(self: T, *args, **kwargs) -> None:  # noqa: N807, ANN002, ANN003
+        init(self, *args, **kwargs)
+        rehash(self)
+
+    def __setstate__(self: T, state: list) -> None:  # noqa: N807
+        for name, value in zip(names, state):
+            object.__setattr__(self, name, value)
+        if post_init is not None:
+            post_init(self)
+        rehash(self)
+
+    def __hash__(self: T) -> int:  # noqa: N807
+        return self.hash_  # type: ignore[attr-defined]
+
+    cls.__init__, cls.__setstate__, cls.__hash__ = __init__, __setstate__, __hash__  # type: ignore[method-assign]
+    return cls
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -40,6 +74,7 @@ class Linear:
     """True for attention projections (LoRA ``attention`` target set)."""
 
 
+@hashed_once
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ModelSpec:
     """Architecture of one causal LM, resolved from its config.json."""
@@ -87,22 +122,12 @@ class ModelSpec:
     largest_unit: int = field(init=False, repr=False, compare=False)
     """Parameters of the largest of a decoder layer, the embedding and the LM head."""
     hash_: int = field(init=False, repr=False, compare=False)
-    """``hash`` of the compared fields: specs key the estimator's caches, and hashing ~20 fields costs µs."""
+    """``hash`` of the compared fields (``hashed_once``): specs key the estimator's caches."""
 
     def __post_init__(self) -> None:
         matrices = [lin.count * lin.in_features * lin.out_features for lin in self.linears]
         object.__setattr__(self, "largest_matrix", max([self.embedding_params, self.lm_head_params, *matrices]))
         object.__setattr__(self, "largest_unit", max(self.layer_params, self.embedding_params, self.lm_head_params))
-        object.__setattr__(self, "hash_", hash(tuple(getattr(self, f.name) for f in fields(self) if f.compare)))
-
-    def __hash__(self) -> int:
-        return self.hash_
-
-    def __setstate__(self, state: list) -> None:
-        """Unpickling (slots, frozen): derive again, as another process hashes strings differently."""
-        for f, value in zip(fields(self), state):
-            object.__setattr__(self, f.name, value)
-        self.__post_init__()
 
     @property
     def backbone_params(self) -> int:

@@ -31,7 +31,7 @@ from operator import attrgetter
 from typing import NamedTuple
 
 from memplan.estimator.algorithms import EXPERIENCE_BYTES_PER_TOKEN, model_states, phases
-from memplan.estimator.ledger import Item, Resident, line_item, phase_report, resident
+from memplan.estimator.ledger import Item, Resident, largest_activity, line_item, phase_report, resident
 from memplan.estimator.parallel import States
 from memplan.estimator.resolve import RoleSetup, resolve
 from memplan.report import ArchConfig, Breakdown, EstimateRequest, LineItem, ModelReport, PhaseReport, Report, trusted
@@ -42,7 +42,7 @@ NCCL_BUFFER_BYTES = 256 * 1024**2
 """NCCL_BUFFSIZE 4 MiB × up to 32 channels × send/recv, once more than one GPU communicates."""
 TOP_TERMS = 6
 CACHE_SIZE = 256
-"""Requests whose computed report parts are kept (a few kB each): repeated and planner requests hit it."""
+"""Requests whose (immutable) reports are kept, a few kB each: repeated and planner requests hit it."""
 _line_bytes = attrgetter("bytes")
 
 
@@ -136,15 +136,19 @@ def _compute(request: EstimateRequest) -> Report:
     residents: list[Resident] = []
     for phase, activities in recipe.items():
         extra = exp_item if phase != "rollout" else []
-        if split:
+        if split:  # the group with the largest total (the first of equals); only its report is built
+            extra_bytes = sum(item.bytes for item in extra)  # the actor's GPUs keep the experience
             best = None
             for role, group in groups.items():
                 own = [act for act in activities if act.role == role]
-                report = phase_report(phase, group, own, extra if role == "actor" else [], group=role)
-                if best is None or report.total_bytes > best[0].total_bytes:
-                    best = (report, group)
-            reports.append(best[0])
-            residents.append(best[1])
+                largest, transient = largest_activity(own)
+                total = group.total + transient + (extra_bytes if role == "actor" else 0)
+                if best is None or total > best[0]:
+                    best = (total, role, group, own, largest)
+            _total, role, group, own, largest = best
+            reports.append(phase_report(phase, group, own, extra if role == "actor" else [], group=role,
+                                        largest=largest))
+            residents.append(group)
         else:
             reports.append(phase_report(phase, everything, activities, extra))
             residents.append(everything)
@@ -175,7 +179,7 @@ def _compute(request: EstimateRequest) -> Report:
 
 @lru_cache(maxsize=CACHE_SIZE)
 def _cached(key: EstimateRequest | tuple) -> Report:
-    return _compute(key if isinstance(key, EstimateRequest) else key[0])
+    return _compute(request_of(key))
 
 
 def cache_key(request: EstimateRequest) -> EstimateRequest | tuple:
@@ -185,6 +189,11 @@ def cache_key(request: EstimateRequest) -> EstimateRequest | tuple:
     if not archs:
         return request
     return (request, *(frozenset(a.model_fields_set) for a in archs))
+
+
+def request_of(key: EstimateRequest | tuple) -> EstimateRequest:
+    """The request a ``cache_key`` was made from."""
+    return key if isinstance(key, EstimateRequest) else key[0]
 
 
 def estimate(request: EstimateRequest | None = None, /, **kwargs) -> Report:

@@ -52,7 +52,7 @@ from memplan.estimator.formulas import (
     saved_bytes_per_token,
     tied_embedding_gradient_sum_bytes,
 )
-from memplan.estimator.ledger import Activity, Item
+from memplan.estimator.ledger import Activity, Item, keep_alive
 from memplan.estimator.parallel import States, Units, frozen_states, trainable_states
 from memplan.estimator.resolve import RoleSetup, Run
 from memplan.specs import ModelSpec
@@ -304,10 +304,9 @@ def train(run: Run, r: RoleSetup, st: States, setup: TrainSetup | None = None) -
         end.add(r.role, "activation", tied_embedding_gradient_sum_bytes(spec, run.e, run.tp),
                 "tied embedding: the LM head's and the input embedding's gradients and their sum")
         out.append(end)
-    step = Activity(f"{r.role} optimizer step", [(r.role, "temp", st.step_temp, "optimizer step")])
-    if not st.gradient_persists:
-        step.items.insert(0, (r.role, "gradient", st.gradient, ""))
-    return [*out, step]
+    step = [] if st.gradient_persists else [(r.role, "gradient", st.gradient, "")]  # else: shared, kept
+    step.append((r.role, "temp", st.step_temp, "optimizer step"))
+    return [*out, Activity(f"{r.role} optimizer step", step)]
 
 
 def checkpointed_loss(run: Run, r: RoleSetup, st: States, setup: TrainSetup | None = None) -> list[Activity]:
@@ -379,11 +378,7 @@ def _persisting_gradients(run: Run, recipe: dict[str, list[Activity]], states: d
         if not (st.gradient_persists and st.gradient):
             continue
         kept = (Item(role, "gradient", int(st.gradient), "16-bit gradients, zeroed but kept between steps"),)
-        for activities in recipe.values():
-            for act in activities:
-                if split and act.role not in (None, role):
-                    continue
-                act.shared += kept
+        keep_alive(recipe, kept, role, split)
 
 
 def phases(run: Run, states: dict[str, States]) -> dict[str, list[Activity]]:

@@ -32,7 +32,7 @@ from memplan.estimator.formulas import (
     past_key_values_bytes,
     remax_experience_temporaries_bytes,
 )
-from memplan.estimator.ledger import Activity, Item
+from memplan.estimator.ledger import Activity, Item, keep_alive
 from memplan.estimator.parallel import States
 from memplan.estimator.resolve import RoleSetup, Run
 
@@ -144,15 +144,9 @@ def hybrid_engine_workspace(run: Run, recipe: dict[str, list[Activity]], actor: 
     tokens = run.prompt_len + run.gen_len  # DeepSpeed-Chat and ReMax: max_out_tokens = prompt + answer
     total = hybrid_engine_workspace_bytes(actor.spec, run.rollout_seqs, tokens, run.e, run.tp)
     cache = hybrid_engine_cache_bytes(actor.spec, run.rollout_seqs, tokens, run.e, run.tp)
-    workspace = Activity("")
-    workspace.add("actor", "kv_cache", cache, f"hybrid-engine workspace: KV cache, {run.rollout_seqs} seqs × "
-                  f"{tokens} tokens (cudaMalloc, kept between generations)")
-    workspace.add("actor", "activation", total - cache, "hybrid-engine workspace: inference activations and "
-                  "attention scratch")
-    items = tuple(workspace.items)
-    split = run.placement == "split"
-    for activities in recipe.values():
-        for act in activities:
-            if split and act.role not in (None, "actor"):
-                continue
-            act.shared += items
+    workspace = (
+        ("actor", "kv_cache", cache, f"hybrid-engine workspace: KV cache, {run.rollout_seqs} seqs × {tokens} tokens "
+         "(cudaMalloc, kept between generations)"),
+        ("actor", "activation", total - cache, "hybrid-engine workspace: inference activations and attention scratch"),
+    )
+    keep_alive(recipe, tuple(item for item in workspace if item[2] > 0), "actor", run.placement == "split")

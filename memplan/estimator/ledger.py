@@ -98,19 +98,37 @@ def resident(items: list[Item], line_items: list[LineItem]) -> Resident:
     return Resident(tuple(items), tuple(line_items), sums, sum(sums.values()))
 
 
+def keep_alive(recipe: dict[str, list[Activity]], items: tuple[Item, ...], role: str, split: bool) -> None:
+    """Give ``items`` (kept across steps by ``role``) to every activity of ``recipe`` as shared items; under split
+    placement only to the activities on that role's GPUs (its own, and those holding nothing of their own)."""
+    for activities in recipe.values():
+        for act in activities:
+            if split and act.role not in (None, role):
+                continue
+            act.shared += items
+
+
 _IDLE = Activity("idle")
 
 
-def phase_report(phase: str, res: Resident, activities: list[Activity], extra: list[Item],
-                 group: str | None = None) -> PhaseReport:
-    """Resident items, plus the phase's own buffers and its largest activity (the first of equals)."""
-    largest, largest_total = _IDLE, -1
+def largest_activity(activities: list[Activity]) -> tuple[Activity, int]:
+    """The activity with the most transient bytes (the first of equals) and its bytes; an idle one, 0, if none."""
+    largest, largest_total = _IDLE, 0
     for act in activities:
         t = sum(map(_bytes, act.items))  # act.total, inline: this loop runs for every phase and GPU group
         if act.shared:
             t += sum(map(_bytes, act.shared))
-        if t > largest_total:
+        if t > largest_total or largest is _IDLE:
             largest, largest_total = act, t
+    return largest, largest_total
+
+
+def phase_report(phase: str, res: Resident, activities: list[Activity], extra: list[Item],
+                 group: str | None = None, largest: Activity | None = None) -> PhaseReport:
+    """Resident items, plus the phase's own buffers and its largest activity (``largest_activity``, unless
+    given)."""
+    if largest is None:
+        largest = largest_activity(activities)[0]
     sums = dict(res.sums)
     items = []
     for item in extra:

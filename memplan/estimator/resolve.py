@@ -6,7 +6,7 @@ input happens here and raises ``InputError`` naming the field to change.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -14,7 +14,7 @@ from memplan.errors import InputError
 from memplan.estimator.formulas import DTYPE_BYTES, QUANT_BYTES_PER_PARAM, linear_params, lora_params
 from memplan.estimator.parallel import Sharding
 from memplan.report import ArchConfig, EstimateRequest
-from memplan.specs import ModelSpec
+from memplan.specs import ModelSpec, hashed_once
 
 ROLES_BY_ALGO = {
     "ppo": ("actor", "critic", "reference", "reward"),
@@ -29,6 +29,7 @@ DEFAULT_GROUP = {"grpo": 8, "rloo": 4}
 GENERATES = {"ppo", "grpo", "remax", "rloo"}
 
 
+@hashed_once
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RoleSetup:
     """One resident model: its architecture, what trains, how it is sharded."""
@@ -46,19 +47,8 @@ class RoleSetup:
     lora: bool = False
     shares_weights_with: str | None = None
     hash_: int = field(init=False, repr=False, compare=False)
-    """``hash`` of the compared fields: roles key the estimator's caches (``model_states``, the residents)."""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "hash_", hash(tuple(getattr(self, f.name) for f in fields(self) if f.compare)))
-
-    def __hash__(self) -> int:
-        return self.hash_
-
-    def __setstate__(self, state: list) -> None:
-        """Unpickling (slots, frozen): hash again, as another process hashes strings differently."""
-        for f, value in zip(fields(self), state):
-            object.__setattr__(self, f.name, value)
-        self.__post_init__()
+    """``hash`` of the compared fields (``hashed_once``): roles key the estimator's caches (``model_states``,
+    the residents)."""
 
     @property
     def trainable(self) -> bool:
