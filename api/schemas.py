@@ -145,6 +145,6 @@ class BatchLimitRequest(LimitRequest):
         json_schema_extra={"examples": [{"request": {**REMAX_SETUP, "algo": "remax"}, "field": "micro_batch_size"}]},
     )
 
-    field: Literal["micro_batch_size", "rollout_batch_size"] = Field(
-        "micro_batch_size", description="The batch to maximise: sequences per forward/backward, or prompts per "
-        "generation (PPO, GRPO, ReMax, RLOO)")
+    field: Literal["micro_batch_size", "rollout_batch_size", "score_micro_batch_size"] = Field(
+        "micro_batch_size", description="The batch to maximise: sequences per forward/backward, prompts per "
+        "generation (PPO, GRPO, ReMax, RLOO), or sequences per scoring forward (at most those a GPU scores)")

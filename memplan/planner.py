@@ -26,8 +26,8 @@ Evaluations are memoized and capped (``MAX_EVALUATIONS``). The bound assumes mem
 dimension; where it can (ZeRO stages on one GPU add buckets and gathers but shard nothing), a marginal
 configuration may be missed.
 
-``max_micro_batch_size``, ``max_rollout_batch_size`` and ``min_gpus`` answer one number each (doubling,
-then bisection); ``batch_limit`` and ``gpu_limit`` wrap them in a ``LimitReport`` that carries the estimate
+``max_micro_batch_size``, ``max_rollout_batch_size``, ``max_score_micro_batch_size`` and ``min_gpus`` answer
+one number each (doubling, then bisection); ``batch_limit`` and ``gpu_limit`` wrap them in a ``LimitReport`` that carries the estimate
 at the answer and one step past it (one more sequence; the next smaller GPU count), which does not fit.
 """
 
@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from memplan.errors import InputError
 from memplan.estimator import estimate
+from memplan.estimator.resolve import DEFAULT_GROUP
 from memplan.report import MAX_BATCH, EstimateRequest, Report
 from memplan.units import GiB
 
@@ -458,8 +459,9 @@ def _minimal(candidates: list[PlanCandidate]) -> list[PlanCandidate]:
     return [c for c, d in zip(candidates, diffs) if not any(other < d for other in diffs)]
 
 
-def _largest(request: EstimateRequest, field: str) -> int | None:
-    """Largest value of ``field`` that fits: doubling from 1, then bisection. None if 1 does not fit."""
+def _largest(request: EstimateRequest, field: str, limit: int = MAX_BATCH) -> int | None:
+    """Largest value of ``field`` up to ``limit`` that fits: doubling from 1, then bisection. None if 1 does not
+    fit."""
 
     def fits(value: int) -> bool:
         return _ok(_try(request.model_copy(update={field: value})))
@@ -468,7 +470,7 @@ def _largest(request: EstimateRequest, field: str) -> int | None:
         return None
     lo, hi = 1, 0  # fits at lo, not at hi (0: not found yet)
     while not hi:
-        step = min(2 * lo, MAX_BATCH)
+        step = min(2 * lo, limit)
         if step == lo:
             return lo
         lo, hi = (step, 0) if fits(step) else (lo, step)
@@ -491,6 +493,26 @@ def max_rollout_batch_size(request: EstimateRequest) -> int | None:
     if request.algo not in GENERATES:
         raise InputError("algo", f"{request.algo!r} generates no rollouts; use max_micro_batch_size", request.algo)
     return _largest(request, "rollout_batch_size")
+
+
+def scored_sequences(request: EstimateRequest) -> int:
+    """The sequences one GPU scores per step, the most a scoring micro batch holds: rollout prompts × group
+    size (DPO: the micro batch's pairs). ``InputError`` where nothing is scored in micro batches."""
+    if request.algo == "sft":
+        raise InputError("algo", "SFT has no scoring phase", request.algo)
+    if request.algo == "dpo":
+        return request.micro_batch_size
+    if request.rollout_engine == "hybrid-engine" and request.placement == "colocated":
+        raise InputError("rollout_engine", "DeepSpeed-Chat's hybrid engine scores each generation batch whole: "
+                         "use max_rollout_batch_size", request.rollout_engine)
+    prompts = request.rollout_batch_size or request.micro_batch_size
+    return prompts * (request.group_size or DEFAULT_GROUP.get(request.algo, 1))
+
+
+def max_score_micro_batch_size(request: EstimateRequest) -> int | None:
+    """The largest ``score_micro_batch_size`` that fits, at most ``scored_sequences``, the other batches as
+    given (verl's ``log_prob_micro_batch_size_per_gpu``); None if 1 does not fit."""
+    return _largest(request, "score_micro_batch_size", scored_sequences(request))
 
 
 def _gpu_counts(request: EstimateRequest) -> list[str]:
@@ -554,15 +576,17 @@ class LimitReport(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     request: EstimateRequest
-    search: Literal["max_micro_batch_size", "max_rollout_batch_size", "min_gpus"]
+    search: Literal["max_micro_batch_size", "max_rollout_batch_size", "max_score_micro_batch_size", "min_gpus"]
     max_micro_batch_size: int | None = Field(None, description="Largest micro batch per GPU that fits")
     max_rollout_batch_size: int | None = Field(None, description="Largest rollout batch per GPU that fits")
+    max_score_micro_batch_size: int | None = Field(
+        None, description="Largest scoring micro batch per GPU that fits, at most the sequences a GPU scores")
     min_gpus: int | None = Field(None, description="Fewest GPUs of the request's kind that fit")
     found: bool = Field(description="False: even the smallest batch (or the largest cluster) does not fit")
     at_limit: PlanCandidate | None = Field(None, description="The request at the limit (fits)")
     past_limit: PlanCandidate | None = Field(
         None, description="One step past the limit: one more sequence, or the next smaller GPU count (does not "
-        "fit); None where there is no such step")
+        "fit); None where there is no such step (the scoring micro batch at every sequence a GPU scores)")
     elapsed_ms: float
 
 
@@ -571,18 +595,24 @@ def _limit_candidate(given: EstimateRequest, field: str, value: Any) -> PlanCand
     return None if report is None else _candidate(given, report)
 
 
+BATCH_FIELDS = ("micro_batch_size", "rollout_batch_size", "score_micro_batch_size")
+
+
 def batch_limit(request: EstimateRequest, field: str = "micro_batch_size") -> LimitReport:
-    """``max_micro_batch_size`` (or ``max_rollout_batch_size``) with the estimates at it and at one more."""
+    """``max_micro_batch_size`` (or ``max_rollout_batch_size``, ``max_score_micro_batch_size``) with the
+    estimates at it and at one more."""
     start = time.perf_counter()
-    if field not in ("micro_batch_size", "rollout_batch_size"):
-        raise InputError("field", "must be 'micro_batch_size' or 'rollout_batch_size'", field)
+    if field not in BATCH_FIELDS:
+        raise InputError("field", f"must be one of {', '.join(BATCH_FIELDS)}", field)
     estimate(request)  # bad input raises here, naming its field
-    n = max_micro_batch_size(request) if field == "micro_batch_size" else max_rollout_batch_size(request)
+    limit = scored_sequences(request) if field == "score_micro_batch_size" else MAX_BATCH
+    n = {"micro_batch_size": max_micro_batch_size, "rollout_batch_size": max_rollout_batch_size,
+         "score_micro_batch_size": max_score_micro_batch_size}[field](request)
     past = (n or 0) + 1
     return LimitReport(
         request=request, search=f"max_{field}", **{f"max_{field}": n}, found=n is not None,
         at_limit=_limit_candidate(request, field, n) if n else None,
-        past_limit=_limit_candidate(request, field, past) if past <= MAX_BATCH else None,
+        past_limit=_limit_candidate(request, field, past) if past <= limit else None,
         elapsed_ms=round((time.perf_counter() - start) * 1e3, 3),
     )
 

@@ -11,6 +11,11 @@ Batch semantics (the frameworks disagree, so memplan states its own):
   TRL's GRPO ``per_device_train_batch_size`` counts completions: divide it by ``group_size``.
   verl's ``train_batch_size`` counts prompts over all GPUs: divide it by the number of GPUs.
 * ``micro_batch_size`` — sequences per GPU in one forward/backward of training or scoring.
+* ``score_micro_batch_size`` — sequences per GPU in one scoring forward (old log-probs, reference log-probs,
+  rewards, values), when it differs from the training micro batch (default: ``micro_batch_size``); at most
+  the sequences a GPU scores (rollout prompts × group size; DPO: the micro batch's pairs).
+  verl's ``log_prob_micro_batch_size_per_gpu``, OpenRLHF's ``micro_rollout_batch_size``; DeepSpeed-Chat scores
+  each generation batch whole.
 """
 
 from __future__ import annotations
@@ -127,6 +132,10 @@ class EstimateRequest(BaseModel):
     # batch and lengths
     micro_batch_size: int = Field(1, ge=1, le=MAX_BATCH, description="Sequences per GPU per forward/backward")
     rollout_batch_size: int | None = Field(None, ge=1, le=MAX_BATCH, description="Prompts per GPU per generation")
+    score_micro_batch_size: int | None = Field(
+        None, ge=1, le=MAX_BATCH, description="Sequences per GPU per scoring forward (log-probs, rewards, values); "
+        "default: micro_batch_size"
+    )
     prompt_len: int = Field(256, ge=1, le=MAX_TOKENS)
     gen_len: int = Field(256, ge=1, le=MAX_TOKENS)
     seq_len: int | None = Field(None, ge=1, le=MAX_TOKENS, description="SFT/DPO sequence length")

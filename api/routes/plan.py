@@ -49,7 +49,8 @@ def plan(body: PlanRequest) -> PlanReport:
 
 @router.post("/max-batch", response_model=LimitReport, summary="Largest batch per GPU that fits")
 def max_batch(body: BatchLimitRequest) -> LimitReport:
-    """``max_micro_batch_size`` (or ``max_rollout_batch_size``), with the estimates at it and at one more."""
+    """``max_micro_batch_size`` (or ``max_rollout_batch_size``, ``max_score_micro_batch_size``), with the estimates
+    at it and at one more."""
     return _run(batch_limit, body.request, body.field)
 
 

@@ -125,6 +125,8 @@ SHARED: dict[str, tuple[Any, Any]] = {
     "micro_batch_size": (_option("micro_batch_size", _BATCH), None),
     "rollout_batch_size": (_option("rollout_batch_size", _BATCH, extra="Each prompt yields --group-size "
                                    "completions"), None),
+    "score_micro_batch_size": (_option("score_micro_batch_size", _BATCH, extra="verl's "
+                                       "log_prob_micro_batch_size_per_gpu, OpenRLHF's micro_rollout_batch_size"), None),
     "prompt_len": (_option("prompt_len", _BATCH, extra="Prompt tokens; RL trains on prompt + generated tokens"), None),
     "gen_len": (_option("gen_len", _BATCH, extra="Generated tokens per completion"), None),
     "seq_len": (_option("seq_len", _BATCH, extra="The full sequence, prompt included"), None),

@@ -39,6 +39,10 @@ def plan(
     max_rollout_batch: Annotated[bool, typer.Option(
         "--max-rollout-batch", help="Instead: the largest rollout batch (prompts per GPU per generation) that "
         "fits, the micro batch as given (JSON: max_rollout_batch_size)")] = False,
+    max_score_batch: Annotated[bool, typer.Option(
+        "--max-score-batch", help="Instead: the largest scoring micro batch (sequences per log-prob, reward or "
+        "value forward; verl's log_prob_micro_batch_size_per_gpu) that fits, at most the sequences a GPU scores "
+        "(JSON: max_score_micro_batch_size)")] = False,
     min_gpus: Annotated[bool, typer.Option(
         "--min-gpus", help="Instead: the fewest GPUs of the --gpus kind that fit, the knobs as given")] = False,
     max_results: Annotated[int, typer.Option(
@@ -46,15 +50,18 @@ def plan(
     json: JsonOption = False,
 ) -> None:
     modes = [name for name, on in (("max_batch", max_batch), ("max_rollout_batch", max_rollout_batch),
-                                   ("min_gpus", min_gpus)) if on]
+                                   ("max_score_batch", max_score_batch), ("min_gpus", min_gpus)) if on]
     if len(modes) > 1:
-        raise InputError(modes[1], "choose one of --max-batch, --max-rollout-batch, --min-gpus", True)
+        raise InputError(modes[1], "choose one of --max-batch, --max-rollout-batch, --max-score-batch, --min-gpus",
+                         True)
     if not 1 <= max_results <= MAX_RESULTS:
         raise InputError("max_results", f"must be 1..{MAX_RESULTS}, got {max_results}", max_results)
     if modes == ["min_gpus"]:
         result = gpu_limit(request)
     elif modes:
-        result = batch_limit(request, "micro_batch_size" if modes == ["max_batch"] else "rollout_batch_size")
+        field = {"max_batch": "micro_batch_size", "max_rollout_batch": "rollout_batch_size",
+                 "max_score_batch": "score_micro_batch_size"}[modes[0]]
+        result = batch_limit(request, field)
     else:
         result = plan_search(request, allow=parse_allow(allow), max_results=max_results)
     if json:
@@ -65,7 +72,7 @@ def plan(
         render.plan(result)
 
 
-plan.__doc__ = f"""Search the knobs you allow (ZeRO stage, CPU offload, gradient checkpointing, LoRA, micro batch, tensor parallel, placement, vLLM memory fraction) for configurations that fit, cheapest first; or, with --max-batch / --min-gpus, the largest batch or the fewest GPUs that fit.
+plan.__doc__ = f"""Search the knobs you allow (ZeRO stage, CPU offload, gradient checkpointing, LoRA, micro batch, tensor parallel, placement, vLLM memory fraction) for configurations that fit, cheapest first; or, with --max-batch / --max-rollout-batch / --max-score-batch / --min-gpus, the largest batch or the fewest GPUs that fit.
 
 Cost, compared in order (lower first): LoRA instead of full fine-tuning, CPU offloads, recomputation, tensor-parallel degree, sum of ZeRO stages, split placement, smaller vLLM fraction, smaller LoRA rank, smaller micro batch, number of changed settings. Fits means GPU memory and host RAM (--host-ram-gib).
 

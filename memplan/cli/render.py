@@ -211,11 +211,13 @@ def plan(report: PlanReport) -> None:
 
 
 def limit(report: LimitReport) -> None:
-    """``--max-batch`` / ``--max-rollout-batch`` / ``--min-gpus``: the limit, and the estimates either side."""
+    """``--max-batch`` / ``--max-rollout-batch`` / ``--max-score-batch`` / ``--min-gpus``: the limit, and the
+    estimates either side."""
     out = _console()
     out.print(f"{_title_of(report.request)}")
     what = {"max_micro_batch_size": "Largest micro batch per GPU that fits",
             "max_rollout_batch_size": "Largest rollout batch per GPU (prompts) that fits",
+            "max_score_micro_batch_size": "Largest scoring micro batch per GPU that fits",
             "min_gpus": "Fewest GPUs that fit"}[report.search]
     value = getattr(report, report.search)
     if value is None:
@@ -225,7 +227,7 @@ def limit(report: LimitReport) -> None:
     else:
         out.print(Text(f"{what}: {value}", style="bold green"))
     field = {"max_micro_batch_size": "micro_batch_size", "max_rollout_batch_size": "rollout_batch_size",
-             "min_gpus": "gpus"}[report.search]
+             "max_score_micro_batch_size": "score_micro_batch_size", "min_gpus": "gpus"}[report.search]
     for c in (report.at_limit, report.past_limit):
         if c is not None:
             capacity = c.peak_bytes_per_gpu + c.headroom_bytes

@@ -395,7 +395,7 @@ def phases(run: Run, states: dict[str, States]) -> dict[str, list[Activity]]:
         setup = _train_setup(run, r, st)  # the step's geometry, shared by its moments
         return train(run, r, st, setup) + checkpointed_loss(run, r, st, setup) + fsdp_backward(run, r, st, setup)
 
-    micro = run.train_seqs
+    scoring = run.score_seqs  # sequences per scoring forward
     recipe: dict[str, list[Activity]] = {}
     if run.algo in ("ppo", "grpo", "remax", "rloo"):
         rollout = generate(run, actor, states["actor"], "sampled rollout")
@@ -406,8 +406,8 @@ def phases(run: Run, states: dict[str, States]) -> dict[str, list[Activity]]:
         if dschat:
             recipe["scoring"] = dschat_experience(run, roles, states)
         else:
-            recipe["scoring"] = (score("actor", micro, "old log-probs") + score("reference", micro, "log-probs")
-                                 + score("reward", micro, "scores") + score("critic", micro, "values"))
+            recipe["scoring"] = (score("actor", scoring, "old log-probs") + score("reference", scoring, "log-probs")
+                                 + score("reward", scoring, "scores") + score("critic", scoring, "values"))
         recipe["actor_update"] = update("actor")
         if "critic" in roles:
             recipe["critic_update"] = update("critic")
@@ -417,7 +417,7 @@ def phases(run: Run, states: dict[str, States]) -> dict[str, list[Activity]]:
             hybrid_engine_workspace(run, recipe, actor)
     elif run.algo == "dpo":
         if "reference" in roles:
-            recipe["scoring"] = score("reference", micro, "log-probs (chosen + rejected)")
+            recipe["scoring"] = score("reference", scoring, "log-probs (chosen + rejected)")
         recipe["actor_update"] = update("actor")
     else:  # sft
         recipe["actor_update"] = update("actor")

@@ -75,6 +75,8 @@ class Run(NamedTuple):
     train_seq_len: int
     train_seqs: int
     """Sequences per training forward/backward (DPO: chosen + rejected)."""
+    score_seqs: int
+    """Sequences per scoring forward (DPO: chosen + rejected)."""
     logit_tokens: int
     """Positions per sequence whose vocabulary logits the loss needs."""
     experience_seqs: int
@@ -208,6 +210,14 @@ def resolve(req: EstimateRequest) -> Run:
     else:
         seq = req.seq_len or (req.prompt_len + req.gen_len)
         logit_tokens = seq
+    score_micro = req.score_micro_batch_size
+    if score_micro is None:
+        score_micro = req.micro_batch_size
+    elif generates and req.rollout_engine == "hybrid-engine" and req.placement == "colocated":
+        raise InputError("score_micro_batch_size", "DeepSpeed-Chat's hybrid engine scores each generation batch "
+                         "whole (rollout_batch_size × group_size): leave it unset", score_micro)
+    else:  # a micro batch holds at most the sequences there are: generated ones, or the step's DPO pairs
+        score_micro = min(score_micro, prompts * group if generates else req.micro_batch_size)
     for limit, name in _learned_positions(roles):  # learned positions cannot extrapolate
         if seq > limit:
             raise InputError("prompt_len" if generates else "seq_len",
@@ -219,7 +229,8 @@ def resolve(req: EstimateRequest) -> Run:
         num_gpus=n, gpus_per_node=cluster.gpus_per_node, e=e, roles=tuple(roles),
         rollout_seqs=prompts * group if generates else 0, greedy_pass=algo == "remax",
         prompt_len=req.prompt_len, gen_len=req.gen_len, train_seq_len=seq,
-        train_seqs=req.micro_batch_size * (2 if algo == "dpo" else 1), logit_tokens=logit_tokens,
+        train_seqs=req.micro_batch_size * (2 if algo == "dpo" else 1),
+        score_seqs=score_micro * (2 if algo == "dpo" else 1), logit_tokens=logit_tokens,
         experience_seqs=prompts * group * (2 if algo == "remax" else 1) if generates else 0,
         gradient_checkpointing=req.gradient_checkpointing, eager_attention=req.attention == "eager",
         lora_rank=req.lora_rank, lora_targets=req.lora_targets, rollout_engine=req.rollout_engine,

@@ -69,6 +69,8 @@ class Setup:
     seq_len: int
     """Training sequence length: prompt + answer for RL, ``seq_len`` for SFT/DPO."""
     micro_batch_size: int
+    score_micro_batch_size: int
+    """Sequences per scoring forward (``EstimateRequest.score_micro_batch_size``, default the micro batch)."""
     notes: tuple[str, ...] = ()
 
     @property
@@ -161,5 +163,6 @@ def resolve(req: EstimateRequest) -> Setup:
         group_size=(req.group_size or DEFAULT_GROUP.get(algo, 1)) if generates else 1,
         greedy_pass=algo == "remax", prompt_len=req.prompt_len, gen_len=req.gen_len,
         seq_len=req.prompt_len + req.gen_len if generates else (req.seq_len or req.prompt_len + req.gen_len),
-        micro_batch_size=req.micro_batch_size, notes=tuple(notes),
+        micro_batch_size=req.micro_batch_size, score_micro_batch_size=req.score_micro_batch_size or req.micro_batch_size,
+        notes=tuple(notes),
     )

@@ -263,10 +263,11 @@ def rewards(model: nn.Module, seq: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def score(ctx: Ctx, fn, seq: torch.Tensor, role: str, shape_tail: tuple[int, ...],  # noqa: ANN001
           size: int | None = None) -> torch.Tensor:
-    """Run ``fn(rows)`` over micro-batches of ``seq`` (``size`` rows, default the run's) without autograd."""
+    """Run ``fn(rows)`` over micro-batches of ``seq`` (``size`` rows, default the run's scoring micro batch)
+    without autograd."""
     outs = []
     with ctx.probe.section(role, "activation"):
-        for start, end, run in micro_batches(seq.shape[0], size or ctx.setup.micro_batch_size):
+        for start, end, run in micro_batches(seq.shape[0], size or ctx.setup.score_micro_batch_size):
             if run:
                 outs.append(fn(seq[start:end]))
             else:

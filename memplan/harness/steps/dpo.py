@@ -29,7 +29,7 @@ def step(ctx: Ctx, n: int) -> None:
         ref_sum = torch.zeros(2 * b, device=ctx.device)
     if "scoring" in s.phases:
         with probe.phase("scoring", n):
-            ref_logp = reference_logprobs(ctx, pairs, t - 1, size=2 * b)
+            ref_logp = reference_logprobs(ctx, pairs, t - 1, size=2 * s.score_micro_batch_size)
             with probe.section("actor", "buffer"):
                 ref_sum = ref_logp.sum(-1)
             del ref_logp
