@@ -12,6 +12,7 @@ cheapest to run to the most memory-saving:
     tp                            1 → the divisors of GPUs per node and of attention heads
     <role> ZeRO stage             trained roles 0 → 1 → 2 → 3, frozen roles 0 → 3 (the engine stays as given)
     vllm_gpu_memory_utilization   0.9 → 0.2 (rollout_engine 'vllm')
+    score_micro_batch_size        the given one → halvings → 1 (when given: the scoring forwards' micro batch)
     micro_batch_size              the largest that fits, at most the given one (bisection at each leaf)
 
 When the request does not fit the GPU, each dimension runs from the user's value toward the saving end
@@ -49,11 +50,11 @@ from memplan.report import MAX_BATCH, EstimateRequest, Report
 from memplan.units import GiB
 
 Knob = Literal["zero_stage", "offload", "offload_ref", "offload_reward", "gradient_checkpointing", "lora",
-               "micro_batch_size", "tp", "placement", "vllm_gpu_memory_utilization"]
+               "micro_batch_size", "tp", "placement", "vllm_gpu_memory_utilization", "score_micro_batch_size"]
 KNOBS: tuple[str, ...] = get_args(Knob)
 """Names ``plan(allow=...)`` accepts; ``zero_stage`` covers every role's stage."""
 COST_ORDER = ("method_change", "cpu_offloads", "recompute", "tp", "zero_stage_total", "split_placement",
-              "vllm_fraction", "lora_rank", "micro_batch", "changes")
+              "vllm_fraction", "lora_rank", "micro_batch", "score_micro_batch", "changes")
 """The terms of ``candidate_cost``, compared left to right."""
 LORA_RANKS = (64, 16, 8)
 VLLM_FRACTIONS = (0.9, 0.7, 0.5, 0.4, 0.3, 0.2)
@@ -162,7 +163,8 @@ def candidate_cost(given: EstimateRequest, req: EstimateRequest, roles: list[str
     7. vllm_fraction — minus vLLM's memory fraction in percent (a smaller KV cache generates slower);
     8. lora_rank — minus the LoRA rank (a larger adapter is closer to what was asked);
     9. micro_batch — minus the micro-batch size (larger first);
-    10. changes — number of request fields that differ from the user's.
+    10. score_micro_batch — minus the scoring micro batch, when one is given (larger first);
+    11. changes — number of request fields that differ from the user's.
     """
     stage = {r: getattr(req, ZERO_FIELDS[r]) for r in roles}
     offloads = OFFLOAD_LEVEL[req.offload] + int(req.offload_ref and "reference" in roles) + int(
@@ -177,6 +179,7 @@ def candidate_cost(given: EstimateRequest, req: EstimateRequest, roles: list[str
         "vllm_fraction": -round(req.vllm_gpu_memory_utilization * 100) if req.rollout_engine == "vllm" else 0,
         "lora_rank": -req.lora_rank,
         "micro_batch": -req.micro_batch_size,
+        "score_micro_batch": -(req.score_micro_batch_size or 0),
         "changes": len(_changes(given, req)),
     }
 
@@ -273,6 +276,11 @@ def _dimensions(given: EstimateRequest, base: Report, allow: set[str], side: str
     if given.rollout_engine == "vllm" and given.algo in GENERATES:
         dims.append(dim("vllm_gpu_memory_utilization", VLLM_FRACTIONS if "vllm_gpu_memory_utilization" in allow
                         else (), given.vllm_gpu_memory_utilization, key=lambda u: -u))
+    score = given.score_micro_batch_size
+    if score is not None and given.algo != "sft":
+        halvings = tuple(sorted({score >> k for k in range(score.bit_length())}, reverse=True))  # score … 1
+        dims.append(dim("score_micro_batch_size", halvings if "score_micro_batch_size" in allow else (), score,
+                        key=lambda v: -v))
     return dims
 
 

@@ -179,3 +179,21 @@ def test_max_score_batch_cli_api_and_bad_algo():
     assert r.json()["max_score_micro_batch_size"] == max_score_micro_batch_size(request)
     r = client.post("/v1/plan/max-batch", json={**body, "request": {**body["request"], "algo": "sft"}})
     assert r.status_code == 422 and "no scoring phase" in r.text
+
+
+def test_plan_halves_a_given_scoring_micro_batch_first():
+    """The cheapest fix of a run whose scoring phase overflows: a smaller scoring micro batch (every other
+    knob costs throughput first), found among its halvings; the planner's answer is re-checked here."""
+    from memplan.planner import plan
+
+    request = EstimateRequest(**{**QWEN_GRPO, "score_micro_batch_size": 32})
+    given = memplan.estimate(request)
+    assert not given.fits and given.peak_phase == "scoring"
+    result = plan(request)
+    best = result.candidates[0]
+    assert best.changes == {"score_micro_batch_size": (32, 8)}
+    assert memplan.estimate(best.request).fits
+    assert not memplan.estimate(request.model_copy(update={"score_micro_batch_size": 16})).fits
+    assert "score_micro_batch_size" in result.knobs
+    others = plan(request, allow={"zero_stage", "offload", "tp"})
+    assert all("score_micro_batch_size" not in c.changes for c in others.candidates)
