@@ -6,7 +6,9 @@ cheapest to run to the most memory-saving:
 
     placement                     colocated | split (unordered: two subtrees)
     lora_rank                     full fine-tuning, then 64, 16, 8 (the reference becomes the base, adapter off)
-    offload                       none → optimizer → optimizer+params (trained roles)
+    offload                       none → optimizer → optimizer+params (trained roles); under FSDP with
+                                  idle_offload allowed: none → idle optimizer → idle params+optimizer →
+                                  CPUOffloadPolicy (verl's optimizer_offload, param_offload, offload_policy)
     offload_ref, offload_reward   False → True
     gradient_checkpointing        False → True
     tp                            1 → the divisors of GPUs per node and of attention heads
@@ -50,7 +52,8 @@ from memplan.report import MAX_BATCH, EstimateRequest, Report
 from memplan.units import GiB
 
 Knob = Literal["zero_stage", "offload", "offload_ref", "offload_reward", "gradient_checkpointing", "lora",
-               "micro_batch_size", "tp", "placement", "vllm_gpu_memory_utilization", "score_micro_batch_size"]
+               "micro_batch_size", "tp", "placement", "vllm_gpu_memory_utilization", "score_micro_batch_size",
+               "idle_offload"]
 KNOBS: tuple[str, ...] = get_args(Knob)
 """Names ``plan(allow=...)`` accepts; ``zero_stage`` covers every role's stage."""
 COST_ORDER = ("method_change", "cpu_offloads", "recompute", "tp", "zero_stage_total", "split_placement",
@@ -68,6 +71,9 @@ DIM_KNOB = {"actor": "actor_zero_stage", "critic": "critic_zero_stage", "referen
             "reward": "reward_zero_stage/offload_reward"}
 """How ``PlanReport.knobs`` names a role's dimension."""
 OFFLOAD_LEVEL = {"none": 0, "optimizer": 1, "optimizer+params": 2}
+IDLE_LEVEL = {"none": 0, "params": 1, "optimizer": 1, "params+optimizer": 2}
+IDLE = "idle:"
+"""Prefix of the offload dimension's options that are an ``idle_offload`` (FSDP), not a CPU offload."""
 TRAINED = ("actor", "critic")
 MIN_STAGE = {"none": 0, "optimizer": 1, "optimizer+params": 3}
 """Lowest ZeRO/FSDP stage of a trained role under each CPU offload (ZeRO-Offload shards what it offloads)."""
@@ -155,7 +161,8 @@ def candidate_cost(given: EstimateRequest, req: EstimateRequest, roles: list[str
     """Throughput proxy of ``req`` (resident ``roles``), compared left to right, lower first:
 
     1. method_change — 1 if LoRA replaces the full fine-tuning the user asked for (ranks last);
-    2. cpu_offloads — trained-role offload (optimizer 1, optimizer+params 2) + offload_ref + offload_reward;
+    2. cpu_offloads — trained-role offload (optimizer 1, optimizer+params 2) + idle offload (params 1,
+       optimizer 1) + offload_ref + offload_reward;
     3. recompute — 1 with gradient checkpointing;
     4. tp — tensor-parallel degree;
     5. zero_stage_total — sum of the resident roles' ZeRO stages (more sharding, more communication);
@@ -167,8 +174,8 @@ def candidate_cost(given: EstimateRequest, req: EstimateRequest, roles: list[str
     11. changes — number of request fields that differ from the user's.
     """
     stage = {r: getattr(req, ZERO_FIELDS[r]) for r in roles}
-    offloads = OFFLOAD_LEVEL[req.offload] + int(req.offload_ref and "reference" in roles) + int(
-        req.offload_reward and "reward" in roles)
+    offloads = (OFFLOAD_LEVEL[req.offload] + IDLE_LEVEL[req.idle_offload] + int(req.offload_ref and "reference" in roles)
+                + int(req.offload_reward and "reward" in roles))
     return {
         "method_change": int(req.lora_rank > 0 and given.lora_rank == 0),
         "cpu_offloads": offloads,
@@ -253,8 +260,7 @@ def _dimensions(given: EstimateRequest, base: Report, allow: set[str], side: str
              if "placement" in allow else (given.placement,)),
         dim("lora_rank", (0, *LORA_RANKS) if "lora" in allow and given.lora_rank == 0 else (), given.lora_rank,
             key=lambda r: (r > 0, -r)),
-        dim("offload", OFFLOAD_LEVEL if "offload" in allow and shards else (), given.offload,
-            key=OFFLOAD_LEVEL.get, host_least=given.offload if side == "fix" else "none", undo="none"),
+        _offload_dim(given, allow, dim, side, shards),
         dim("gradient_checkpointing", (False, True) if "gradient_checkpointing" in allow else (),
             given.gradient_checkpointing),
         dim("tp", tps if "tp" in allow else (), given.tp),
@@ -282,6 +288,26 @@ def _dimensions(given: EstimateRequest, base: Report, allow: set[str], side: str
         dims.append(dim("score_micro_batch_size", halvings if "score_micro_batch_size" in allow else (), score,
                         key=lambda v: -v))
     return dims
+
+
+def _offload_dim(given: EstimateRequest, allow: set[str], dim, side: str, shards: bool) -> _Dim:  # noqa: ANN001
+    """The trained roles' offload: DeepSpeed's and FSDP's CPU offload; under FSDP (verl), the idle offloads
+    first, one chain by memory: none → idle optimizer (or params, if given) → idle params+optimizer →
+    CPUOffloadPolicy (``IDLE``-prefixed options are idle offloads)."""
+    cpu = tuple(OFFLOAD_LEVEL) if "offload" in allow and shards else ()
+    if given.engine != "fsdp" or given.rollout_engine == "hybrid-engine" or (
+            "idle_offload" not in allow and given.idle_offload == "none"):
+        return dim("offload", cpu, given.offload, key=OFFLOAD_LEVEL.get,
+                   host_least=given.offload if side == "fix" else "none", undo="none")
+    middle = given.idle_offload if given.idle_offload in ("params", "optimizer") else "optimizer"
+    chain = ("none", IDLE + middle, IDLE + "params+optimizer", given.offload if given.offload != "none"
+             else "optimizer+params")
+    options = tuple(o for o in chain if o == "none" or (o.startswith(IDLE) and "idle_offload" in allow)
+                    or (not o.startswith(IDLE) and o in cpu))
+    current = IDLE + given.idle_offload if given.idle_offload != "none" else given.offload
+    rank = {o: i for i, o in enumerate(chain)}
+    return dim("offload", options, current, key=rank.get, host_least=current if side == "fix" else "none",
+               undo="none")
 
 
 def _actor_heads(request: EstimateRequest) -> int:
@@ -350,6 +376,9 @@ def plan(request: EstimateRequest, *, allow: set[str] | None = None, max_results
         if key not in zero_fields:
             zero_fields[key] = _zero_fields(request, stages)
         update.update(zero_fields[key])
+        offload = update["offload"]
+        update["offload"], update["idle_offload"] = (("none", offload[len(IDLE):]) if offload.startswith(IDLE)
+                                                     else (offload, "none"))
         update["micro_batch_size"] = mb if max_mb else request.micro_batch_size
         return request.model_copy(update=update), list(stages)
 
@@ -428,7 +457,7 @@ def plan(request: EstimateRequest, *, allow: set[str] | None = None, max_results
                 continue
             elif len(prefix) < n:
                 d = dims[len(prefix)]
-                low = MIN_STAGE[dims[offload_at].options[prefix[offload_at]]] if d.name in TRAINED else 0
+                low = MIN_STAGE.get(dims[offload_at].options[prefix[offload_at]], 0) if d.name in TRAINED else 0
                 for i in (i for i, option in enumerate(d.options) if d.name not in TRAINED or option >= low):
                     heapq.heappush(heap, (lower_cost(prefix + [i]), next(tie), prefix + [i], None))
             elif _ok(evaluate(prefix)):

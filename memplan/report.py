@@ -31,6 +31,7 @@ DType = Literal["bf16", "fp16", "fp32"]
 Optimizer = Literal["adamw", "adamw-8bit", "sgd", "adafactor"]
 OptimizerImpl = Literal["auto", "foreach", "fused", "for-loop"]
 Offload = Literal["none", "optimizer", "optimizer+params"]
+IdleOffload = Literal["none", "params", "optimizer", "params+optimizer"]
 RefMode = Literal["separate", "lora-shared", "none"]
 RolloutEngine = Literal["hf", "hybrid-engine", "vllm"]
 Attention = Literal["sdpa", "flash", "eager"]
@@ -102,6 +103,11 @@ class EstimateRequest(BaseModel):
     reward_zero_stage: int | None = Field(None, ge=0, le=3)
     hybrid_shard: bool = Field(False, description="Shard within a node only (FSDP HYBRID_SHARD, ZeRO++ hpZ)")
     offload: Offload = Field("none", description="CPU offload for trainable roles (actor, critic)")
+    idle_offload: IdleOffload = Field(
+        "none", description="verl's param_offload / optimizer_offload (engine 'fsdp'): the trained roles' weight "
+        "shards and/or optimizer states wait on the CPU while their role is idle, and come back for its own "
+        "forwards (weights) and updates (weights and optimizer states)"
+    )
     offload_ref: bool = Field(False, description="Reference parameters on the CPU (ZeRO-3 param offload)")
     offload_reward: bool = Field(False, description="Reward model parameters on the CPU (ZeRO-3 param offload)")
     tp: int = Field(1, ge=1, le=512, description="Tensor-parallel degree")

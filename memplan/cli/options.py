@@ -102,6 +102,7 @@ SHARED: dict[str, tuple[Any, Any]] = {
     "reward_zero_stage": (_option("reward_zero_stage", _SHARD, extra="Overrides --zero-stage"), None),
     "hybrid_shard": (_option("hybrid_shard", _SHARD), None),
     "offload": (_option("offload", _SHARD), None),
+    "idle_offload": (_option("idle_offload", _SHARD), None),
     "offload_ref": (_option("offload_ref", _SHARD), None),
     "offload_reward": (_option("offload_reward", _SHARD), None),
     "tp": (_option("tp", _SHARD), None),

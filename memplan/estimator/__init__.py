@@ -22,6 +22,9 @@ Known limitations:
   forward prefetch, LoRA or tensor parallelism under FSDP2, and FSDP at stage 1 or on one GPU are
   approximations.
 * MoE activations assume a perfectly balanced router (top-k experts per token).
+* ``idle_offload`` (verl's ``param_offload`` / ``optimizer_offload``) is read from verl 0.9's engine contexts,
+  not traced (the tracer keeps every state on the device) nor measured; the moment the actor's weights sync
+  to vLLM (its shards loaded beside vLLM's weights, before its KV cache wakes) is not counted.
 """
 
 from __future__ import annotations
@@ -65,33 +68,39 @@ class _RoleParts(NamedTuple):
     items: tuple[Item, ...]
     lines: tuple[LineItem, ...]
     model: ModelReport
+    host: int
+    """Host RAM per GPU: CPU offload, and what idle offload keeps there between the role's own steps."""
 
 
 @lru_cache(maxsize=1024)
 def _role_parts(r: RoleSetup, e: int, lora_rank: int) -> _RoleParts:
     """By value (``model_states``' arguments): the same role recurs across a sweep's or a plan's requests."""
     st = model_states(r, e, lora_rank)
+    sh = r.sharding
+    parameter = 0 if sh.idle_params else st.parameter  # idle offload: back for the role's own steps only
+    optstate = 0 if sh.idle_optimizer else st.optstate
+    host = st.host + (st.parameter - parameter) + (st.optstate - optstate)
     items = []
     for category, n_bytes, note in (
-        ("parameter", st.parameter, "weights"),
-        ("optstate", st.optstate, "optimizer states + fp32 master" if r.sharding.master_weights
-         else "optimizer states"),
+        ("parameter", parameter, "weights"),
+        ("optstate", optstate, "optimizer states + fp32 master" if sh.master_weights else "optimizer states"),
         ("buffer", st.buffer, "engine gradient buckets"),
     ):
         if n_bytes:
             items.append(Item(r.role, category, n_bytes, note))
-    return _RoleParts(st, tuple(items), tuple(line_item(item) for item in items), _model_report(r, st))
+    return _RoleParts(st, tuple(items), tuple(line_item(item) for item in items),
+                      _model_report(r, parameter, optstate, st.buffer, host), host)
 
 
-def _model_report(r: RoleSetup, st: States) -> ModelReport:
-    resident = trusted(Breakdown, {"parameter": st.parameter, "buffer": st.buffer, "gradient": 0,
-                                   "optstate": st.optstate, "activation": 0, "temp": 0, "kv_cache": 0, "logits": 0,
+def _model_report(r: RoleSetup, parameter: int, optstate: int, buffer: int, host: int) -> ModelReport:
+    resident = trusted(Breakdown, {"parameter": parameter, "buffer": buffer, "gradient": 0,
+                                   "optstate": optstate, "activation": 0, "temp": 0, "kv_cache": 0, "logits": 0,
                                    "other": 0},
                        {"parameter", "optstate", "buffer"})  # the keys given when it was a validated dict
     return trusted(ModelReport, {
         "role": r.role, "name": r.spec.name, "num_params": r.num_params, "trainable_params": r.trainable_params,
         "trainable": r.trainable, "zero_stage": r.sharding.zero_stage, "gpus": r.sharding.dp * r.sharding.tp,
-        "resident": resident, "host_bytes": st.host, "shares_weights_with": r.shares_weights_with,
+        "resident": resident, "host_bytes": host, "shares_weights_with": r.shares_weights_with,
     })
 
 
@@ -120,7 +129,7 @@ def _residents(roles: tuple[RoleSetup, ...], e: int, lora_rank: int, cuda_contex
         if split else {}
     return _Residents({role: part.states for role, part in parts.items()}, everything, groups,
                       tuple(part.model for part in parts.values()),
-                      sum(part.states.host for part in parts.values()), sum(item.bytes for item in fixed))
+                      sum(part.host for part in parts.values()), sum(item.bytes for item in fixed))
 
 
 def _compute(request: EstimateRequest) -> Report:

@@ -19,6 +19,10 @@ with the transient bytes it adds on top of the resident models. Knobs and their 
 * ReMax's greedy pass runs after the sampled one: same peak, twice the experience buffer.
 * micro-batches — when an update runs more than one micro-batch, the gradients of the earlier ones are alive
   during the later ones' forward and backward.
+* ``idle_offload`` — verl's ``param_offload`` / ``optimizer_offload`` (its FSDP engine's train and eval contexts,
+  ``BaseEngineCtx._context_switch``, verl 0.9): a trained role's weight shards come back to the GPU for its own
+  forwards and updates, its optimizer states for its updates; both wait on the CPU otherwise (during a vLLM
+  rollout, the actor's weights sync to vLLM and go back).
 
 An activity is one moment: things alive at the same time. A step of the recipe whose peak can fall at two
 different moments (a generation's prefill or its last decode step; a forward's layers or its log-softmax)
@@ -371,6 +375,24 @@ def _fsdp_persisting_layers(run: Run, recipe: dict[str, list[Activity]], states:
                     act.shared += kept
 
 
+def _loaded(r: RoleSetup, st: States, update: bool) -> list[Item]:
+    """Idle offload: what the role brings back to the GPU for one of its own steps (an update, or a forward)."""
+    items = []
+    if r.sharding.idle_params and st.parameter:
+        items.append((r.role, "parameter", st.parameter, "weight shards back from the CPU (idle offload)"))
+    if update and r.sharding.idle_optimizer and st.optstate:
+        items.append((r.role, "optstate", st.optstate, "optimizer states back from the CPU (idle offload)"))
+    return items
+
+
+def _with(loaded: list[Item], activities: list[Activity]) -> list[Activity]:
+    """``activities``, each holding ``loaded`` first."""
+    if loaded:
+        for act in activities:
+            act.items = [*loaded, *act.items]
+    return activities
+
+
 def _persisting_gradients(run: Run, recipe: dict[str, list[Activity]], states: dict[str, States]) -> None:
     """Gradients kept between steps, shared by every activity (of the same role's GPUs under split placement)."""
     split = run.placement == "split"
@@ -388,12 +410,16 @@ def phases(run: Run, states: dict[str, States]) -> dict[str, list[Activity]]:
 
     def score(role: str, seqs: int, what: str) -> list[Activity]:
         r = roles.get(role)
-        return forward(run, r, states[role], f"{role} {what}", seqs, first=role != "actor") if r else []
+        if r is None:
+            return []
+        st = states[role]
+        return _with(_loaded(r, st, False), forward(run, r, st, f"{role} {what}", seqs, first=role != "actor"))
 
     def update(role: str) -> list[Activity]:
         r, st = roles[role], states[role]
         setup = _train_setup(run, r, st)  # the step's geometry, shared by its moments
-        return train(run, r, st, setup) + checkpointed_loss(run, r, st, setup) + fsdp_backward(run, r, st, setup)
+        return _with(_loaded(r, st, True), train(run, r, st, setup) + checkpointed_loss(run, r, st, setup)
+                     + fsdp_backward(run, r, st, setup))
 
     scoring = run.score_seqs  # sequences per scoring forward
     recipe: dict[str, list[Activity]] = {}
@@ -401,6 +427,8 @@ def phases(run: Run, states: dict[str, States]) -> dict[str, list[Activity]]:
         rollout = generate(run, actor, states["actor"], "sampled rollout")
         if run.greedy_pass:
             rollout += generate(run, actor, states["actor"], "greedy rollout (ReMax baseline)", first=False)
+        if run.rollout_engine != "vllm":  # the actor itself generates
+            _with(_loaded(actor, states["actor"], False), rollout)
         recipe["rollout"] = rollout
         dschat = run.rollout_engine == "hybrid-engine" and run.placement == "colocated"
         if dschat:

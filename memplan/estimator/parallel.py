@@ -88,6 +88,10 @@ class Sharding:
     """Resolved: 'foreach', 'fused' or 'for-loop'."""
     dtype: str = "bf16"
     """The 16-bit dtype of the weights: DeepSpeed picks ``BF16_Optimizer`` or ``FP16_Optimizer`` by it."""
+    idle_params: bool = False
+    """verl's ``param_offload``: the weight shards wait on the CPU while the role is idle (trained roles)."""
+    idle_optimizer: bool = False
+    """verl's ``optimizer_offload``: the optimizer states wait on the CPU outside the role's update."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -169,6 +169,16 @@ def resolve(req: EstimateRequest) -> Run:
     if req.quantize_base != "none" and not lora:
         raise InputError("quantize_base", "a quantized base trains only adapters: set lora_rank > 0 (QLoRA)",
                          req.quantize_base)
+    if req.idle_offload != "none":
+        if req.engine != "fsdp":
+            raise InputError("idle_offload", "models verl's FSDP workers: set engine 'fsdp'", req.idle_offload)
+        if req.offload != "none":
+            raise InputError("idle_offload", "choose one: offload is FSDP2's CPUOffloadPolicy (verl's offload_policy, "
+                             "the step on the CPU), idle_offload verl's param_offload / optimizer_offload",
+                             req.idle_offload)
+        if req.rollout_engine == "hybrid-engine":
+            raise InputError("idle_offload", "DeepSpeed-Chat's hybrid engine keeps its models on the GPU: use "
+                             "rollout_engine 'vllm' or 'hf'", req.idle_offload)
     if n % req.tp:
         raise InputError("tp", f"must divide the number of GPUs ({n})", req.tp)
     if req.tp > 1 and cluster.gpus_per_node % req.tp:
@@ -196,7 +206,8 @@ def resolve(req: EstimateRequest) -> Run:
     roles = _roles(
         algo, ref_mode, reward_mode, (req.actor_zero_stage, req.critic_zero_stage, req.ref_zero_stage,
                                       req.reward_zero_stage), req.zero_stage,
-        req.engine, req.offload, req.offload_ref, req.offload_reward, shard_dp, req.tp, master, req.optimizer, impl,
+        req.engine, req.offload, req.idle_offload, req.offload_ref, req.offload_reward, shard_dp, req.tp, master,
+        req.optimizer, impl,
         req.dtype, (actor_spec, critic_spec, reward_spec), req.quantize_base,
         req.lora_rank, req.lora_targets,
     )
@@ -241,7 +252,8 @@ def resolve(req: EstimateRequest) -> Run:
 
 @lru_cache(maxsize=1024)
 def _roles(algo: str, ref_mode: str, reward_mode: str, role_stages: tuple[int | None, ...], zero_stage: int,
-           engine: str, offload: str, offload_ref: bool, offload_reward: bool, shard_dp: int, tp: int, master: bool,
+           engine: str, offload: str, idle_offload: str, offload_ref: bool, offload_reward: bool, shard_dp: int,
+           tp: int, master: bool,
            optimizer: str, impl: str, dtype: str, specs: tuple[ModelSpec, ModelSpec, ModelSpec],
            quantize_base: str, lora_rank: int, lora_targets: str) -> tuple[RoleSetup, ...]:
     """Each resident model of the run, checked: the request's knobs ``resolve`` passes on (its role stages in
@@ -279,7 +291,8 @@ def _roles(algo: str, ref_mode: str, reward_mode: str, role_stages: tuple[int | 
         sharding = _sharding(
             engine=engine, zero_stage=stage, dp=shard_dp, tp=tp, offload_optimizer=offload_opt,
             offload_params=offload_params, master_weights=master, optimizer=optimizer, optimizer_impl=impl,
-            dtype=dtype,
+            dtype=dtype, idle_params=trains and "params" in idle_offload,
+            idle_optimizer=trains and "optimizer" in idle_offload,
         )
         spec = critic_spec if role == "critic" else reward_spec if role == "reward" else actor_spec
         lm_head = role in ("actor", "reference")

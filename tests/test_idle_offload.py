@@ -1,0 +1,140 @@
+"""``idle_offload``: verl's ``param_offload`` / ``optimizer_offload`` on its FSDP workers.
+
+A trained role's fp32 weight shards (4Ψ/N, FSDP's master copy) and AdamW states (8Ψ/N) wait on the CPU
+while the role is idle; the weights come back for its own forwards and updates, the optimizer states for its
+updates (verl 0.9 ``BaseEngineCtx._context_switch``: eval mode loads the model, train mode the model and
+the optimizer). Expected differences are worked by hand from Ψ (the catalog's parameter count, which
+tests/test_catalog.py checks against transformers) and N = 8 GPUs.
+"""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+import memplan
+from api.main import create_app
+from memplan.cli.app import app
+from memplan.errors import InputError
+
+N = 8
+GRPO = dict(model="Qwen/Qwen2.5-32B", algo="grpo", gpus="8xH100-80GB", engine="fsdp", zero_stage=3,
+            gradient_checkpointing=True, rollout_engine="vllm", micro_batch_size=2, rollout_batch_size=8,
+            group_size=8, prompt_len=1024, gen_len=2048, score_micro_batch_size=4, ref="none")
+
+
+def _totals(report) -> dict[str, int]:
+    return {p.phase: p.total_bytes for p in report.phases}
+
+
+def _shards(report, role: str) -> tuple[int, int]:
+    """(weights, optimizer states) per GPU by hand: fp32 shards 4Ψ/N, AdamW m and v 8Ψ/N (rounded up)."""
+    psi = next(m.num_params for m in report.models if m.role == role)
+    return -(-4 * psi // N), -(-8 * psi // N)
+
+
+@pytest.mark.parametrize("idle, rollout, scoring", [
+    ("params", "P", "0"),  # the actor's forward brings its weights back: scoring as without offload
+    ("optimizer", "O", "O"),
+    ("params+optimizer", "P+O", "O"),
+])
+def test_each_phase_holds_what_its_step_needs(idle, rollout, scoring):
+    given = memplan.estimate(**GRPO)
+    offloaded = memplan.estimate(**GRPO, idle_offload=idle)
+    p, o = _shards(given, "actor")
+    saved = {"0": 0, "P": p, "O": o, "P+O": p + o}
+    before, after = _totals(given), _totals(offloaded)
+    assert before["rollout"] - after["rollout"] == saved[rollout]  # vLLM generates: the actor's shards wait
+    assert before["scoring"] - after["scoring"] == saved[scoring]
+    assert before["actor_update"] == after["actor_update"]  # the update has everything back
+    actor = offloaded.models[0]
+    moved = saved["P" if idle == "params" else "O" if idle == "optimizer" else "P+O"]
+    assert actor.resident.parameter + actor.resident.optstate == p + o - moved
+    assert actor.host_bytes == moved
+    assert offloaded.host_bytes_per_node == N * moved
+
+
+def test_the_32b_grpo_run_fits_with_verl_offload():
+    """Qwen2.5-32B on 8×H100 with vLLM at 0.5: the rollout overflows with the actor's 45.8 GiB of states
+    resident beside vLLM's 39.8 GiB; with both offloads the optimizer step sets the peak."""
+    given = memplan.estimate(**GRPO)
+    assert not given.fits and given.peak_phase == "rollout"
+    offloaded = memplan.estimate(**GRPO, idle_offload="params+optimizer")
+    assert offloaded.fits and offloaded.peak_phase == "actor_update"
+    step = next(p for p in offloaded.phases if p.phase == "actor_update")
+    p, o = _shards(offloaded, "actor")
+    assert {(li.category, li.bytes) for li in step.items if "back from the CPU" in li.note} == {
+        ("parameter", p), ("optstate", o)}
+
+
+def test_hf_generation_brings_the_actor_back():
+    hf = {**GRPO, "rollout_engine": "hf"}
+    given = memplan.estimate(**hf)
+    offloaded = memplan.estimate(**hf, idle_offload="params+optimizer")
+    _p, o = _shards(given, "actor")
+    assert _totals(given)["rollout"] - _totals(offloaded)["rollout"] == o  # the actor itself generates
+
+
+def test_ppo_roles_wait_for_each_other():
+    ppo = {**GRPO, "model": "Qwen/Qwen2.5-7B", "algo": "ppo", "ref": "separate"}
+    given = memplan.estimate(**ppo)
+    offloaded = memplan.estimate(**ppo, idle_offload="params+optimizer")
+    actor, critic = _shards(given, "actor"), _shards(given, "critic")
+    before, after = _totals(given), _totals(offloaded)
+    assert before["actor_update"] - after["actor_update"] == sum(critic)  # the critic waits on the CPU
+    assert before["critic_update"] - after["critic_update"] == sum(actor)
+    assert before["rollout"] - after["rollout"] == sum(actor) + sum(critic)
+
+
+@pytest.mark.parametrize("fields, words", [
+    (dict(engine="deepspeed"), "set engine 'fsdp'"),
+    (dict(offload="optimizer"), "choose one"),
+    (dict(rollout_engine="hybrid-engine"), "hybrid engine"),
+])
+def test_contradictions_name_the_field(fields, words):
+    with pytest.raises(InputError) as err:
+        memplan.estimate(**{**GRPO, **fields, "idle_offload": "params"})
+    assert err.value.field == "idle_offload" and words in str(err.value)
+
+
+def test_cli_and_api():
+    args = ["estimate", "--model", "Qwen/Qwen2.5-32B", "--algo", "grpo", "--gpus", "8xH100-80GB", "--engine", "fsdp",
+            "--zero-stage", "3", "--gradient-checkpointing", "--rollout-engine", "vllm", "--micro-batch-size", "2",
+            "--rollout-batch-size", "8", "--group-size", "8", "--prompt-len", "1024", "--gen-len", "2048",
+            "--score-micro-batch-size", "4", "--ref", "none", "--idle-offload", "params+optimizer"]
+    runner = CliRunner()
+    ok = runner.invoke(app, [*args, "--json"])
+    assert ok.exit_code == 0, ok.output
+    expected = memplan.estimate(**GRPO, idle_offload="params+optimizer")
+    assert memplan.Report.model_validate_json(ok.stdout) == expected
+    bad = runner.invoke(app, [*args[:-1], "all"])
+    assert bad.exit_code == 2 and "--idle-offload" in bad.output and "params+optimizer" in bad.output
+    deepspeed = runner.invoke(app, [*args, "--engine", "deepspeed"])
+    assert deepspeed.exit_code == 2 and "--idle-offload" in deepspeed.output
+
+    client = TestClient(create_app())
+    r = client.post("/v1/estimate", json={**GRPO, "idle_offload": "params+optimizer"})
+    assert r.status_code == 200 and r.json()["peak_bytes_per_gpu"] == expected.peak_bytes_per_gpu
+    for bad_body in ({**GRPO, "idle_offload": "all"}, {**GRPO, "idle_offload": "params", "engine": "deepspeed"}):
+        r = client.post("/v1/estimate", json=bad_body)
+        assert r.status_code == 422 and "idle_offload" in r.text
+
+
+def test_plan_offers_verl_offload_before_the_cpu_step():
+    """The planner's FSDP offload chain: idle optimizer → idle params+optimizer → CPUOffloadPolicy (the
+    optimizer first: it moves once a step, the weights for every forward). For the 32B run the optimizer's
+    idle offload is enough; the planner's answer is re-checked here."""
+    from memplan.planner import plan
+    from memplan.report import EstimateRequest
+
+    request = EstimateRequest(**GRPO)
+    result = plan(request, allow={"idle_offload", "offload"})
+    assert [c.changes for c in result.candidates] == [{"idle_offload": ("none", "optimizer")}]
+    assert memplan.estimate(result.candidates[0].request).fits
+    assert not memplan.estimate(request).fits  # and nothing less offloaded fits: the chain starts at none
+    only_cpu = plan(request, allow={"offload"})
+    assert all("idle_offload" not in c.changes for c in only_cpu.candidates)
+    assert [c.changes for c in only_cpu.candidates] == [{"offload": ("none", "optimizer")}]
+    deepspeed = plan(request.model_copy(update={"engine": "deepspeed"}), allow={"idle_offload", "zero_stage"})
+    assert all("idle_offload" not in c.changes for c in deepspeed.candidates)
