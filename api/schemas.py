@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from memplan.planner import KNOBS, Knob
-from memplan.report import Algo, EstimateRequest, Role
+from memplan.report import Algo, EstimateRequest, Report, Role
 
 HEADLINE = {
     "model": "meta-llama/Llama-2-7b-hf",
@@ -148,3 +148,27 @@ class BatchLimitRequest(LimitRequest):
     field: Literal["micro_batch_size", "rollout_batch_size", "score_micro_batch_size"] = Field(
         "micro_batch_size", description="The batch to maximise: sequences per forward/backward, prompts per "
         "generation (PPO, GRPO, ReMax, RLOO), or sequences per scoring forward (at most those a GPU scores)")
+
+
+class VerlScript(BaseModel):
+    """POST /v1/verl/estimate: a verl launch script and the GPU kind it runs on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra={"examples": [{
+        "script": "python3 -m verl.trainer.main_ppo algorithm.adv_estimator=grpo "
+                  "actor_rollout_ref.model.path=Qwen/Qwen2.5-7B-Instruct actor_rollout_ref.rollout.name=vllm "
+                  "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8 actor_rollout_ref.rollout.n=5",
+        "gpu": "H100-80GB"}]})
+
+    script: str = Field(min_length=1, max_length=60_000, description="The launch script, or its key=value overrides")
+    gpu: str = Field(min_length=1, max_length=64, description="GPU kind (GET /v1/gpus); the count is the script's "
+                     "trainer.nnodes × trainer.n_gpus_per_node", examples=["H100-80GB"])
+
+
+class VerlEstimate(BaseModel):
+    """The request read from a verl script, what was read differently or not at all, and its report."""
+
+    model_config = ConfigDict(frozen=True)
+
+    request: EstimateRequest
+    notes: list[str]
+    report: Report

@@ -218,3 +218,8 @@ def test_api_imports_no_torch_and_starts_fast():
     assert proc.returncode == 0, proc.stderr
     assert float(proc.stdout) < 2.0  # ~0.6 s here (FastAPI's own import dominates)
     assert time.perf_counter() - start < 10
+
+
+def test_overlong_model_name_is_422():
+    r = client.post("/v1/estimate", json={"model": "x" * 5000, "gpus": "8xA100-40GB"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "model"]

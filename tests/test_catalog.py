@@ -213,3 +213,11 @@ def test_import_does_not_pull_torch():
 
 def test_b200_uses_datasheet_gb():
     assert get_gpu("B200").memory_bytes == 180 * GB  # datasheet: 180 GB HBM3e per GPU in DGX B200
+
+
+def test_a_name_no_file_system_takes_is_an_unknown_model():
+    """A 5,000-character name is not a path (the OS refuses it: ENAMETOOLONG): an unknown model, not an OSError
+    (found by fuzzing the verl reader, which passes model paths through)."""
+    for name in ("x" * 5000, "a/" * 3000):
+        with pytest.raises(UnknownModelError):
+            get_model(name)

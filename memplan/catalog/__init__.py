@@ -141,7 +141,11 @@ def get_model(name: str) -> ModelSpec:
     if found is not None:
         return _catalog_spec(found)
     path = Path(name).expanduser()
-    if path.is_file() or (path.is_dir() and (path / "config.json").is_file()):
+    try:
+        local = path.is_file() or (path.is_dir() and (path / "config.json").is_file())
+    except OSError:  # a name no file system takes (too long, ...): not a path
+        local = False
+    if local:
         return spec_from_path(path)
     raise _unknown_model(name)
 

@@ -77,10 +77,17 @@ _ROLL = "Rollout"
 # name → (annotation, default). Order is the order --help lists them in.
 SHARED: dict[str, tuple[Any, Any]] = {
     "model": (
-        Annotated[str, typer.Option(
-            help="Actor (policy) model: catalog name or alias, or a local config.json / model folder",
-            rich_help_panel=_MODEL, show_default=False)],
-        ...,
+        Annotated[str | None, typer.Option(
+            help="Actor (policy) model: catalog name or alias, or a local config.json / model folder (required "
+            "unless --verl names it)", rich_help_panel=_MODEL, show_default=False)],
+        None,
+    ),
+    "verl": (
+        Annotated[Path | None, typer.Option(
+            help="Read the run from a verl launch script (python3 -m verl.trainer.main_ppo key=value ...): model, "
+            "algorithm, GPU count, batches, lengths, offloads, rollout; --gpus then names the GPU kind (H100-80GB); "
+            "explicit flags override it", rich_help_panel=_MODEL, show_default=False, dir_okay=False)],
+        None,
     ),
     "algo": (_option("algo", _MODEL), None),
     "gpus": (_option("gpus", _MODEL), None),
@@ -136,7 +143,7 @@ SHARED: dict[str, tuple[Any, Any]] = {
     "vllm_gpu_memory_utilization": (_option("vllm_gpu_memory_utilization", _ROLL, extra="Fraction of GPU memory vLLM reserves for weights + KV cache (verl 0.5, TRL 0.3, OpenRLHF 0.95)"), None),
 }
 
-_NOT_FIELDS = {"host_ram_gib", "deepspeed_config"}
+_NOT_FIELDS = {"host_ram_gib", "deepspeed_config", "verl"}
 
 
 def option_name(field: str) -> str:
@@ -195,11 +202,31 @@ def deepspeed_overrides(path: Path) -> dict[str, Any]:
     return out
 
 
+def verl_fields(path: Path, gpus: str | None) -> tuple[dict[str, Any], list[str]]:
+    """Request fields of a verl launch script (``memplan.frameworks.verl``) and its notes; ``gpus`` names the
+    GPU kind ('H100-80GB', the count is the script's) or, with a count, the whole cluster (it wins)."""
+    from memplan.frameworks import verl
+
+    kind = gpus if gpus is not None and not gpus.strip()[:1].isdigit() else None
+    if gpus is None:
+        raise InputError("gpus", "name the GPU kind for the verl script (the count is the script's "
+                         "trainer.nnodes × n_gpus_per_node), e.g. --gpus H100-80GB", None)
+    run = verl.load(path, kind)
+    return run.fields, run.notes
+
+
 def build_request(options: dict[str, Any]) -> EstimateRequest:
-    """The request from the shared options: DeepSpeed file first, then every flag that was given."""
+    """The request from the shared options: DeepSpeed file, verl script, then every flag that was given."""
     fields: dict[str, Any] = {}
     if options.get("deepspeed_config") is not None:
         fields.update(deepspeed_overrides(options["deepspeed_config"]))
+    if options.get("verl") is not None:
+        from_verl, notes = verl_fields(options["verl"], options.get("gpus"))
+        fields.update(from_verl)
+        for note in notes:
+            print(f"verl: {note}", file=sys.stderr)
+        if "gpus" in from_verl:
+            options = {**options, "gpus": None}  # a GPU kind: the script's count with it
     fields.update({k: v for k, v in options.items() if v is not None and k not in _NOT_FIELDS})
     if options.get("host_ram_gib") is not None:
         fields["host_ram_bytes_per_node"] = _host_ram_bytes(options["host_ram_gib"])

@@ -1,0 +1,21 @@
+"""POST /v1/verl/estimate: a verl launch script, read into a request (``memplan.frameworks.verl``) and estimated."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api.schemas import VerlEstimate, VerlScript
+from memplan import estimate
+from memplan.frameworks import verl
+from memplan.report import EstimateRequest
+
+router = APIRouter(prefix="/v1/verl", tags=["verl"])
+
+
+@router.post("/estimate", response_model=VerlEstimate, summary="Estimate a verl launch script")
+def verl_estimate(body: VerlScript) -> VerlEstimate:
+    """The script's Hydra overrides on verl's defaults, on ``gpu`` GPUs (the count is the script's); the
+    request read, the notes on what was read differently or not at all, and the report."""
+    run = verl.fields(verl.read(body.script), body.gpu)
+    request = EstimateRequest(**run.fields)
+    return VerlEstimate(request=request, notes=run.notes, report=estimate(request))

@@ -1,0 +1,1 @@
+"""Runs read from the RL frameworks' own launch files, as request fields (``verl``: its Hydra overrides)."""

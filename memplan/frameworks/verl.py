@@ -1,0 +1,360 @@
+"""A verl run, read from its launch script: ``python3 -m verl.trainer.main_ppo key=value ...`` (Hydra overrides).
+
+``read(text)`` collects the overrides (shell line continuations, ``VAR=value`` / ``export VAR=value``
+assignments with ``$VAR``, ``${VAR}``, ``${VAR:-default}`` and ``$(( … ))`` integer arithmetic; later values
+win, as in Hydra); ``fields(overrides, gpu)`` maps them onto request fields, with verl 0.9's defaults
+(``verl/trainer/config/_generated_ppo_trainer.yaml``) for what the script leaves out, and one note per
+setting memplan reads differently or not at all. Explicit CLI flags and keyword arguments override it.
+
+What is read (``A`` = ``actor_rollout_ref``):
+
+    A.model.path                      model (an unknown '-Instruct'/'-Chat' name: its base, noted)
+    algorithm.adv_estimator           gae → ppo; grpo, rloo, remax; other critic-free estimators as grpo
+    A.actor.use_kl_loss, algorithm.use_kl_in_reward
+                                      a reference (ref 'none' without either); with LoRA the actor with its
+                                      adapter off (verl's ref_in_actor); verl keeps the reference's
+                                      parameters on the CPU (CPUOffload for forward-only workers)
+    reward_model.enable, .model.path  reward 'model' and its architecture, else 'rule'
+    critic.model.path                 PPO's critic architecture
+    A.actor.strategy                  fsdp / fsdp2 → engine 'fsdp' (megatron is not modeled)
+    A.actor.fsdp_config.*             reshard_after_forward → ZeRO stage 3 (else 2); fsdp_size = GPUs per
+                                      node → hybrid_shard; offload_policy → offload 'optimizer+params';
+                                      param_offload / optimizer_offload → idle_offload; dtype, model_dtype
+    A.model.enable_gradient_checkpointing, A.model.lora_rank, A.model.target_modules
+    A.actor.ppo_micro_batch_size_per_gpu (or use_dynamic_bsz: ppo_max_token_len_per_gpu ÷ sequence length)
+                                      micro_batch_size
+    A.rollout / A.ref log_prob_micro_batch_size_per_gpu, critic.forward_micro_batch_size_per_gpu
+                                      score_micro_batch_size (the largest)
+    data.train_batch_size ÷ GPUs      rollout_batch_size (prompts per GPU); A.rollout.n → group_size
+    data.max_prompt_length, data.max_response_length
+                                      prompt_len, gen_len
+    A.rollout.name, .gpu_memory_utilization
+                                      rollout_engine 'vllm' (sglang reserves the same fraction), or 'hf'
+    trainer.nnodes, trainer.n_gpus_per_node
+                                      gpus, with the GPU named by the caller
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+import re
+import shlex
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from memplan.errors import InputError
+
+FIELD = "verl"
+MAX_SCRIPT_BYTES = 1 << 20
+A = "actor_rollout_ref"
+ADV_ESTIMATORS = {"gae": "ppo", "grpo": "grpo", "rloo": "rloo", "remax": "remax"}
+DEFAULTS: dict[str, Any] = {  # verl 0.9.1 _generated_ppo_trainer.yaml, what this module reads
+    "data.train_batch_size": 1024, "data.max_prompt_length": 512, "data.max_response_length": 512,
+    "algorithm.adv_estimator": "gae", "algorithm.use_kl_in_reward": False,
+    f"{A}.actor.strategy": "fsdp", f"{A}.actor.use_kl_loss": False, f"{A}.actor.entropy_coeff": 0,
+    f"{A}.actor.use_dynamic_bsz": False, f"{A}.actor.ppo_max_token_len_per_gpu": 16384,
+    f"{A}.actor.ulysses_sequence_parallel_size": 1,
+    f"{A}.actor.fsdp_config.param_offload": False, f"{A}.actor.fsdp_config.optimizer_offload": False,
+    f"{A}.actor.fsdp_config.offload_policy": False, f"{A}.actor.fsdp_config.reshard_after_forward": True,
+    f"{A}.actor.fsdp_config.fsdp_size": -1, f"{A}.actor.fsdp_config.model_dtype": "fp32",
+    f"{A}.actor.fsdp_config.dtype": "bfloat16",
+    f"{A}.model.enable_gradient_checkpointing": True, f"{A}.model.lora_rank": 0,
+    f"{A}.model.target_modules": "all-linear", f"{A}.model.use_fused_kernels": False,
+    f"{A}.rollout.name": None, f"{A}.rollout.n": 1, f"{A}.rollout.gpu_memory_utilization": 0.5,
+    "reward_model.enable": False, "trainer.nnodes": 1, "trainer.n_gpus_per_node": 8,
+}
+_OVERRIDE = re.compile(r"^\+{0,2}([A-Za-z_]\w*(?:\.\w+)+)=(.*)$", re.S)
+_ASSIGN = re.compile(r"^(?:export\s+)?([A-Za-z_]\w*)=(.*)$", re.S)
+_VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}|\$(\w+)")
+_ARITH = re.compile(r"\$\(\((.+?)\)\)")
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv,
+        ast.Div: operator.floordiv, ast.Mod: operator.mod}
+
+
+class VerlRun(NamedTuple):
+    fields: dict[str, Any]
+    """Request fields, ``gpus`` included when a GPU was named."""
+    notes: list[str]
+    """Settings read differently or not at all, one line each."""
+
+
+def _arith(expr: str, env: dict[str, str]) -> int:
+    """Shell ``$(( expr ))`` over integers: + - * / % and parentheses, bare names read from ``env``."""
+    def ev(node: ast.AST) -> int:
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](ev(node.left), ev(node.right))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -ev(node.operand)
+        if isinstance(node, ast.Name) and node.id in env:
+            return int(env[node.id])
+        raise ValueError(expr)
+    try:
+        return ev(ast.parse(expr.strip(), mode="eval"))
+    except (SyntaxError, ValueError, ZeroDivisionError, RecursionError):
+        raise InputError(FIELD, f"cannot evaluate $(( {expr.strip()} ))", expr) from None
+
+
+def _expand(text: str, env: dict[str, str]) -> str:
+    def var(m: re.Match) -> str:
+        name = m.group(1) or m.group(3)
+        if name in env:
+            return env[name]
+        return m.group(2) if m.group(2) is not None else m.group(0)
+    text = _VAR.sub(var, text)
+    return _ARITH.sub(lambda m: str(_arith(m.group(1), env)) if "$" not in m.group(1) else m.group(0), text)
+
+
+def _value(text: str) -> Any:
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("null", "none", "~"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def read(text: str) -> dict[str, Any]:
+    """The Hydra overrides of a verl launch script (or of a plain ``key=value ...`` list), values typed."""
+    env: dict[str, str] = {}
+    overrides: dict[str, Any] = {}
+    for line in text.replace("\\\r\n", " ").replace("\\\n", " ").splitlines():
+        line = _expand(line, env)
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError as exc:
+            raise InputError(FIELD, f"cannot split {line.strip()[:80]!r}: {exc}", line.strip()[:80]) from None
+        if len(words) == 1 and (m := _ASSIGN.match(words[0])) and "." not in m.group(1):
+            env[m.group(1)] = m.group(2)
+            continue
+        if len(words) == 2 and words[0] == "export" and (m := _ASSIGN.match(words[1])):
+            env[m.group(1)] = m.group(2)
+            continue
+        for word in words:
+            if m := _OVERRIDE.match(word):
+                overrides[m.group(1)] = _value(m.group(2))
+    if not overrides:
+        raise InputError(FIELD, "no verl overrides (key.sub=value) found", text.strip()[:80])
+    return overrides
+
+
+_TUNE = re.compile(r"-(?:Instruct|instruct|Chat|chat|it)(?:-hf)?(?:-\d+)?$")
+
+
+def _model(path: Any, key: str, notes: list[str]) -> str:
+    """A catalog name or local path for a verl model path: a local folder as is; a hub id ('org/name') or a
+    missing path's folder name from the catalog, a chat/instruct tune as its base (noted)."""
+    if not isinstance(path, str) or not path or "$" in path:
+        raise InputError(FIELD, f"{key} is not set (or uses an unset variable): pass --model", path)
+    from memplan.catalog import get_model
+
+    local = Path(path).expanduser()
+    try:
+        if local.exists():
+            return str(local)
+    except OSError:  # not a path any file system takes
+        pass
+    hub_id = path.count("/") == 1 and not path.startswith((".", "~", "/"))
+    name = path if hub_id else local.name
+    for candidate in dict.fromkeys((name, _TUNE.sub("", name))):
+        try:
+            spec = get_model(candidate)
+        except InputError:
+            continue
+        if candidate != path:
+            notes.append(f"{key}={path}: estimated with the catalog's {spec.name}"
+                         + (" (the architecture of its chat/instruct tune)" if candidate != name else "")
+                         + "; pass --model with its config.json to be exact")
+        return candidate
+    return path  # the estimate names it as an unknown model
+
+
+def _int(value: Any, key: str, low: int = 1) -> int:
+    """An integer setting of at least ``low``; anything else is an ``InputError`` naming the key."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise InputError(FIELD, f"{key} must be an integer ≥ {low}, got {value!r}", value)
+    return value
+
+
+def _per_gpu(value: Any, dynamic: bool, max_tokens: Any, seq: int, what: str, notes: list[str]) -> int | None:
+    if dynamic:
+        n = max(1, _int(max_tokens, f"{what} (max tokens per GPU)") // seq)
+        notes.append(f"{what}: use_dynamic_bsz packs up to {max_tokens} tokens per GPU: estimated as {n} "
+                     f"sequences of {seq} tokens")
+        return n
+    return _int(value, what) if value is not None else None
+
+
+def fields(overrides: dict[str, Any], gpu: str | None = None) -> VerlRun:
+    """Request fields for a verl run: ``overrides`` (from ``read``) on top of verl's defaults; ``gpu`` names the
+    GPU kind (``'H100-80GB'``): the count is the script's ``trainer.nnodes × trainer.n_gpus_per_node``."""
+    unknown_keys = object()
+
+    def get(key: str, default: Any = unknown_keys) -> Any:
+        if key in overrides:
+            return overrides[key]
+        return DEFAULTS.get(key) if default is unknown_keys else default
+
+    notes: list[str] = []
+    out: dict[str, Any] = {}
+    strategy = get(f"{A}.actor.strategy")
+    if strategy not in ("fsdp", "fsdp2"):
+        raise InputError(FIELD, f"actor strategy {strategy!r} is not modeled: memplan models verl's FSDP workers "
+                         "(fsdp, fsdp2)", strategy)
+    out["engine"] = "fsdp"
+    if strategy == "fsdp":
+        notes.append("strategy fsdp (FSDP1): modeled as FSDP2 (fully_shard per decoder layer)")
+
+    def num(key: str, low: int = 1) -> int:
+        return _int(get(key), key, low)
+
+    nodes, per_node = num("trainer.nnodes"), num("trainer.n_gpus_per_node")
+    world = nodes * per_node
+    if gpu is not None:
+        out["gpus"] = f"{nodes}x{per_node}x{gpu}" if nodes > 1 else f"{per_node}x{gpu}"
+
+    out["model"] = _model(get(f"{A}.model.path", None), f"{A}.model.path", notes)
+    adv = get("algorithm.adv_estimator")
+    algo = ADV_ESTIMATORS.get(adv)
+    if algo is None:
+        algo = "grpo"
+        notes.append(f"adv_estimator {adv!r}: no critic, memory as GRPO's")
+    out["algo"] = algo
+    if algo == "ppo" and isinstance(critic := get("critic.model.path", None), str) and critic != get(f"{A}.model.path"):
+        out["critic_model"] = _model(critic, "critic.model.path", notes)
+    if get("reward_model.enable"):
+        out["reward"] = "model"
+        if isinstance(rm := get("reward_model.model.path", None), str):
+            out["reward_model"] = _model(rm, "reward_model.model.path", notes)
+    else:
+        out["reward"] = "rule"
+
+    fsdp = f"{A}.actor.fsdp_config"
+    out["zero_stage"] = 3 if get(f"{fsdp}.reshard_after_forward") else 2
+    fsdp_size = num(f"{fsdp}.fsdp_size", -1)
+    if 0 < fsdp_size < world:
+        out["hybrid_shard"] = True
+        if fsdp_size != per_node:
+            notes.append(f"fsdp_size {fsdp_size}: estimated as sharding within a node ({per_node} GPUs)")
+    if get(f"{fsdp}.offload_policy"):
+        out["offload"] = "optimizer+params"
+    idle = [name for name, key in (("params", "param_offload"), ("optimizer", "optimizer_offload"))
+            if get(f"{fsdp}.{key}")]
+    if idle and "offload" not in out:
+        out["idle_offload"] = "+".join(idle)
+    critic_fsdp = "critic.fsdp" if any(k.startswith("critic.fsdp.") for k in overrides) else "critic.model.fsdp_config"
+    if algo == "ppo" and any(get(f"{critic_fsdp}.{k}", False) != get(f"{fsdp}.{k}") for k in
+                             ("param_offload", "optimizer_offload")):
+        notes.append("the critic's offloads differ from the actor's: both estimated with the actor's")
+    dtype = get(f"{fsdp}.dtype")
+    out["dtype"] = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16"}.get(dtype, "bf16")
+    if get(f"{fsdp}.model_dtype") in ("bf16", "bfloat16"):
+        out["master_weights"] = False
+
+    out["gradient_checkpointing"] = bool(get(f"{A}.model.enable_gradient_checkpointing"))
+    lora = num(f"{A}.model.lora_rank", 0)
+    if lora:
+        out["lora_rank"] = lora
+        targets = get(f"{A}.model.target_modules")
+        if targets != "all-linear":
+            notes.append(f"LoRA target_modules {targets!r}: estimated as all-linear")
+    uses_ref = get(f"{A}.actor.use_kl_loss") or get("algorithm.use_kl_in_reward")
+    if not uses_ref:
+        out["ref"] = "none"
+    elif lora:
+        out["ref"] = "lora-shared"
+    else:
+        out["ref"] = "separate"
+        out["offload_ref"] = True  # verl's forward-only workers: CPUOffload(offload_params=True)
+
+    prompt, response = num("data.max_prompt_length"), num("data.max_response_length")
+    seq = prompt + response
+    out["prompt_len"], out["gen_len"] = prompt, response
+    dynamic = bool(get(f"{A}.actor.use_dynamic_bsz"))
+    micro = _per_gpu(get(f"{A}.actor.ppo_micro_batch_size_per_gpu", None), dynamic,
+                     get(f"{A}.actor.ppo_max_token_len_per_gpu"), seq, "ppo micro batch", notes)
+    if micro is None and get(f"{A}.actor.ppo_micro_batch_size", None) is not None:
+        micro = max(1, num(f"{A}.actor.ppo_micro_batch_size") // world)
+    if micro is None:
+        raise InputError(FIELD, f"{A}.actor.ppo_micro_batch_size_per_gpu is not set (verl needs it unless "
+                         "use_dynamic_bsz): pass --micro-batch-size", None)
+    out["micro_batch_size"] = micro
+    scoring = {}  # verl's log-prob and value forwards, each with its own micro batch
+    for worker, size_key, tokens_key, on in (
+        (f"{A}.rollout", "log_prob_micro_batch_size_per_gpu", "log_prob_max_token_len_per_gpu", True),
+        (f"{A}.ref", "log_prob_micro_batch_size_per_gpu", "log_prob_max_token_len_per_gpu", bool(uses_ref)),
+        ("critic", "forward_micro_batch_size_per_gpu", "forward_max_token_len_per_gpu", algo == "ppo"),
+    ):
+        size = get(f"{worker}.{size_key}", None)
+        worker_dynamic = bool(get(f"{worker}.log_prob_use_dynamic_bsz", dynamic))
+        if on and (size is not None or worker_dynamic):
+            tokens = get(f"{worker}.{tokens_key}", get(f"{A}.actor.ppo_max_token_len_per_gpu"))
+            scoring[worker] = _per_gpu(size, worker_dynamic, tokens, seq, f"{worker} {size_key}", notes)
+    if scoring:
+        out["score_micro_batch_size"] = max(scoring.values())
+        if len(set(scoring.values())) > 1:
+            notes.append("scoring micro batches differ (" + ", ".join(f"{w.split('.')[-1]} {n}" for w, n in
+                         scoring.items()) + "): estimated at the largest")
+
+    n, batch = num(f"{A}.rollout.n"), num("data.train_batch_size")
+    prompts = -(-batch // world)
+    if batch % world:
+        notes.append(f"train_batch_size {get('data.train_batch_size')} over {world} GPUs: {prompts} prompts per GPU")
+    out["rollout_batch_size"], out["group_size"] = prompts, n
+    if out.get("score_micro_batch_size", 0) > prompts * n:
+        out["score_micro_batch_size"] = prompts * n  # a micro batch holds at most what a GPU scores
+
+    name = get(f"{A}.rollout.name")
+    if name in ("vllm", "sglang"):
+        out["rollout_engine"] = "vllm"
+        utilization = get(f"{A}.rollout.gpu_memory_utilization")
+        if isinstance(utilization, bool) or not isinstance(utilization, (int, float)):
+            raise InputError(FIELD, f"{A}.rollout.gpu_memory_utilization must be a number, got {utilization!r}",
+                             utilization)
+        out["vllm_gpu_memory_utilization"] = float(utilization)
+        if name == "sglang":
+            notes.append("rollout sglang: its gpu_memory_utilization reservation counted as vLLM's")
+    elif name == "hf":
+        out["rollout_engine"] = "hf"
+    else:
+        raise InputError(FIELD, f"{A}.rollout.name is {name!r}: set vllm, sglang or hf", name)
+
+    notes.append("log-probs at full length with memplan's path (bf16 logits, an fp32 copy, the fp32 log-softmax); "
+                 "verl packs sequences (use_remove_padding) and, with flash-attn's cross-entropy, makes no fp32 "
+                 "copies: the scoring and update logits are upper bounds")
+    sp = num(f"{A}.actor.ulysses_sequence_parallel_size")
+    if sp > 1:
+        notes.append(f"ulysses_sequence_parallel_size {sp}: not modeled; activations and logits estimated "
+                     "unsplit (an upper bound)")
+    if get(f"{A}.actor.entropy_coeff") not in (0, 0.0, None, False):
+        notes.append("entropy_coeff ≠ 0: the entropy over the vocabulary in the update is not counted")
+    if get(f"{A}.model.use_fused_kernels"):
+        notes.append("use_fused_kernels: verl's fused log-prob kernel avoids full logits; they are counted "
+                     "(an upper bound)")
+    return VerlRun(out, notes)
+
+
+def load(source: str | Path, gpu: str | None = None) -> VerlRun:
+    """``fields(read(...))`` of a launch script's path (or its text, when it holds an override)."""
+    text = str(source)
+    if "=" not in text or Path(text).expanduser().is_file():
+        path = Path(text).expanduser()
+        try:
+            if path.stat().st_size > MAX_SCRIPT_BYTES:
+                raise InputError(FIELD, f"{str(path)!r} is over {MAX_SCRIPT_BYTES // 1024} KiB: not a launch script",
+                                 str(path))
+            text = path.read_text()
+        except OSError as exc:
+            raise InputError(FIELD, f"cannot read {str(path)!r}: {exc.strerror}", str(path)) from None
+        except UnicodeDecodeError:
+            raise InputError(FIELD, f"{str(path)!r} is not text", str(path)) from None
+    return fields(read(text), gpu)

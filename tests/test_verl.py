@@ -1,0 +1,117 @@
+"""``memplan.frameworks.verl``: a verl launch script read into request fields.
+
+Expected fields are the scripts' own values worked by hand (tests/data/verl_grpo.sh: 1024 prompts over
+2 nodes × 8 GPUs = 64 per GPU; max_response_length = $((1024 * 3)) = 3072) and verl 0.9.1's defaults
+(``_generated_ppo_trainer.yaml``) for what a script leaves out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import memplan
+from memplan.cli.app import app
+from memplan.errors import InputError
+from memplan.frameworks import verl
+
+SCRIPT = Path(__file__).parent / "data" / "verl_grpo.sh"
+
+
+def test_grpo_script():
+    run = verl.load(SCRIPT, "H100-80GB")
+    assert run.fields == {
+        "engine": "fsdp", "gpus": "2x8xH100-80GB", "model": "Qwen/Qwen2.5-7B", "algo": "grpo", "reward": "rule",
+        "zero_stage": 3, "idle_offload": "optimizer", "dtype": "bf16", "gradient_checkpointing": True,
+        "ref": "separate", "offload_ref": True, "prompt_len": 1024, "gen_len": 3072, "micro_batch_size": 8,
+        "score_micro_batch_size": 32, "rollout_batch_size": 64, "group_size": 5, "rollout_engine": "vllm",
+        "vllm_gpu_memory_utilization": 0.6,
+    }
+    assert any("Qwen2.5-7B-Instruct" in n and "Qwen/Qwen2.5-7B" in n for n in run.notes)
+    assert any("upper bounds" in n for n in run.notes)
+    memplan.estimate(**run.fields)  # a valid request
+
+
+def test_ppo_overrides_with_defaults():
+    text = ("actor_rollout_ref.model.path=meta-llama/Llama-3.1-8B critic.model.path=Qwen/Qwen2.5-1.5B "
+            "reward_model.enable=True reward_model.model.path=Qwen/Qwen2.5-1.5B actor_rollout_ref.rollout.name=vllm "
+            "actor_rollout_ref.actor.use_dynamic_bsz=True actor_rollout_ref.actor.ppo_max_token_len_per_gpu=8192 "
+            "actor_rollout_ref.actor.fsdp_config.offload_policy=True actor_rollout_ref.actor.strategy=fsdp2 "
+            "actor_rollout_ref.model.lora_rank=32 actor_rollout_ref.actor.use_kl_loss=True trainer.n_gpus_per_node=4")
+    run = verl.fields(verl.read(text), "A100-80GB")
+    f = run.fields
+    assert (f["algo"], f["gpus"], f["critic_model"], f["reward"], f["reward_model"]) == (
+        "ppo", "4xA100-80GB", "Qwen/Qwen2.5-1.5B", "model", "Qwen/Qwen2.5-1.5B")  # adv_estimator gae (default)
+    assert (f["offload"], "idle_offload" in f, f["lora_rank"], f["ref"]) == ("optimizer+params", False, 32, "lora-shared")
+    # dynamic batches: 8192 tokens ÷ (512 + 512) default lengths = 8 sequences, for training and for scoring
+    assert (f["micro_batch_size"], f["score_micro_batch_size"], f["prompt_len"], f["gen_len"]) == (8, 8, 512, 512)
+    assert (f["rollout_batch_size"], f["group_size"], f["vllm_gpu_memory_utilization"]) == (256, 1, 0.5)  # 1024 ÷ 4
+    assert any("use_dynamic_bsz" in n for n in run.notes)
+    assert not any("FSDP1" in n for n in run.notes)
+    memplan.estimate(**f)
+
+
+def test_shell_variables_and_arithmetic():
+    text = """
+    export N=4
+    LEN=${LEN:-2048}
+    python3 -m verl.trainer.main_ppo algorithm.adv_estimator=remax \\
+      actor_rollout_ref.model.path=Qwen/Qwen2.5-0.5B data.max_response_length=$(( LEN / 2 )) \\
+      actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=${N} trainer.n_gpus_per_node=$N \\
+      actor_rollout_ref.rollout.name=hf  # a comment
+    """
+    f = verl.fields(verl.read(text)).fields
+    assert (f["algo"], f["gen_len"], f["micro_batch_size"], f["rollout_engine"], f["ref"]) == (
+        "remax", 1024, 4, "hf", "none")
+    assert "gpus" not in f  # no GPU named
+
+
+@pytest.mark.parametrize("text, words", [
+    ("actor_rollout_ref.model.path=Qwen/Qwen2.5-7B actor_rollout_ref.actor.strategy=megatron", "megatron"),
+    ("actor_rollout_ref.model.path=Qwen/Qwen2.5-7B actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+     "rollout.name"),
+    ("actor_rollout_ref.model.path=Qwen/Qwen2.5-7B actor_rollout_ref.rollout.name=vllm", "ppo_micro_batch_size_per_gpu"),
+    ("actor_rollout_ref.model.path=$MODEL actor_rollout_ref.rollout.name=vllm", "model.path"),
+    ("data.max_response_length=$((2 ** 10)) actor_rollout_ref.model.path=x", "cannot evaluate"),
+    ("python3 train.py --lr 1e-6", "no verl overrides"),
+])
+def test_bad_scripts_name_the_field(text, words):
+    with pytest.raises(InputError) as err:
+        verl.fields(verl.read(text), "H100-80GB")
+    assert err.value.field == "verl" and words in str(err.value)
+
+
+def test_cli_reads_the_script_and_flags_override_it():
+    runner = CliRunner()
+    r = runner.invoke(app, ["estimate", "--verl", str(SCRIPT), "--gpus", "H100-80GB", "--micro-batch-size", "2",
+                            "--json"])
+    assert r.exit_code == 0, r.output
+    fields = {**verl.load(SCRIPT, "H100-80GB").fields, "micro_batch_size": 2}
+    assert memplan.Report.model_validate_json(r.stdout) == memplan.estimate(**fields)
+    assert "verl: actor_rollout_ref.model.path=Qwen/Qwen2.5-7B-Instruct" in r.stderr
+    whole = runner.invoke(app, ["estimate", "--verl", str(SCRIPT), "--gpus", "4xA100-80GB", "--json"])
+    assert memplan.Report.model_validate_json(whole.stdout).num_gpus == 4  # a cluster with a count wins
+    for args, words in ((["--verl", str(SCRIPT)], "--gpus"), (["--verl", "missing.sh", "--gpus", "H100-80GB"], "--verl")):
+        bad = runner.invoke(app, ["estimate", *args])
+        assert bad.exit_code == 2 and words in bad.output, bad.output
+
+
+def test_rest_reads_and_estimates_a_script():
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    client = TestClient(create_app())
+    r = client.post("/v1/verl/estimate", json={"script": SCRIPT.read_text(), "gpu": "H100-80GB"})
+    assert r.status_code == 200, r.text
+    run = verl.load(SCRIPT, "H100-80GB")
+    body = r.json()
+    assert body["notes"] == run.notes
+    assert memplan.Report.model_validate(body["report"]) == memplan.estimate(**run.fields)
+    for bad, loc in (({"script": "actor_rollout_ref.actor.strategy=megatron", "gpu": "H100-80GB"}, "verl"),
+                     ({"script": SCRIPT.read_text(), "gpu": "Z100"}, "gpus"),
+                     ({"script": "", "gpu": "H100-80GB"}, "script")):
+        r = client.post("/v1/verl/estimate", json=bad)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == loc, r.text
