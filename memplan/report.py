@@ -39,6 +39,7 @@ Engine = Literal["deepspeed", "fsdp", "torch"]
 Placement = Literal["colocated", "split"]
 Quantization = Literal["none", "int8", "int4"]
 LoraTargets = Literal["all-linear", "attention"]
+LogprobKernel = Literal["log-softmax", "fused"]
 
 M = TypeVar("M", bound=BaseModel)
 _new = object.__new__  # BaseModel defines no __new__; object's, called directly, skips a lookup
@@ -127,6 +128,11 @@ class EstimateRequest(BaseModel):
     )
     gradient_checkpointing: bool = False
     attention: Attention = Field("sdpa", description="eager keeps b·a·s² fp32 scores per layer")
+    logprob_kernel: LogprobKernel = Field(
+        "log-softmax", description="Log-probs and cross-entropy: 'log-softmax' of the fp32-cast logits (TRL, "
+        "OpenRLHF, DeepSpeed-Chat); 'fused', a fused cross-entropy kernel (verl with flash-attn's, Liger's): the "
+        "16-bit logits only, their gradient written in place"
+    )
     lora_rank: int = Field(0, ge=0, le=65_536, description="LoRA rank (0: full fine-tuning)")
     lora_targets: LoraTargets = "all-linear"
     quantize_base: Quantization = Field("none", description="QLoRA: frozen base weights in int8/int4")

@@ -27,10 +27,10 @@ def test_grpo_script():
         "zero_stage": 3, "idle_offload": "optimizer", "dtype": "bf16", "gradient_checkpointing": True,
         "ref": "separate", "offload_ref": True, "prompt_len": 1024, "gen_len": 3072, "micro_batch_size": 8,
         "score_micro_batch_size": 32, "rollout_batch_size": 64, "group_size": 5, "rollout_engine": "vllm",
-        "vllm_gpu_memory_utilization": 0.6,
+        "vllm_gpu_memory_utilization": 0.6, "logprob_kernel": "fused",
     }
     assert any("Qwen2.5-7B-Instruct" in n and "Qwen/Qwen2.5-7B" in n for n in run.notes)
-    assert any("upper bounds" in n for n in run.notes)
+    assert any("fused cross-entropy" in n and "upper bound" in n for n in run.notes)
     memplan.estimate(**run.fields)  # a valid request
 
 

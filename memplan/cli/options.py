@@ -127,6 +127,7 @@ SHARED: dict[str, tuple[Any, Any]] = {
     "optimizer_impl": (_option("optimizer_impl", _TRAIN), None),
     "gradient_checkpointing": (_option("gradient_checkpointing", _TRAIN, extra="Recompute activations in the backward (actor, critic)"), None),
     "attention": (_option("attention", _TRAIN), None),
+    "logprob_kernel": (_option("logprob_kernel", _TRAIN), None),
     "lora_rank": (_option("lora_rank", _TRAIN), None),
     "lora_targets": (_option("lora_targets", _TRAIN, extra="Linear layers LoRA adapts"), None),
     "quantize_base": (_option("quantize_base", _TRAIN), None),

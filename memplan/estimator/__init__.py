@@ -25,6 +25,8 @@ Known limitations:
 * ``idle_offload`` (verl's ``param_offload`` / ``optimizer_offload``) is read from verl 0.9's engine contexts,
   not traced (the tracer keeps every state on the device) nor measured; the moment the actor's weights sync
   to vLLM (its shards loaded beside vLLM's weights, before its KV cache wakes) is not counted.
+* ``logprob_kernel='fused'`` (flash-attn's cross-entropy as verl calls it, Liger's) is read from the kernels'
+  sources, not traced (the tracer takes ``log_softmax`` of the fp32 logits).
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ from memplan.estimator.formulas import (
     LayerActivation,
     backward_transient_per_token,
     final_norm_bytes_per_token,
+    fused_logprob_bytes,
     kv_cache_bytes,
     layer_forward_transient_per_token,
     logprob_logits_bytes,
@@ -211,7 +212,8 @@ def forward(run: Run, r: RoleSetup, st: States, name: str, seqs: int, first: boo
         return [layers]
     logprobs = Activity(f"{name}: log-softmax", [
         (role, "parameter", st.fsdp.after_forward if st.fsdp else st.gather, "gathered weights"),
-        (role, "logits", logprob_logits_bytes(seqs * run.logit_tokens, spec.vocab_size, e, False, tp), "log-probs"),
+        (role, "logits", fused_logprob_bytes(seqs * run.logit_tokens, spec.vocab_size, e, tp) if run.fused_logprobs
+         else logprob_logits_bytes(seqs * run.logit_tokens, spec.vocab_size, e, False, tp), "log-probs"),
     ])
     if st.fsdp is None:
         return [layers, logprobs]
@@ -266,6 +268,9 @@ def _loss(run: Run, r: RoleSetup, act: Activity, tokens: int) -> None:
     act.add(r.role, "activation", int(tokens * per_token), "final norm")
     if r.lm_head and dschat:  # DeepSpeed-Chat / ReMax: log-softmax over every position's (fp32) logits
         logprob_loss(run, r, act)
+    elif r.lm_head and run.fused_logprobs:
+        act.add(r.role, "logits", fused_logprob_bytes(run.train_seqs * run.logit_tokens, r.spec.vocab_size, run.e,
+                                                      run.tp), "fused cross-entropy: the logits, their gradient in place")
     elif r.lm_head:
         act.add(r.role, "logits", logprob_logits_bytes(run.train_seqs * run.logit_tokens, r.spec.vocab_size, run.e,
                                                        True, run.tp), "fp32 log-softmax and its backward")

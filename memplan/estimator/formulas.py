@@ -304,6 +304,17 @@ def logprob_logits_bytes(tokens: int, vocab: int, e: int, training: bool, tp: in
 # those of the pip packages; the trainers are cited by file and function (../notes/research_dschat.md).
 
 
+def fused_logprob_bytes(tokens: int, vocab: int, e: int, tp: int = 1) -> int:
+    """Peak of a fused cross-entropy over ``tokens`` positions, training or not: flash-attn's
+    ``cross_entropy_loss`` as verl calls it (``logprobs_from_logits``, ``inplace_backward=True``), Liger's.
+
+    The kernel reads the 16-bit logits block by block in fp32 registers and writes fp32 per-position outputs
+    (the loss and the log-sum-exp it saves); its backward writes the logits' gradient into the logits: e·V + 8
+    bytes per position. (The log-softmax path makes an fp32 copy and an fp32 log-softmax: ``logprob_logits_bytes``.)
+    """
+    return int(tokens * (e * vocab / tp + 8))
+
+
 def hybrid_engine_workspace_bytes(spec: ModelSpec, seqs: int, max_out_tokens: int, e: int, tp: int = 1) -> int:
     """DeepSpeed's inference workspace, allocated once by the first generation and kept in every phase.
 

@@ -30,6 +30,7 @@ What is read (``A`` = ``actor_rollout_ref``):
                                       prompt_len, gen_len
     A.rollout.name, .gpu_memory_utilization
                                       rollout_engine 'vllm' (sglang reserves the same fraction), or 'hf'
+    (always)                          logprob_kernel 'fused': flash-attn's cross-entropy (logprobs_from_logits)
     trainer.nnodes, trainer.n_gpus_per_node
                                       gpus, with the GPU named by the caller
 """
@@ -328,9 +329,10 @@ def fields(overrides: dict[str, Any], gpu: str | None = None) -> VerlRun:
     else:
         raise InputError(FIELD, f"{A}.rollout.name is {name!r}: set vllm, sglang or hf", name)
 
-    notes.append("log-probs at full length with memplan's path (bf16 logits, an fp32 copy, the fp32 log-softmax); "
-                 "verl packs sequences (use_remove_padding) and, with flash-attn's cross-entropy, makes no fp32 "
-                 "copies: the scoring and update logits are upper bounds")
+    out["logprob_kernel"] = "fused"  # logprobs_from_logits: flash-attn's cross-entropy, in-place backward
+    notes.append("log-probs by flash-attn's fused cross-entropy (verl's logprobs_from_logits) over full-length "
+                 "sequences: verl packs them (use_remove_padding), so the logits are an upper bound; the entropy of "
+                 "the old log-probs is taken as fused by torch.compile (use_torch_compile)")
     sp = num(f"{A}.actor.ulysses_sequence_parallel_size")
     if sp > 1:
         notes.append(f"ulysses_sequence_parallel_size {sp}: not modeled; activations and logits estimated "

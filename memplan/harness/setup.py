@@ -146,6 +146,8 @@ def resolve(req: EstimateRequest) -> Setup:
         notes.append("placement 'split' is not applied: every role traced in the same process")
     if req.offload_ref or req.offload_reward or req.offload == "optimizer+params":
         notes.append("parameter offload is not applied (needs ZeRO-3 / FSDP sharding)")
+    if req.logprob_kernel == "fused":
+        notes.append("logprob_kernel 'fused' is not run: log-probs traced with log_softmax of the fp32 logits")
     if req.idle_offload != "none":
         notes.append(f"idle offload ({req.idle_offload}) is not applied: every state traced on the device")
     if req.attention == "flash":

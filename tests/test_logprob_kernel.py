@@ -1,0 +1,66 @@
+"""``logprob_kernel``: log-probs and cross-entropy by ``log_softmax`` of fp32-cast logits, or by a fused kernel.
+
+Expected bytes worked by hand from the kernels' allocations (``memplan.estimator.formulas``): the log-softmax
+path holds bf16 logits, their fp32 copy and the fp32 log-softmax when scoring, (2 + 4 + 4)·V per position,
+and 3 · 4V in training; a fused cross-entropy (flash-attn's, as verl calls it) only the 16-bit logits, whose
+gradient it writes in place, and 8 bytes of fp32 outputs per position: 2V + 8.
+"""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+import memplan
+from api.main import create_app
+from memplan.cli.app import app
+from memplan.errors import InputError
+
+V = 152_064  # Qwen2.5-7B's vocabulary: the log-prob moment is each forward's largest, whichever kernel
+GRPO = dict(model="Qwen/Qwen2.5-7B", algo="grpo", gpus="8xA100-80GB", zero_stage=3, micro_batch_size=2,
+            score_micro_batch_size=8, prompt_len=256, gen_len=256)
+
+
+def _logits(report, phase: str) -> list[int]:
+    items = next(p for p in report.phases if p.phase == phase).items
+    return [li.bytes for li in items if li.category == "logits"]
+
+
+@pytest.mark.parametrize("kernel, scoring, training", [
+    ("log-softmax", 8 * 256 * V * 10, 2 * 256 * V * 12),
+    ("fused", 8 * 256 * (2 * V + 8), 2 * 256 * (2 * V + 8)),
+])
+def test_logits_of_each_kernel(kernel, scoring, training):
+    report = memplan.estimate(**GRPO, logprob_kernel=kernel)
+    assert _logits(report, "scoring") == [scoring]  # 8 sequences × 256 answer positions
+    assert _logits(report, "actor_update") == [training]  # 2 sequences trained at a time
+
+
+def test_sft_and_dpo_losses_too():
+    sft = memplan.estimate(model="Qwen/Qwen2.5-7B", algo="sft", gpus="8xA100-80GB", zero_stage=3,
+                           micro_batch_size=4, seq_len=1024, logprob_kernel="fused")
+    assert _logits(sft, "actor_update") == [4 * 1024 * (2 * V + 8)]  # every position through the LM head
+    dpo = memplan.estimate(model="Qwen/Qwen2.5-7B", algo="dpo", gpus="8xA100-80GB", zero_stage=3,
+                           micro_batch_size=2, seq_len=512, logprob_kernel="fused")
+    assert _logits(dpo, "scoring") == [4 * 512 * (2 * V + 8)]  # 2 pairs: chosen + rejected
+
+
+def test_deepspeed_chat_keeps_its_own_path():
+    with pytest.raises(InputError) as err:
+        memplan.estimate(**{**GRPO, "score_micro_batch_size": None}, rollout_engine="hybrid-engine",
+                         logprob_kernel="fused")
+    assert err.value.field == "logprob_kernel"
+
+
+def test_cli_and_api():
+    args = ["estimate", "--model", "Qwen/Qwen2.5-7B", "--algo", "grpo", "--gpus", "8xA100-80GB",
+            "--zero-stage", "3", "--micro-batch-size", "2", "--score-micro-batch-size", "8"]
+    ok = CliRunner().invoke(app, [*args, "--logprob-kernel", "fused", "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert memplan.Report.model_validate_json(ok.stdout) == memplan.estimate(**GRPO, logprob_kernel="fused")
+    bad = CliRunner().invoke(app, [*args, "--logprob-kernel", "liger"])
+    assert bad.exit_code == 2 and "--logprob-kernel" in bad.output
+    client = TestClient(create_app())
+    r = client.post("/v1/estimate", json={**GRPO, "logprob_kernel": "liger"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "logprob_kernel"]
