@@ -129,9 +129,9 @@ class EstimateRequest(BaseModel):
     gradient_checkpointing: bool = False
     attention: Attention = Field("sdpa", description="eager keeps b·a·s² fp32 scores per layer")
     logprob_kernel: LogprobKernel = Field(
-        "log-softmax", description="Log-probs and cross-entropy: 'log-softmax' of the fp32-cast logits (TRL, "
-        "OpenRLHF, DeepSpeed-Chat); 'fused', a fused cross-entropy kernel (verl with flash-attn's, Liger's): the "
-        "16-bit logits only, their gradient written in place"
+        "log-softmax", description="Log-probs and cross-entropy: 'log-softmax' of the fp32-cast logits of the "
+        "whole micro batch (the most a framework holds; memplan's tracer runs it); 'fused', a kernel that holds the "
+        "16-bit logits only and writes their gradient in place (verl: flash-attn's cross-entropy; Liger)"
     )
     lora_rank: int = Field(0, ge=0, le=65_536, description="LoRA rank (0: full fine-tuning)")
     lora_targets: LoraTargets = "all-linear"

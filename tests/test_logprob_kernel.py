@@ -64,3 +64,26 @@ def test_cli_and_api():
     client = TestClient(create_app())
     r = client.post("/v1/estimate", json={**GRPO, "logprob_kernel": "liger"})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "logprob_kernel"]
+
+
+@pytest.mark.parametrize("algo", ["grpo", "dpo", "sft"])
+def test_estimate_matches_the_traced_fused_kernel(algo):
+    """The tracer's stand-in for flash-attn's cross-entropy (``memplan.harness.steps.common._FusedLogprob``:
+    its allocations, fp32 outputs per row, the gradient written into the logits) against the estimate, phase
+    by phase within the accuracy tolerances; and the knob reaches the trace: the fused scoring peak is lower."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from memplan.harness import trace
+    from memplan.harness.accuracy import compare, table
+    from memplan.report import EstimateRequest
+
+    peaks = {}
+    for kernel in ("fused", "log-softmax"):
+        request = EstimateRequest(model="memplan/tiny-llama", algo=algo, gpus="1xH100-80GB", prompt_len=64,
+                                  gen_len=64, micro_batch_size=2, logprob_kernel=kernel)
+        rows = compare(f"{algo} tiny-llama {kernel}", trace(request))
+        bad = [(r.phase, name) for r in rows for name in r.over_tolerance()]
+        assert not bad, table(rows)
+        peaks[kernel] = {r.phase: r.traced_bytes for r in rows}
+    first = "actor_update" if algo == "sft" else "scoring"
+    assert peaks["fused"][first] < peaks["log-softmax"][first]

@@ -71,6 +71,7 @@ class Setup:
     micro_batch_size: int
     score_micro_batch_size: int
     """Sequences per scoring forward (``EstimateRequest.score_micro_batch_size``, default the micro batch)."""
+    logprob_kernel: str = "log-softmax"
     notes: tuple[str, ...] = ()
 
     @property
@@ -146,8 +147,6 @@ def resolve(req: EstimateRequest) -> Setup:
         notes.append("placement 'split' is not applied: every role traced in the same process")
     if req.offload_ref or req.offload_reward or req.offload == "optimizer+params":
         notes.append("parameter offload is not applied (needs ZeRO-3 / FSDP sharding)")
-    if req.logprob_kernel == "fused":
-        notes.append("logprob_kernel 'fused' is not run: log-probs traced with log_softmax of the fp32 logits")
     if req.idle_offload != "none":
         notes.append(f"idle offload ({req.idle_offload}) is not applied: every state traced on the device")
     if req.attention == "flash":
@@ -168,5 +167,5 @@ def resolve(req: EstimateRequest) -> Setup:
         greedy_pass=algo == "remax", prompt_len=req.prompt_len, gen_len=req.gen_len,
         seq_len=req.prompt_len + req.gen_len if generates else (req.seq_len or req.prompt_len + req.gen_len),
         micro_batch_size=req.micro_batch_size, score_micro_batch_size=req.score_micro_batch_size or req.micro_batch_size,
-        notes=tuple(notes),
+        logprob_kernel=req.logprob_kernel, notes=tuple(notes),
     )

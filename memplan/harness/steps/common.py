@@ -9,7 +9,8 @@ Every block does what the frameworks do on a GPU (TRL, OpenRLHF, verl, DeepSpeed
   long answer: the cache is grown to its final length in one go and the last steps are run for real, which
   leaves the same tensors alive at the same peak (the cache is largest at the last step).
 * ``sequence_logprobs`` — ``log_softmax(logits.float()).gather(ids)`` over the answer positions only
-  (``logits_to_keep``), as TRL and verl compute old/reference/policy log-probs.
+  (``logits_to_keep``); with ``logprob_kernel='fused'`` (``FUSED``), ``_FusedLogprob``: flash-attn's
+  ``cross_entropy_loss`` as verl calls it (``inplace_backward=True``), by its allocations.
 * ``Trainer.step`` — the optimizer step of one trained model: with master weights, the 16-bit gradients are
   converted one by one into fp32 gradients of the fp32 masters (and freed), the optimizer steps the masters,
   the masters are copied back into the 16-bit weights (DeepSpeed's bf16/fp16 optimizers, FSDP
@@ -32,6 +33,7 @@ the actor's ``buffer``; the optimizer's transients are ``temp``.
 
 from __future__ import annotations
 
+import contextvars
 from dataclasses import dataclass, field
 
 import torch
@@ -203,6 +205,54 @@ def micro_batches(n: int, size: int) -> list[tuple[int, int, bool]]:
     return [(i, min(i + size, n), k < 2) for k, i in enumerate(range(0, n, size))]
 
 
+FUSED: contextvars.ContextVar[bool] = contextvars.ContextVar("fused_logprobs", default=False)
+"""Log-probs and cross-entropy by ``_FusedLogprob`` (set by ``run_steps`` from ``Setup.logprob_kernel``)."""
+FUSED_ROWS = 1024
+"""The fused kernel's stand-in takes a row's log-sum-exp in fp32 over 1/``FUSED_ROWS`` of the rows at a time
+(the Triton kernel keeps a row block in registers: no copy at all)."""
+
+
+class _FusedLogprob(torch.autograd.Function):
+    """log p(label) per row of 16-bit ``logits`` [N, V], with flash-attn's ``cross_entropy_loss``'s allocations
+    (``flash_attn/ops/triton/cross_entropy.py``, verl's ``logprobs_from_logits``): fp32 outputs per row (the
+    log-prob and the log-sum-exp it saves for backward); backward writes the logits' gradient into the logits
+    (``inplace_backward=True``). Labels below 0 give 0."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        n = logits.shape[0]
+        lse = torch.empty(n, dtype=torch.float32, device=logits.device)
+        step = max(1, n // FUSED_ROWS)
+        for i in range(0, n, step):
+            lse[i:i + step] = torch.logsumexp(logits[i:i + step].float(), -1)
+        safe = labels.clamp(min=0)
+        out = logits.gather(-1, safe[:, None]).squeeze(-1).float() - lse
+        out = out.masked_fill(labels < 0, 0.0)
+        ctx.save_for_backward(logits, safe, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
+        logits, labels, lse = ctx.saved_tensors
+        n = logits.shape[0]
+        step = max(1, n // FUSED_ROWS)
+        for i in range(0, n, step):  # d log p(label) / d logits = onehot(label) − softmax, times grad
+            rows = slice(i, i + step)
+            g = (logits[rows].float() - lse[rows, None]).exp_().mul_(-grad[rows, None])
+            g.scatter_add_(-1, labels[rows, None], grad[rows, None])
+            logits[rows].copy_(g)
+        return logits, None
+
+
+def _fused(logits: torch.Tensor, labels: torch.Tensor, probe: Probe, role: str) -> torch.Tensor:
+    """``_FusedLogprob`` over [..., V] logits (contiguous: no copy), labelled as logits forward and backward."""
+    with probe.section(category="logits"):
+        out = _FusedLogprob.apply(logits.view(-1, logits.shape[-1]), labels.reshape(-1))
+        if out.requires_grad:
+            label_backward(out, probe, role, "logits")
+        return out.view(labels.shape)
+
+
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, probe: Probe, role: str) -> torch.Tensor:
     """log p(label) per position: ``log_softmax(logits.float()).gather(labels)`` (fp32)."""
     with probe.section(category="logits"):
@@ -218,6 +268,10 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, probe: Probe, rol
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, probe: Probe, role: str) -> torch.Tensor:
     """transformers' ``ForCausalLMLoss``: fp32 logits, labels shifted left by one (padded with -100), mean
     cross-entropy — written as its two ATen ops (``cross_entropy`` is log-softmax + NLL) to label both."""
+    if FUSED.get():  # the mean of the fused kernel's −log-probs over the labelled positions
+        shifted = F.pad(labels, (0, 1), value=-100)[..., 1:].contiguous()
+        logp = _fused(logits, shifted, probe, role)
+        return -logp.sum() / (shifted >= 0).sum()
     with probe.section(category="logits"):
         upcast = logits.float()
         shifted = F.pad(labels, (0, 1), value=-100)[..., 1:].contiguous()
@@ -229,7 +283,15 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, probe: Probe, rol
 
 
 def sequence_logprobs(model: nn.Module, seq: torch.Tensor, n: int, probe: Probe, role: str) -> torch.Tensor:
-    """Log-probs of the last ``n`` tokens of ``seq`` under ``model`` ([b, n], fp32)."""
+    """Log-probs of the last ``n`` tokens of ``seq`` under ``model`` ([b, n], fp32). Fused: over the n + 1 kept
+    positions with the labels shifted (as verl rolls them), the last one masked: no slice of the logits, whose
+    backward would allocate their full size again."""
+    if FUSED.get():
+        logits = model(input_ids=seq, use_cache=False, logits_to_keep=n + 1).logits
+        if logits.requires_grad:
+            label_backward(logits, probe, role, "logits")
+        labels = F.pad(seq[:, -n:], (0, 1), value=-1)
+        return _fused(logits, labels, probe, role)[:, :-1]
     logits = model(input_ids=seq, use_cache=False, logits_to_keep=n + 1).logits[:, :-1]
     if logits.requires_grad:
         label_backward(logits, probe, role, "logits")
