@@ -418,13 +418,14 @@ def phases(run: Run, states: dict[str, States]) -> dict[str, list[Activity]]:
         if r is None:
             return []
         st = states[role]
-        return _with(_loaded(r, st, False), forward(run, r, st, f"{role} {what}", seqs, first=role != "actor"))
+        acts = forward(run, r, st, f"{role} {what}", seqs, first=role != "actor")
+        return _with(_loaded(r, st, False), acts) if run.idle_offload else acts
 
     def update(role: str) -> list[Activity]:
         r, st = roles[role], states[role]
         setup = _train_setup(run, r, st)  # the step's geometry, shared by its moments
-        return _with(_loaded(r, st, True), train(run, r, st, setup) + checkpointed_loss(run, r, st, setup)
-                     + fsdp_backward(run, r, st, setup))
+        acts = train(run, r, st, setup) + checkpointed_loss(run, r, st, setup) + fsdp_backward(run, r, st, setup)
+        return _with(_loaded(r, st, True), acts) if run.idle_offload else acts
 
     scoring = run.score_seqs  # sequences per scoring forward
     recipe: dict[str, list[Activity]] = {}
@@ -432,7 +433,7 @@ def phases(run: Run, states: dict[str, States]) -> dict[str, list[Activity]]:
         rollout = generate(run, actor, states["actor"], "sampled rollout")
         if run.greedy_pass:
             rollout += generate(run, actor, states["actor"], "greedy rollout (ReMax baseline)", first=False)
-        if run.rollout_engine != "vllm":  # the actor itself generates
+        if run.idle_offload and run.rollout_engine != "vllm":  # the actor itself generates
             _with(_loaded(actor, states["actor"], False), rollout)
         recipe["rollout"] = rollout
         dschat = run.rollout_engine == "hybrid-engine" and run.placement == "colocated"

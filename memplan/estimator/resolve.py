@@ -81,6 +81,8 @@ class Run(NamedTuple):
     """Positions per sequence whose vocabulary logits the loss needs."""
     fused_logprobs: bool
     """Log-probs and cross-entropy by a fused kernel (``logprob_kernel='fused'``)."""
+    idle_offload: bool
+    """Trained roles' states wait on the CPU while idle (``idle_offload``): see ``RoleSetup.sharding``."""
     experience_seqs: int
     gradient_checkpointing: bool
     eager_attention: bool
@@ -247,7 +249,7 @@ def resolve(req: EstimateRequest) -> Run:
         prompt_len=req.prompt_len, gen_len=req.gen_len, train_seq_len=seq,
         train_seqs=req.micro_batch_size * (2 if algo == "dpo" else 1),
         score_seqs=score_micro * (2 if algo == "dpo" else 1), logit_tokens=logit_tokens,
-        fused_logprobs=req.logprob_kernel == "fused",
+        fused_logprobs=req.logprob_kernel == "fused", idle_offload=req.idle_offload != "none",
         experience_seqs=prompts * group * (2 if algo == "remax" else 1) if generates else 0,
         gradient_checkpointing=req.gradient_checkpointing, eager_attention=req.attention == "eager",
         lora_rank=req.lora_rank, lora_targets=req.lora_targets, rollout_engine=req.rollout_engine,
