@@ -15,6 +15,7 @@ cheapest to run to the most memory-saving:
     <role> ZeRO stage             trained roles 0 → 1 → 2 → 3, frozen roles 0 → 3 (the engine stays as given)
     vllm_gpu_memory_utilization   0.9 → 0.2 (rollout_engine 'vllm')
     score_micro_batch_size        the given one → halvings → 1 (when given: the scoring forwards' micro batch)
+    logprob_kernel                log-softmax → fused (a fused cross-entropy: TRL's use_liger_kernel, verl)
     micro_batch_size              the largest that fits, at most the given one (bisection at each leaf)
 
 When the request does not fit the GPU, each dimension runs from the user's value toward the saving end
@@ -53,11 +54,11 @@ from memplan.units import GiB
 
 Knob = Literal["zero_stage", "offload", "offload_ref", "offload_reward", "gradient_checkpointing", "lora",
                "micro_batch_size", "tp", "placement", "vllm_gpu_memory_utilization", "score_micro_batch_size",
-               "idle_offload"]
+               "idle_offload", "logprob_kernel"]
 KNOBS: tuple[str, ...] = get_args(Knob)
 """Names ``plan(allow=...)`` accepts; ``zero_stage`` covers every role's stage."""
 COST_ORDER = ("method_change", "cpu_offloads", "recompute", "tp", "zero_stage_total", "split_placement",
-              "vllm_fraction", "lora_rank", "micro_batch", "score_micro_batch", "changes")
+              "vllm_fraction", "lora_rank", "micro_batch", "score_micro_batch", "kernel_change", "changes")
 """The terms of ``candidate_cost``, compared left to right."""
 LORA_RANKS = (64, 16, 8)
 VLLM_FRACTIONS = (0.9, 0.7, 0.5, 0.4, 0.3, 0.2)
@@ -171,7 +172,9 @@ def candidate_cost(given: EstimateRequest, req: EstimateRequest, roles: list[str
     8. lora_rank — minus the LoRA rank (a larger adapter is closer to what was asked);
     9. micro_batch — minus the micro-batch size (larger first);
     10. score_micro_batch — minus the scoring micro batch, when one is given (larger first);
-    11. changes — number of request fields that differ from the user's.
+    11. kernel_change — 1 if a fused log-prob kernel replaces the given log-softmax (no throughput cost, but
+        a dependency to install: after every knob that costs throughput, before the count of changes);
+    12. changes — number of request fields that differ from the user's.
     """
     stage = {r: getattr(req, ZERO_FIELDS[r]) for r in roles}
     offloads = (OFFLOAD_LEVEL[req.offload] + IDLE_LEVEL[req.idle_offload] + int(req.offload_ref and "reference" in roles)
@@ -187,6 +190,7 @@ def candidate_cost(given: EstimateRequest, req: EstimateRequest, roles: list[str
         "lora_rank": -req.lora_rank,
         "micro_batch": -req.micro_batch_size,
         "score_micro_batch": -(req.score_micro_batch_size or 0),
+        "kernel_change": int(req.logprob_kernel != given.logprob_kernel),
         "changes": len(_changes(given, req)),
     }
 
@@ -282,6 +286,9 @@ def _dimensions(given: EstimateRequest, base: Report, allow: set[str], side: str
     if given.rollout_engine == "vllm" and given.algo in GENERATES:
         dims.append(dim("vllm_gpu_memory_utilization", VLLM_FRACTIONS if "vllm_gpu_memory_utilization" in allow
                         else (), given.vllm_gpu_memory_utilization, key=lambda u: -u))
+    if not (given.rollout_engine == "hybrid-engine" and given.algo in GENERATES):  # DeepSpeed-Chat: its own path
+        dims.append(dim("logprob_kernel", ("log-softmax", "fused") if "logprob_kernel" in allow else (),
+                        given.logprob_kernel, key=("log-softmax", "fused").index))
     score = given.score_micro_batch_size
     if score is not None and given.algo != "sft":
         halvings = tuple(sorted({score >> k for k in range(score.bit_length())}, reverse=True))  # score … 1

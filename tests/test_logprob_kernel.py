@@ -87,3 +87,22 @@ def test_estimate_matches_the_traced_fused_kernel(algo):
         peaks[kernel] = {r.phase: r.traced_bytes for r in rows}
     first = "actor_update" if algo == "sft" else "scoring"
     assert peaks["fused"][first] < peaks["log-softmax"][first]
+
+
+def test_plan_offers_a_fused_kernel_first_when_logits_overflow():
+    """GRPO on Qwen2.5-7B scoring 32 answers of 4,096 tokens at a time overflows in scoring; a fused kernel
+    (TRL's use_liger_kernel, verl's default) costs no throughput and ranks before smaller batches or TP."""
+    from memplan.planner import plan
+    from memplan.report import EstimateRequest
+
+    request = EstimateRequest(model="Qwen/Qwen2.5-7B", algo="grpo", gpus="8xH100-80GB", engine="fsdp", zero_stage=3,
+                              gradient_checkpointing=True, rollout_engine="vllm", micro_batch_size=4,
+                              rollout_batch_size=16, group_size=8, prompt_len=1024, gen_len=4096,
+                              score_micro_batch_size=32)
+    assert not memplan.estimate(request).fits
+    result = plan(request, allow={"logprob_kernel", "score_micro_batch_size", "tp"})
+    assert result.candidates[0].changes == {"logprob_kernel": ("log-softmax", "fused")}
+    assert memplan.estimate(request.model_copy(update={"logprob_kernel": "fused"})).fits
+    dschat = plan(EstimateRequest(**{**GRPO, "score_micro_batch_size": None, "rollout_engine": "hybrid-engine"}),
+                  allow={"logprob_kernel", "zero_stage"})
+    assert "logprob_kernel" not in dschat.knobs

@@ -72,9 +72,9 @@ def plan(
         render.plan(result)
 
 
-plan.__doc__ = f"""Search the knobs you allow (ZeRO stage, CPU offload, gradient checkpointing, LoRA, micro batch, tensor parallel, placement, vLLM memory fraction, scoring micro batch) for configurations that fit, cheapest first; or, with --max-batch / --max-rollout-batch / --max-score-batch / --min-gpus, the largest batch or the fewest GPUs that fit.
+plan.__doc__ = f"""Search the knobs you allow (ZeRO stage, CPU offload, gradient checkpointing, LoRA, micro batch, tensor parallel, placement, vLLM memory fraction, idle offload, log-prob kernel, scoring micro batch) for configurations that fit, cheapest first; or, with --max-batch / --max-rollout-batch / --max-score-batch / --min-gpus, the largest batch or the fewest GPUs that fit.
 
-Cost, compared in order (lower first): LoRA instead of full fine-tuning, CPU offloads, recomputation, tensor-parallel degree, sum of ZeRO stages, split placement, smaller vLLM fraction, smaller LoRA rank, smaller micro batch, smaller scoring micro batch, number of changed settings. Fits means GPU memory and host RAM (--host-ram-gib).
+Cost, compared in order (lower first): LoRA instead of full fine-tuning, CPU offloads, recomputation, tensor-parallel degree, sum of ZeRO stages, split placement, smaller vLLM fraction, smaller LoRA rank, smaller micro batch, smaller scoring micro batch, a new log-prob kernel, number of changed settings. Fits means GPU memory and host RAM (--host-ram-gib).
 
 Example: memplan plan --model meta-llama/Llama-2-7b-hf --algo ppo --gpus 8xA100-40GB --allow zero_stage,offload,gradient_checkpointing
 
