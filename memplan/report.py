@@ -33,7 +33,7 @@ OptimizerImpl = Literal["auto", "foreach", "fused", "for-loop"]
 Offload = Literal["none", "optimizer", "optimizer+params"]
 IdleOffload = Literal["none", "params", "optimizer", "params+optimizer"]
 RefMode = Literal["separate", "lora-shared", "none"]
-RolloutEngine = Literal["hf", "hybrid-engine", "vllm"]
+RolloutEngine = Literal["hf", "hybrid-engine", "vllm", "remote"]
 Attention = Literal["sdpa", "flash", "eager"]
 Engine = Literal["deepspeed", "fsdp", "torch"]
 Placement = Literal["colocated", "split"]
@@ -154,7 +154,11 @@ class EstimateRequest(BaseModel):
     group_size: int | None = Field(None, ge=1, le=4096, description="Completions per prompt (GRPO 8, RLOO 4)")
 
     # rollout engine
-    rollout_engine: RolloutEngine = "hf"
+    rollout_engine: RolloutEngine = Field(
+        "hf", description="Generation: HF generate on the training GPUs, DeepSpeed-Chat's hybrid engine, colocated "
+        "vLLM, or 'remote' — an inference server on other GPUs (TRL's vllm_mode='server', OpenRLHF's vLLM "
+        "engines): the training GPUs only send it their weights"
+    )
     vllm_gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)
 
     # fixed costs and host

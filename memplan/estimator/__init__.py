@@ -179,6 +179,8 @@ def _compute(request: EstimateRequest) -> Report:
     if run.rollout_engine == "vllm":
         notes.append("vLLM assumed in sleep mode outside rollout; its CUDA graphs are not counted "
                      "(enforce_eager avoids them)")
+    elif run.rollout_engine == "remote" and run.rollout_seqs:
+        notes.append("generation runs on other GPUs (rollout_engine 'remote'): those GPUs are not in this estimate")
     total = peak.total_bytes
     return trusted(Report, dict(
         request=request, gpu=run.gpu_name, num_gpus=run.num_gpus, fits=total <= run.capacity_bytes,

@@ -9,7 +9,9 @@ with the transient bytes it adds on top of the resident models. Knobs and their 
   at ``deepspeed.initialize`` (``engine.py::_configure_distributed_model``): 16-bit adapters, with masters.
 * ``attention='eager'`` — adds the b·a·s² fp32 softmax and its bf16 copy per layer.
 * ``rollout_engine`` — 'hf': KV cache grows to prompt + answer; 'vllm': reserves ``gpu_memory_utilization``
-  × the GPU for its own weights and KV cache during rollout, asleep (freed) in the other phases;
+  × the GPU for its own weights and KV cache during rollout, asleep (freed) in the other phases; 'remote':
+  generation runs on other GPUs (an inference server), the training GPUs only send it the actor's weights,
+  gathered one unit at a time under ZeRO-3/FSDP (TRL and OpenRLHF sync module by module);
   'hybrid-engine': DeepSpeed-Chat's (and ReMax's) trainer on DeepSpeed 0.10.3 + transformers 4.31
   (its terms live in ``dschat``): the engine gathers the actor's full weights (ZeRO-3) and keeps its inference
   workspace (KV cache included) in every phase; make-experience keeps the actor's and reference's
@@ -164,6 +166,9 @@ def generate(run: Run, actor: RoleSetup, st: States, name: str, first: bool = Tr
         act.add("actor", "other", int(run.vllm_utilization * run.capacity_bytes),
                 "vLLM reserves gpu_memory_utilization × GPU memory (its weights + KV cache)")
         return [act]
+    if run.rollout_engine == "remote":  # generated elsewhere: the weight sync is all that runs here
+        return [Activity(f"{name}: weight sync to the remote engine",
+                         [("actor", "parameter", _gathered(st, first), "gathered weights, one unit at a time")])]
     spec, seqs, tokens, e, tp = actor.spec, run.rollout_seqs, run.prompt_len + run.gen_len, run.e, run.tp
     if run.rollout_engine == "hybrid-engine":  # K/V in the engine's workspace (``dschat``)
         if st.gather or actor.sharding.offload_params:
