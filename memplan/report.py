@@ -160,6 +160,10 @@ class EstimateRequest(BaseModel):
         "engines): the training GPUs only send it their weights"
     )
     vllm_gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)
+    vllm_sleep_mode: bool = Field(
+        True, description="Colocated vLLM frees its memory outside rollout (verl; TRL's vllm_enable_sleep_mode, "
+        "off by default: then its reservation stays through scoring and training)"
+    )
 
     # fixed costs and host
     cuda_context_bytes: int | None = Field(None, ge=0, le=1 << 40, description="Override the GPU's CUDA context")

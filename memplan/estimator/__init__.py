@@ -177,8 +177,8 @@ def _compute(request: EstimateRequest) -> Report:
         notes.append(f"CPU offload needs {host_per_node / 2**30:.0f} GiB of host RAM per node, more than the "
                      f"{run.host_ram_bytes_per_node / 2**30:.0f} GiB given (host_ram_bytes_per_node)")
     if run.rollout_engine == "vllm":
-        notes.append("vLLM assumed in sleep mode outside rollout; its CUDA graphs are not counted "
-                     "(enforce_eager avoids them)")
+        notes.append(("vLLM assumed in sleep mode outside rollout" if run.vllm_sleep else "vLLM awake in every "
+                      "phase (no sleep mode)") + "; its CUDA graphs are not counted (enforce_eager avoids them)")
     elif run.rollout_engine == "remote" and run.rollout_seqs:
         notes.append("generation runs on other GPUs (rollout_engine 'remote'): those GPUs are not in this estimate")
     total = peak.total_bytes

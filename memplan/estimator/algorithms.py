@@ -163,8 +163,9 @@ def generate(run: Run, actor: RoleSetup, st: States, name: str, first: bool = Tr
     prefill is the actor's first forward in the step (FSDP2 at stage 2 unshards its layers there)."""
     if run.rollout_engine == "vllm":
         act = Activity(name)
-        act.add("actor", "other", int(run.vllm_utilization * run.capacity_bytes),
-                "vLLM reserves gpu_memory_utilization × GPU memory (its weights + KV cache)")
+        if run.vllm_sleep:  # else the reservation is kept in every activity (``_vllm_awake``)
+            act.add("actor", "other", _vllm_bytes(run), "vLLM reserves gpu_memory_utilization × GPU memory (its "
+                    "weights + KV cache)")
         return [act]
     if run.rollout_engine == "remote":  # generated elsewhere: the weight sync is all that runs here
         return [Activity(f"{name}: weight sync to the remote engine",
@@ -403,6 +404,17 @@ def _with(loaded: list[Item], activities: list[Activity]) -> list[Activity]:
     return activities
 
 
+def _vllm_bytes(run: Run) -> int:
+    return int(run.vllm_utilization * run.capacity_bytes)
+
+
+def _vllm_awake(run: Run, recipe: dict[str, list[Activity]]) -> None:
+    """Colocated vLLM without sleep mode (TRL's default): its reservation stays through every phase."""
+    if run.rollout_engine == "vllm" and not run.vllm_sleep and run.rollout_seqs:
+        kept = (Item("actor", "other", _vllm_bytes(run), "vLLM's reservation, awake (no sleep mode)"),)
+        keep_alive(recipe, kept, "actor", run.placement == "split")
+
+
 def _persisting_gradients(run: Run, recipe: dict[str, list[Activity]], states: dict[str, States]) -> None:
     """Gradients kept between steps, shared by every activity (of the same role's GPUs under split placement)."""
     split = run.placement == "split"
@@ -460,6 +472,7 @@ def phases(run: Run, states: dict[str, States]) -> dict[str, list[Activity]]:
         recipe["actor_update"] = update("actor")
     else:  # sft
         recipe["actor_update"] = update("actor")
+    _vllm_awake(run, recipe)
     _persisting_gradients(run, recipe, states)
     _fsdp_persisting_layers(run, recipe, states)
     return recipe

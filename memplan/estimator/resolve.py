@@ -90,6 +90,8 @@ class Run(NamedTuple):
     lora_targets: str
     rollout_engine: str
     vllm_utilization: float
+    vllm_sleep: bool
+    """Colocated vLLM frees its memory outside rollout; else its reservation stays in every phase."""
     tp: int
     placement: str
     host_ram_bytes_per_node: int
@@ -253,7 +255,8 @@ def resolve(req: EstimateRequest) -> Run:
         experience_seqs=prompts * group * (2 if algo == "remax" else 1) if generates else 0,
         gradient_checkpointing=req.gradient_checkpointing, eager_attention=req.attention == "eager",
         lora_rank=req.lora_rank, lora_targets=req.lora_targets, rollout_engine=req.rollout_engine,
-        vllm_utilization=req.vllm_gpu_memory_utilization, tp=req.tp, placement=req.placement,
+        vllm_utilization=req.vllm_gpu_memory_utilization, vllm_sleep=req.vllm_sleep_mode, tp=req.tp,
+        placement=req.placement,
         host_ram_bytes_per_node=req.host_ram_bytes_per_node,
     )
 
