@@ -160,6 +160,11 @@ class EstimateRequest(BaseModel):
         "engines): the training GPUs only send it their weights"
     )
     vllm_gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)
+    gather_for_generation: bool = Field(
+        False, description="Under ZeRO-3 / FSDP, gather the whole actor to generate (rollout_engine 'hf') or to "
+        "send its weights to a remote engine, instead of one unit at a time (TRL's ds3_gather_for_generation, on "
+        "by default)"
+    )
     vllm_sleep_mode: bool = Field(
         True, description="Colocated vLLM frees its memory outside rollout (verl; TRL's vllm_enable_sleep_mode, "
         "off by default: then its reservation stays through scoring and training)"

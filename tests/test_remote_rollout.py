@@ -44,3 +44,16 @@ def test_cli():
     assert r.exit_code == 0, r.output
     assert memplan.Report.model_validate_json(r.stdout) == memplan.estimate(
         model="Qwen/Qwen2.5-7B", algo="grpo", gpus="8xH100-80GB", zero_stage=3, rollout_engine="remote")
+
+
+def test_gather_for_generation_holds_the_whole_actor():
+    """TRL's ``ds3_gather_for_generation`` (its default): a ZeRO-3 actor gathered whole, 2 bytes × Ψ (the
+    catalog's parameter count, checked against transformers), to generate or to send to the remote engine;
+    nothing changes for an actor that is not sharded."""
+    psi = memplan.estimate(**RUN).models[0].num_params
+    for engine in ("hf", "remote"):
+        report = memplan.estimate(**RUN, rollout_engine=engine, gather_for_generation=True)
+        rollout = _phase(report, "rollout")
+        assert [li.bytes for li in rollout.items if "whole actor" in li.note] == [2 * psi], engine
+    stage2 = {**RUN, "zero_stage": 2}
+    assert memplan.estimate(**stage2, gather_for_generation=True).phases == memplan.estimate(**stage2).phases

@@ -167,9 +167,11 @@ def generate(run: Run, actor: RoleSetup, st: States, name: str, first: bool = Tr
             act.add("actor", "other", _vllm_bytes(run), "vLLM reserves gpu_memory_utilization × GPU memory (its "
                     "weights + KV cache)")
         return [act]
+    whole = run.gather_for_generation and (st.gather or actor.sharding.offload_params)  # a sharded actor, whole
     if run.rollout_engine == "remote":  # generated elsewhere: the weight sync is all that runs here
-        return [Activity(f"{name}: weight sync to the remote engine",
-                         [("actor", "parameter", _gathered(st, first), "gathered weights, one unit at a time")])]
+        weights = (("actor", "parameter", st.full_gather, "the whole actor gathered (gather_for_generation)")
+                   if whole else ("actor", "parameter", _gathered(st, first), "gathered weights, one unit at a time"))
+        return [Activity(f"{name}: weight sync to the remote engine", [weights])]
     spec, seqs, tokens, e, tp = actor.spec, run.rollout_seqs, run.prompt_len + run.gen_len, run.e, run.tp
     if run.rollout_engine == "hybrid-engine":  # K/V in the engine's workspace (``dschat``)
         if st.gather or actor.sharding.offload_params:
@@ -185,12 +187,14 @@ def generate(run: Run, actor: RoleSetup, st: States, name: str, first: bool = Tr
     per_token = _forward_per_token(spec, e, tp, _lora_mlp(actor, run))
     kv = kv_cache_bytes(spec, tokens, seqs, e, tp)
     prefill = Activity(f"{name}: prefill", [
+        ("actor", "parameter", st.full_gather, "the whole actor gathered (gather_for_generation)") if whole else
         ("actor", "parameter", _gathered(st, first), "ZeRO-3 layer gather"),
         ("actor", "kv_cache", kv_cache_bytes(spec, run.prompt_len, seqs, e, tp),
          f"{seqs} seqs × {run.prompt_len} prompt tokens"),
         ("actor", "activation", int(seqs * run.prompt_len * per_token), "one layer's intermediates"),
     ])
     decode = Activity(f"{name}: last decode step", [
+        ("actor", "parameter", st.full_gather, "the whole actor gathered (gather_for_generation)") if whole else
         ("actor", "parameter", _gathered(st, False), "ZeRO-3 layer gather"),
         ("actor", "kv_cache", kv, f"{seqs} seqs × {tokens} tokens"),
         ("actor", "temp", kv // (2 * spec.num_layers),
@@ -198,8 +202,9 @@ def generate(run: Run, actor: RoleSetup, st: States, name: str, first: bool = Tr
         ("actor", "activation", int(seqs * per_token), "one token's intermediates"),
         ("actor", "logits", logprob_logits_bytes(seqs, spec.vocab_size, e, False, tp), "next-token"),
     ])
-    _fsdp_copy_out(prefill, "actor", st, first)
-    _fsdp_copy_out(decode, "actor", st, False)
+    if not whole:
+        _fsdp_copy_out(prefill, "actor", st, first)
+        _fsdp_copy_out(decode, "actor", st, False)
     return [prefill, decode]
 
 
