@@ -31,8 +31,9 @@ dimension; where it can (ZeRO stages on one GPU add buckets and gathers but shar
 configuration may be missed.
 
 ``max_micro_batch_size``, ``max_rollout_batch_size``, ``max_score_micro_batch_size`` and ``min_gpus`` answer
-one number each (doubling, then bisection); ``batch_limit`` and ``gpu_limit`` wrap them in a ``LimitReport`` that carries the estimate
-at the answer and one step past it (one more sequence; the next smaller GPU count), which does not fit.
+one number each (doubling, then bisection); ``batch_limit`` and ``gpu_limit`` wrap them in a ``LimitReport``
+that carries the estimate at the answer and one step past it (one more sequence; the next smaller GPU count),
+which does not fit.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from memplan.errors import InputError
 from memplan.estimator import estimate
-from memplan.estimator.resolve import DEFAULT_GROUP
+from memplan.estimator.resolve import resolve
 from memplan.report import MAX_BATCH, EstimateRequest, Report
 from memplan.units import GiB
 
@@ -177,8 +178,8 @@ def candidate_cost(given: EstimateRequest, req: EstimateRequest, roles: list[str
     12. changes — number of request fields that differ from the user's.
     """
     stage = {r: getattr(req, ZERO_FIELDS[r]) for r in roles}
-    offloads = (OFFLOAD_LEVEL[req.offload] + IDLE_LEVEL[req.idle_offload] + int(req.offload_ref and "reference" in roles)
-                + int(req.offload_reward and "reward" in roles))
+    offloads = (OFFLOAD_LEVEL[req.offload] + IDLE_LEVEL[req.idle_offload]
+                + int(req.offload_ref and "reference" in roles) + int(req.offload_reward and "reward" in roles))
     return {
         "method_change": int(req.lora_rank > 0 and given.lora_rank == 0),
         "cpu_offloads": offloads,
@@ -541,16 +542,17 @@ def max_rollout_batch_size(request: EstimateRequest) -> int | None:
 
 def scored_sequences(request: EstimateRequest) -> int:
     """The sequences one GPU scores per step, the most a scoring micro batch holds: rollout prompts × group
-    size (DPO: the micro batch's pairs). ``InputError`` where nothing is scored in micro batches."""
+    size (DPO: the micro batch's pairs), as ``resolve`` counts them. ``InputError`` where nothing is scored in
+    micro batches."""
     if request.algo == "sft":
         raise InputError("algo", "SFT has no scoring phase", request.algo)
-    if request.algo == "dpo":
-        return request.micro_batch_size
-    if request.rollout_engine == "hybrid-engine" and request.placement == "colocated":
+    run = resolve(request.model_copy(update={"score_micro_batch_size": None}))
+    if run.algo == "dpo":
+        return run.train_seqs // 2  # chosen + rejected of each pair
+    if run.rollout_engine == "hybrid-engine" and run.placement == "colocated":
         raise InputError("rollout_engine", "DeepSpeed-Chat's hybrid engine scores each generation batch whole: "
                          "use max_rollout_batch_size", request.rollout_engine)
-    prompts = request.rollout_batch_size or request.micro_batch_size
-    return prompts * (request.group_size or DEFAULT_GROUP.get(request.algo, 1))
+    return run.rollout_seqs
 
 
 def max_score_micro_batch_size(request: EstimateRequest) -> int | None:
@@ -649,9 +651,12 @@ def batch_limit(request: EstimateRequest, field: str = "micro_batch_size") -> Li
     if field not in BATCH_FIELDS:
         raise InputError("field", f"must be one of {', '.join(BATCH_FIELDS)}", field)
     estimate(request)  # bad input raises here, naming its field
-    limit = scored_sequences(request) if field == "score_micro_batch_size" else MAX_BATCH
-    n = {"micro_batch_size": max_micro_batch_size, "rollout_batch_size": max_rollout_batch_size,
-         "score_micro_batch_size": max_score_micro_batch_size}[field](request)
+    if field == "score_micro_batch_size":
+        limit = scored_sequences(request)
+        n = _largest(request, field, limit)
+    else:
+        limit = MAX_BATCH
+        n = max_micro_batch_size(request) if field == "micro_batch_size" else max_rollout_batch_size(request)
     past = (n or 0) + 1
     return LimitReport(
         request=request, search=f"max_{field}", **{f"max_{field}": n}, found=n is not None,

@@ -44,7 +44,8 @@ def test_ppo_overrides_with_defaults():
     f = run.fields
     assert (f["algo"], f["gpus"], f["critic_model"], f["reward"], f["reward_model"]) == (
         "ppo", "4xA100-80GB", "Qwen/Qwen2.5-1.5B", "model", "Qwen/Qwen2.5-1.5B")  # adv_estimator gae (default)
-    assert (f["offload"], "idle_offload" in f, f["lora_rank"], f["ref"]) == ("optimizer+params", False, 32, "lora-shared")
+    assert (f["offload"], "idle_offload" in f, f["lora_rank"], f["ref"]) == (
+        "optimizer+params", False, 32, "lora-shared")
     # dynamic batches: 8192 tokens ÷ (512 + 512) default lengths = 8 sequences, for training and for scoring
     assert (f["micro_batch_size"], f["score_micro_batch_size"], f["prompt_len"], f["gen_len"]) == (8, 8, 512, 512)
     assert (f["rollout_batch_size"], f["group_size"], f["vllm_gpu_memory_utilization"]) == (256, 1, 0.5)  # 1024 ÷ 4
@@ -72,7 +73,8 @@ def test_shell_variables_and_arithmetic():
     ("actor_rollout_ref.model.path=Qwen/Qwen2.5-7B actor_rollout_ref.actor.strategy=megatron", "megatron"),
     ("actor_rollout_ref.model.path=Qwen/Qwen2.5-7B actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
      "rollout.name"),
-    ("actor_rollout_ref.model.path=Qwen/Qwen2.5-7B actor_rollout_ref.rollout.name=vllm", "ppo_micro_batch_size_per_gpu"),
+    ("actor_rollout_ref.model.path=Qwen/Qwen2.5-7B actor_rollout_ref.rollout.name=vllm",
+     "ppo_micro_batch_size_per_gpu"),
     ("actor_rollout_ref.model.path=$MODEL actor_rollout_ref.rollout.name=vllm", "model.path"),
     ("data.max_response_length=$((2 ** 10)) actor_rollout_ref.model.path=x", "cannot evaluate"),
     ("python3 train.py --lr 1e-6", "no verl overrides"),
@@ -93,7 +95,8 @@ def test_cli_reads_the_script_and_flags_override_it():
     assert "verl: actor_rollout_ref.model.path=Qwen/Qwen2.5-7B-Instruct" in r.stderr
     whole = runner.invoke(app, ["estimate", "--verl", str(SCRIPT), "--gpus", "4xA100-80GB", "--json"])
     assert memplan.Report.model_validate_json(whole.stdout).num_gpus == 4  # a cluster with a count wins
-    for args, words in ((["--verl", str(SCRIPT)], "--gpus"), (["--verl", "missing.sh", "--gpus", "H100-80GB"], "--verl")):
+    for args, words in ((["--verl", str(SCRIPT)], "--gpus"),
+                        (["--verl", "missing.sh", "--gpus", "H100-80GB"], "--verl")):
         bad = runner.invoke(app, ["estimate", *args])
         assert bad.exit_code == 2 and words in bad.output, bad.output
 
@@ -115,3 +118,10 @@ def test_rest_reads_and_estimates_a_script():
                      ({"script": "", "gpu": "H100-80GB"}, "script")):
         r = client.post("/v1/verl/estimate", json=bad)
         assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == loc, r.text
+
+
+def test_overrides_given_as_text_too_long_for_a_path():
+    """``load`` takes a path or the overrides' text; a text no file system takes as a path is read as text."""
+    with pytest.raises(InputError) as err:
+        verl.load("actor_rollout_ref.model.path=" + "x" * 5000, "H100-80GB")
+    assert err.value.field == "verl" and "ppo_micro_batch_size_per_gpu" in str(err.value)

@@ -210,10 +210,10 @@ def verl_fields(path: Path, gpus: str | None) -> tuple[dict[str, Any], list[str]
     GPU kind ('H100-80GB', the count is the script's) or, with a count, the whole cluster (it wins)."""
     from memplan.frameworks import verl
 
-    kind = gpus if gpus is not None and not gpus.strip()[:1].isdigit() else None
     if gpus is None:
         raise InputError("gpus", "name the GPU kind for the verl script (the count is the script's "
                          "trainer.nnodes × n_gpus_per_node), e.g. --gpus H100-80GB", None)
+    kind = None if gpus.strip()[:1].isdigit() else gpus
     run = verl.load(path, kind)
     return run.fields, run.notes
 

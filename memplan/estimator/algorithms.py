@@ -167,42 +167,43 @@ def generate(run: Run, actor: RoleSetup, st: States, name: str, first: bool = Tr
             act.add("actor", "other", _vllm_bytes(run), "vLLM reserves gpu_memory_utilization × GPU memory (its "
                     "weights + KV cache)")
         return [act]
-    whole = run.gather_for_generation and (st.gather or actor.sharding.offload_params)  # a sharded actor, whole
+    # a sharded actor gathered whole (the hybrid engine always; TRL's ds3_gather_for_generation), else one unit
+    whole = None
+    if st.gather or actor.sharding.offload_params:
+        if run.rollout_engine == "hybrid-engine":
+            whole = ("actor", "parameter", st.full_gather, "hybrid engine gathers the full actor for generation")
+        elif run.gather_for_generation:
+            whole = ("actor", "parameter", st.full_gather, "the whole actor gathered (gather_for_generation)")
+
+    def weights(first_: bool, note: str = "ZeRO-3 layer gather") -> Item:
+        return whole or ("actor", "parameter", _gathered(st, first_), note)
+
     if run.rollout_engine == "remote":  # generated elsewhere: the weight sync is all that runs here
-        weights = (("actor", "parameter", st.full_gather, "the whole actor gathered (gather_for_generation)")
-                   if whole else ("actor", "parameter", _gathered(st, first), "gathered weights, one unit at a time"))
-        return [Activity(f"{name}: weight sync to the remote engine", [weights])]
+        return [Activity(f"{name}: weight sync to the remote engine",
+                         [weights(first, "gathered weights, one unit at a time")])]
     spec, seqs, tokens, e, tp = actor.spec, run.rollout_seqs, run.prompt_len + run.gen_len, run.e, run.tp
     if run.rollout_engine == "hybrid-engine":  # K/V in the engine's workspace (``dschat``)
-        if st.gather or actor.sharding.offload_params:
-            weights = ("actor", "parameter", st.full_gather, "hybrid engine gathers the full actor for generation")
-            prefill, decode = Activity(f"{name}: prefill", [weights]), Activity(f"{name}: last decode step", [weights])
-        else:
-            prefill = Activity(f"{name}: prefill",
-                               [("actor", "parameter", _gathered(st, first), "ZeRO-3 layer gather")])
-            decode = Activity(f"{name}: last decode step",
-                              [("actor", "parameter", _gathered(st, False), "ZeRO-3 layer gather")])
+        prefill = Activity(f"{name}: prefill", [weights(first)])
+        decode = Activity(f"{name}: last decode step", [weights(False)])
         generation_logits(run, actor, prefill, decode)
         return [prefill, decode]
     per_token = _forward_per_token(spec, e, tp, _lora_mlp(actor, run))
     kv = kv_cache_bytes(spec, tokens, seqs, e, tp)
     prefill = Activity(f"{name}: prefill", [
-        ("actor", "parameter", st.full_gather, "the whole actor gathered (gather_for_generation)") if whole else
-        ("actor", "parameter", _gathered(st, first), "ZeRO-3 layer gather"),
+        weights(first),
         ("actor", "kv_cache", kv_cache_bytes(spec, run.prompt_len, seqs, e, tp),
          f"{seqs} seqs × {run.prompt_len} prompt tokens"),
         ("actor", "activation", int(seqs * run.prompt_len * per_token), "one layer's intermediates"),
     ])
     decode = Activity(f"{name}: last decode step", [
-        ("actor", "parameter", st.full_gather, "the whole actor gathered (gather_for_generation)") if whole else
-        ("actor", "parameter", _gathered(st, False), "ZeRO-3 layer gather"),
+        weights(False),
         ("actor", "kv_cache", kv, f"{seqs} seqs × {tokens} tokens"),
         ("actor", "temp", kv // (2 * spec.num_layers),
          "DynamicCache grows by concatenation: one layer's old K or V beside the new one"),
         ("actor", "activation", int(seqs * per_token), "one token's intermediates"),
         ("actor", "logits", logprob_logits_bytes(seqs, spec.vocab_size, e, False, tp), "next-token"),
     ])
-    if not whole:
+    if whole is None:
         _fsdp_copy_out(prefill, "actor", st, first)
         _fsdp_copy_out(decode, "actor", st, False)
     return [prefill, decode]
@@ -281,7 +282,8 @@ def _loss(run: Run, r: RoleSetup, act: Activity, tokens: int) -> None:
         logprob_loss(run, r, act)
     elif r.lm_head and run.fused_logprobs:
         act.add(r.role, "logits", fused_logprob_bytes(run.train_seqs * run.logit_tokens, r.spec.vocab_size, run.e,
-                                                      run.tp), "fused cross-entropy: the logits, their gradient in place")
+                                                      run.tp),
+                "fused cross-entropy: the logits, their gradient in place")
     elif r.lm_head:
         act.add(r.role, "logits", logprob_logits_bytes(run.train_seqs * run.logit_tokens, r.spec.vocab_size, run.e,
                                                        True, run.tp), "fp32 log-softmax and its backward")

@@ -91,9 +91,9 @@ class Run(NamedTuple):
     rollout_engine: str
     vllm_utilization: float
     vllm_sleep: bool
+    """Colocated vLLM frees its memory outside rollout; else its reservation stays in every phase."""
     gather_for_generation: bool
     """Sharded actor gathered whole to generate ('hf') or to sync a remote engine."""
-    """Colocated vLLM frees its memory outside rollout; else its reservation stays in every phase."""
     tp: int
     placement: str
     host_ram_bytes_per_node: int
@@ -258,8 +258,7 @@ def resolve(req: EstimateRequest) -> Run:
         gradient_checkpointing=req.gradient_checkpointing, eager_attention=req.attention == "eager",
         lora_rank=req.lora_rank, lora_targets=req.lora_targets, rollout_engine=req.rollout_engine,
         vllm_utilization=req.vllm_gpu_memory_utilization, vllm_sleep=req.vllm_sleep_mode,
-        gather_for_generation=req.gather_for_generation, tp=req.tp,
-        placement=req.placement,
+        gather_for_generation=req.gather_for_generation, tp=req.tp, placement=req.placement,
         host_ram_bytes_per_node=req.host_ram_bytes_per_node,
     )
 

@@ -66,7 +66,7 @@ DEFAULTS: dict[str, Any] = {  # verl 0.9.1 _generated_ppo_trainer.yaml, what thi
     "reward_model.enable": False, "trainer.nnodes": 1, "trainer.n_gpus_per_node": 8,
 }
 _OVERRIDE = re.compile(r"^\+{0,2}([A-Za-z_]\w*(?:\.\w+)+)=(.*)$", re.S)
-_ASSIGN = re.compile(r"^(?:export\s+)?([A-Za-z_]\w*)=(.*)$", re.S)
+_ASSIGN = re.compile(r"^([A-Za-z_]\w*)=(.*)$", re.S)
 _VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}|\$(\w+)")
 _ARITH = re.compile(r"\$\(\((.+?)\)\)")
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv,
@@ -134,10 +134,8 @@ def read(text: str) -> dict[str, Any]:
             words = shlex.split(line, comments=True)
         except ValueError as exc:
             raise InputError(FIELD, f"cannot split {line.strip()[:80]!r}: {exc}", line.strip()[:80]) from None
-        if len(words) == 1 and (m := _ASSIGN.match(words[0])) and "." not in m.group(1):
-            env[m.group(1)] = m.group(2)
-            continue
-        if len(words) == 2 and words[0] == "export" and (m := _ASSIGN.match(words[1])):
+        assignment = words[1:] if words[:1] == ["export"] else words  # NAME=value, or export NAME=value
+        if len(assignment) == 1 and (m := _ASSIGN.match(assignment[0])):
             env[m.group(1)] = m.group(2)
             continue
         for word in words:
@@ -310,9 +308,7 @@ def fields(overrides: dict[str, Any], gpu: str | None = None) -> VerlRun:
     prompts = -(-batch // world)
     if batch % world:
         notes.append(f"train_batch_size {get('data.train_batch_size')} over {world} GPUs: {prompts} prompts per GPU")
-    out["rollout_batch_size"], out["group_size"] = prompts, n
-    if out.get("score_micro_batch_size", 0) > prompts * n:
-        out["score_micro_batch_size"] = prompts * n  # a micro batch holds at most what a GPU scores
+    out["rollout_batch_size"], out["group_size"] = prompts, n  # the estimator caps the scoring micro batch
 
     name = get(f"{A}.rollout.name")
     if name in ("vllm", "sglang"):
@@ -345,10 +341,17 @@ def fields(overrides: dict[str, Any], gpu: str | None = None) -> VerlRun:
     return VerlRun(out, notes)
 
 
+def _is_file(text: str) -> bool:
+    try:
+        return Path(text).expanduser().is_file()
+    except OSError:  # not a path any file system takes (too long, ...): the script's text
+        return False
+
+
 def load(source: str | Path, gpu: str | None = None) -> VerlRun:
     """``fields(read(...))`` of a launch script's path (or its text, when it holds an override)."""
     text = str(source)
-    if "=" not in text or Path(text).expanduser().is_file():
+    if "=" not in text or _is_file(text):
         path = Path(text).expanduser()
         try:
             if path.stat().st_size > MAX_SCRIPT_BYTES:

@@ -166,6 +166,7 @@ def resolve(req: EstimateRequest) -> Setup:
         group_size=(req.group_size or DEFAULT_GROUP.get(algo, 1)) if generates else 1,
         greedy_pass=algo == "remax", prompt_len=req.prompt_len, gen_len=req.gen_len,
         seq_len=req.prompt_len + req.gen_len if generates else (req.seq_len or req.prompt_len + req.gen_len),
-        micro_batch_size=req.micro_batch_size, score_micro_batch_size=req.score_micro_batch_size or req.micro_batch_size,
+        micro_batch_size=req.micro_batch_size,
+        score_micro_batch_size=req.score_micro_batch_size or req.micro_batch_size,
         logprob_kernel=req.logprob_kernel, notes=tuple(notes),
     )

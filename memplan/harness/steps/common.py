@@ -272,7 +272,7 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, probe: Probe, rol
         shifted = F.pad(labels, (0, 1), value=-100)[..., 1:].contiguous()
         logp = _fused(logits, shifted, probe, role)
         return -logp.sum() / (shifted >= 0).sum()
-    with probe.section(category="logits"):
+    with probe.section(category="logits"):  # the shifted labels too: counted as the loss's
         upcast = logits.float()
         shifted = F.pad(labels, (0, 1), value=-100)[..., 1:].contiguous()
         logp = upcast.view(-1, upcast.shape[-1]).log_softmax(-1)
@@ -286,13 +286,13 @@ def sequence_logprobs(model: nn.Module, seq: torch.Tensor, n: int, probe: Probe,
     """Log-probs of the last ``n`` tokens of ``seq`` under ``model`` ([b, n], fp32). Fused: over the n + 1 kept
     positions with the labels shifted (as verl rolls them), the last one masked: no slice of the logits, whose
     backward would allocate their full size again."""
+    logits = model(input_ids=seq, use_cache=False, logits_to_keep=n + 1).logits
     if FUSED.get():
-        logits = model(input_ids=seq, use_cache=False, logits_to_keep=n + 1).logits
         if logits.requires_grad:
             label_backward(logits, probe, role, "logits")
         labels = F.pad(seq[:, -n:], (0, 1), value=-1)
         return _fused(logits, labels, probe, role)[:, :-1]
-    logits = model(input_ids=seq, use_cache=False, logits_to_keep=n + 1).logits[:, :-1]
+    logits = logits[:, :-1]
     if logits.requires_grad:
         label_backward(logits, probe, role, "logits")
     return token_logprobs(logits, seq[:, -n:], probe, role)
