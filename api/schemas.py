@@ -172,3 +172,29 @@ class VerlEstimate(BaseModel):
     request: EstimateRequest
     notes: list[str]
     report: Report
+
+
+class TrlRecipe(BaseModel):
+    """POST /v1/trl/estimate: a TRL recipe (GRPO, RLOO, DPO, SFT), its accelerate config and the GPU kind."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra={"examples": [{
+        "recipe": "model_name_or_path: Qwen/Qwen2.5-7B\nper_device_train_batch_size: 4\n"
+                  "gradient_accumulation_steps: 4\nnum_generations: 8\nmax_completion_length: 1024\n"
+                  "use_vllm: true\nvllm_mode: colocate\n",
+        "accelerate_config": "distributed_type: DEEPSPEED\ndeepspeed_config:\n  zero_stage: 3\nnum_processes: 8\n",
+        "gpu": "H100-80GB", "prompt_len": 512}]})
+
+    recipe: str = Field(min_length=1, max_length=60_000, description="The recipe YAML (--config) or the launch "
+                        "command's --key value arguments")
+    accelerate_config: str | None = Field(None, min_length=1, max_length=60_000, description="accelerate's config "
+                                          "YAML: engine, sharding, num_processes (without it: one unsharded process "
+                                          "per GPU)")
+    gpu: str = Field(min_length=1, max_length=64, description="GPU kind (GET /v1/gpus), the count being the "
+                     "accelerate config's num_processes; or the cluster ('8xH100-80GB')", examples=["H100-80GB"])
+    algo: Literal["grpo", "rloo", "dpo", "sft"] = Field("grpo", description="The TRL trainer the recipe runs")
+    prompt_len: int | None = Field(None, ge=1, le=1 << 20, description="Longest prompt in tokens (TRL 1.16 does "
+                                   "not truncate prompts); default: the recipe's max_prompt_length, else 256")
+
+
+class TrlEstimate(VerlEstimate):
+    """The request read from a TRL recipe, what was read differently or not at all, and its report."""

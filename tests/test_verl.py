@@ -23,13 +23,13 @@ SCRIPT = Path(__file__).parent / "data" / "verl_grpo.sh"
 def test_grpo_script():
     run = verl.load(SCRIPT, "H100-80GB")
     assert run.fields == {
-        "engine": "fsdp", "gpus": "2x8xH100-80GB", "model": "Qwen/Qwen2.5-7B", "algo": "grpo", "reward": "rule",
+        "engine": "fsdp", "gpus": "2x8xH100-80GB", "model": "Qwen/Qwen2.5-7B-Instruct", "algo": "grpo", "reward": "rule",
         "zero_stage": 3, "idle_offload": "optimizer", "dtype": "bf16", "gradient_checkpointing": True,
         "ref": "separate", "offload_ref": True, "prompt_len": 1024, "gen_len": 3072, "micro_batch_size": 8,
         "score_micro_batch_size": 32, "rollout_batch_size": 64, "group_size": 5, "rollout_engine": "vllm",
         "vllm_gpu_memory_utilization": 0.6, "logprob_kernel": "fused",
     }
-    assert any("Qwen2.5-7B-Instruct" in n and "Qwen/Qwen2.5-7B" in n for n in run.notes)
+    assert not any("Qwen2.5-7B-Instruct" in n for n in run.notes)  # in the catalog: no note
     assert any("fused cross-entropy" in n and "upper bound" in n for n in run.notes)
     memplan.estimate(**run.fields)  # a valid request
 
@@ -92,7 +92,7 @@ def test_cli_reads_the_script_and_flags_override_it():
     assert r.exit_code == 0, r.output
     fields = {**verl.load(SCRIPT, "H100-80GB").fields, "micro_batch_size": 2}
     assert memplan.Report.model_validate_json(r.stdout) == memplan.estimate(**fields)
-    assert "verl: actor_rollout_ref.model.path=Qwen/Qwen2.5-7B-Instruct" in r.stderr
+    assert "verl: strategy fsdp (FSDP1)" in r.stderr
     whole = runner.invoke(app, ["estimate", "--verl", str(SCRIPT), "--gpus", "4xA100-80GB", "--json"])
     assert memplan.Report.model_validate_json(whole.stdout).num_gpus == 4  # a cluster with a count wins
     for args, words in ((["--verl", str(SCRIPT)], "--gpus"),
@@ -125,3 +125,12 @@ def test_overrides_given_as_text_too_long_for_a_path():
     with pytest.raises(InputError) as err:
         verl.load("actor_rollout_ref.model.path=" + "x" * 5000, "H100-80GB")
     assert err.value.field == "verl" and "ppo_micro_batch_size_per_gpu" in str(err.value)
+
+
+def test_a_tune_missing_from_the_catalog_is_its_base():
+    """Qwen2.5-14B-Instruct is not in the catalog (its config.json could not be checked): its base, said so."""
+    run = verl.fields(verl.read("actor_rollout_ref.model.path=Qwen/Qwen2.5-14B-Instruct "
+                                "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4 "
+                                "actor_rollout_ref.rollout.name=vllm"), "H100-80GB")
+    assert run.fields["model"] == "Qwen/Qwen2.5-14B"
+    assert any("Qwen2.5-14B-Instruct" in n and "chat/instruct tune" in n for n in run.notes)

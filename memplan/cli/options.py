@@ -79,7 +79,7 @@ SHARED: dict[str, tuple[Any, Any]] = {
     "model": (
         Annotated[str | None, typer.Option(
             help="Actor (policy) model: catalog name or alias, or a local config.json / model folder (required "
-            "unless --verl names it)", rich_help_panel=_MODEL, show_default=False)],
+            "unless --verl or --trl names it)", rich_help_panel=_MODEL, show_default=False)],
         None,
     ),
     "verl": (
@@ -87,6 +87,20 @@ SHARED: dict[str, tuple[Any, Any]] = {
             help="Read the run from a verl launch script (python3 -m verl.trainer.main_ppo key=value ...): model, "
             "algorithm, GPU count, batches, lengths, offloads, rollout; --gpus then names the GPU kind (H100-80GB); "
             "explicit flags override it", rich_help_panel=_MODEL, show_default=False, dir_okay=False)],
+        None,
+    ),
+    "trl": (
+        Annotated[Path | None, typer.Option(
+            help="Read a TRL run from its recipe YAML (--config) or launch command: model, batches, lengths, "
+            "beta, PEFT, vLLM; --accelerate-config adds engine, sharding and GPU count; GRPO unless --algo says "
+            "rloo, dpo or sft; explicit flags override it", rich_help_panel=_MODEL, show_default=False, dir_okay=False)],
+        None,
+    ),
+    "accelerate_config": (
+        Annotated[Path | None, typer.Option(
+            help="accelerate's config YAML for --trl (distributed_type, deepspeed_config / fsdp_config, "
+            "num_processes); --gpus then names the GPU kind", rich_help_panel=_MODEL, show_default=False,
+            dir_okay=False)],
         None,
     ),
     "algo": (_option("algo", _MODEL), None),
@@ -146,7 +160,7 @@ SHARED: dict[str, tuple[Any, Any]] = {
     "gather_for_generation": (_option("gather_for_generation", _ROLL), None),
 }
 
-_NOT_FIELDS = {"host_ram_gib", "deepspeed_config", "verl"}
+_NOT_FIELDS = {"host_ram_gib", "deepspeed_config", "verl", "trl", "accelerate_config"}
 
 
 def option_name(field: str) -> str:
@@ -218,9 +232,34 @@ def verl_fields(path: Path, gpus: str | None) -> tuple[dict[str, Any], list[str]
     return run.fields, run.notes
 
 
+def trl_fields(recipe: Path, accelerate: Path | None, gpus: str | None, algo: str | None,
+               given: frozenset[str] = frozenset()) -> tuple[dict[str, Any], list[str]]:
+    """Request fields of a TRL recipe and accelerate config (``memplan.frameworks.trl``) and its notes."""
+    from memplan.frameworks import trl
+
+    if gpus is None:
+        raise InputError("gpus", "name the GPU kind for the TRL run (the count is the accelerate config's "
+                         "num_processes), e.g. --gpus H100-80GB, or the cluster, e.g. --gpus 8xH100-80GB", None)
+    run = trl.load(recipe, accelerate, gpus, algo, given)
+    return run.fields, run.notes
+
+
 def build_request(options: dict[str, Any]) -> EstimateRequest:
-    """The request from the shared options: DeepSpeed file, verl script, then every flag that was given."""
+    """The request from the shared options: TRL recipe, DeepSpeed file, verl script, then every flag given."""
     fields: dict[str, Any] = {}
+    if options.get("accelerate_config") is not None and options.get("trl") is None:
+        raise InputError("accelerate_config", "goes with --trl (the recipe it launches)",
+                         str(options["accelerate_config"]))
+    if options.get("trl") is not None:
+        if options.get("verl") is not None:
+            raise InputError("trl", "give one framework's files: --trl or --verl", str(options["trl"]))
+        given = frozenset(k for k, v in options.items() if v is not None)
+        from_trl, notes = trl_fields(options["trl"], options.get("accelerate_config"), options.get("gpus"),
+                                     options.get("algo"), given)
+        fields.update(from_trl)
+        for note in notes:
+            print(f"trl: {note}", file=sys.stderr)
+        options = {**options, "gpus": None}  # read with the count: the request's gpus
     if options.get("deepspeed_config") is not None:
         fields.update(deepspeed_overrides(options["deepspeed_config"]))
     if options.get("verl") is not None:

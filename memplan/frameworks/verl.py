@@ -45,9 +45,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from memplan.errors import InputError
+from memplan.frameworks.common import catalog_model, integer, is_file, read_text, typed
 
 FIELD = "verl"
-MAX_SCRIPT_BYTES = 1 << 20
 A = "actor_rollout_ref"
 ADV_ESTIMATORS = {"gae": "ppo", "grpo": "grpo", "rloo": "rloo", "remax": "remax"}
 DEFAULTS: dict[str, Any] = {  # verl 0.9.1 _generated_ppo_trainer.yaml, what this module reads
@@ -110,20 +110,6 @@ def _expand(text: str, env: dict[str, str]) -> str:
     return _ARITH.sub(lambda m: str(_arith(m.group(1), env)) if "$" not in m.group(1) else m.group(0), text)
 
 
-def _value(text: str) -> Any:
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("null", "none", "~"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
 def read(text: str) -> dict[str, Any]:
     """The Hydra overrides of a verl launch script (or of a plain ``key=value ...`` list), values typed."""
     env: dict[str, str] = {}
@@ -140,57 +126,19 @@ def read(text: str) -> dict[str, Any]:
             continue
         for word in words:
             if m := _OVERRIDE.match(word):
-                overrides[m.group(1)] = _value(m.group(2))
+                overrides[m.group(1)] = typed(m.group(2))
     if not overrides:
         raise InputError(FIELD, "no verl overrides (key.sub=value) found", text.strip()[:80])
     return overrides
 
 
-_TUNE = re.compile(r"-(?:Instruct|instruct|Chat|chat|it)(?:-hf)?(?:-\d+)?$")
-
-
-def _model(path: Any, key: str, notes: list[str]) -> str:
-    """A catalog name or local path for a verl model path: a local folder as is; a hub id ('org/name') or a
-    missing path's folder name from the catalog, a chat/instruct tune as its base (noted)."""
-    if not isinstance(path, str) or not path or "$" in path:
-        raise InputError(FIELD, f"{key} is not set (or uses an unset variable): pass --model", path)
-    from memplan.catalog import get_model
-
-    local = Path(path).expanduser()
-    try:
-        if local.exists():
-            return str(local)
-    except OSError:  # not a path any file system takes
-        pass
-    hub_id = path.count("/") == 1 and not path.startswith((".", "~", "/"))
-    name = path if hub_id else local.name
-    for candidate in dict.fromkeys((name, _TUNE.sub("", name))):
-        try:
-            spec = get_model(candidate)
-        except InputError:
-            continue
-        if candidate != path:
-            notes.append(f"{key}={path}: estimated with the catalog's {spec.name}"
-                         + (" (the architecture of its chat/instruct tune)" if candidate != name else "")
-                         + "; pass --model with its config.json to be exact")
-        return candidate
-    return path  # the estimate names it as an unknown model
-
-
-def _int(value: Any, key: str, low: int = 1) -> int:
-    """An integer setting of at least ``low``; anything else is an ``InputError`` naming the key."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise InputError(FIELD, f"{key} must be an integer ≥ {low}, got {value!r}", value)
-    return value
-
-
 def _per_gpu(value: Any, dynamic: bool, max_tokens: Any, seq: int, what: str, notes: list[str]) -> int | None:
     if dynamic:
-        n = max(1, _int(max_tokens, f"{what} (max tokens per GPU)") // seq)
+        n = max(1, integer(max_tokens, f"{what} (max tokens per GPU)", FIELD) // seq)
         notes.append(f"{what}: use_dynamic_bsz packs up to {max_tokens} tokens per GPU: estimated as {n} "
                      f"sequences of {seq} tokens")
         return n
-    return _int(value, what) if value is not None else None
+    return integer(value, what, FIELD) if value is not None else None
 
 
 def fields(overrides: dict[str, Any], gpu: str | None = None) -> VerlRun:
@@ -214,14 +162,14 @@ def fields(overrides: dict[str, Any], gpu: str | None = None) -> VerlRun:
         notes.append("strategy fsdp (FSDP1): modeled as FSDP2 (fully_shard per decoder layer)")
 
     def num(key: str, low: int = 1) -> int:
-        return _int(get(key), key, low)
+        return integer(get(key), key, FIELD, low)
 
     nodes, per_node = num("trainer.nnodes"), num("trainer.n_gpus_per_node")
     world = nodes * per_node
     if gpu is not None:
         out["gpus"] = f"{nodes}x{per_node}x{gpu}" if nodes > 1 else f"{per_node}x{gpu}"
 
-    out["model"] = _model(get(f"{A}.model.path", None), f"{A}.model.path", notes)
+    out["model"] = catalog_model(get(f"{A}.model.path", None), f"{A}.model.path", FIELD, notes)
     adv = get("algorithm.adv_estimator")
     algo = ADV_ESTIMATORS.get(adv)
     if algo is None:
@@ -229,11 +177,11 @@ def fields(overrides: dict[str, Any], gpu: str | None = None) -> VerlRun:
         notes.append(f"adv_estimator {adv!r}: no critic, memory as GRPO's")
     out["algo"] = algo
     if algo == "ppo" and isinstance(critic := get("critic.model.path", None), str) and critic != get(f"{A}.model.path"):
-        out["critic_model"] = _model(critic, "critic.model.path", notes)
+        out["critic_model"] = catalog_model(critic, "critic.model.path", FIELD, notes)
     if get("reward_model.enable"):
         out["reward"] = "model"
         if isinstance(rm := get("reward_model.model.path", None), str):
-            out["reward_model"] = _model(rm, "reward_model.model.path", notes)
+            out["reward_model"] = catalog_model(rm, "reward_model.model.path", FIELD, notes)
     else:
         out["reward"] = "rule"
 
@@ -341,25 +289,9 @@ def fields(overrides: dict[str, Any], gpu: str | None = None) -> VerlRun:
     return VerlRun(out, notes)
 
 
-def _is_file(text: str) -> bool:
-    try:
-        return Path(text).expanduser().is_file()
-    except OSError:  # not a path any file system takes (too long, ...): the script's text
-        return False
-
-
 def load(source: str | Path, gpu: str | None = None) -> VerlRun:
     """``fields(read(...))`` of a launch script's path (or its text, when it holds an override)."""
     text = str(source)
-    if "=" not in text or _is_file(text):
-        path = Path(text).expanduser()
-        try:
-            if path.stat().st_size > MAX_SCRIPT_BYTES:
-                raise InputError(FIELD, f"{str(path)!r} is over {MAX_SCRIPT_BYTES // 1024} KiB: not a launch script",
-                                 str(path))
-            text = path.read_text()
-        except OSError as exc:
-            raise InputError(FIELD, f"cannot read {str(path)!r}: {exc.strerror}", str(path)) from None
-        except UnicodeDecodeError:
-            raise InputError(FIELD, f"{str(path)!r} is not text", str(path)) from None
+    if "=" not in text or is_file(text):
+        text = read_text(text, FIELD)
     return fields(read(text), gpu)

@@ -1,0 +1,87 @@
+"""What the framework readers share: catalog names for their model paths, checked integers, script files.
+
+Each reader (``verl``, ``trl``) names its own error field (``InputError(field, ...)``) and keeps its notes.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from memplan.errors import InputError
+
+MAX_SCRIPT_BYTES = 1 << 20
+_TUNE = re.compile(r"-(?:Instruct|instruct|Chat|chat|it)(?:-hf)?(?:-\d+)?$")
+
+
+def catalog_model(path: Any, key: str, field: str, notes: list[str]) -> str:
+    """A catalog name or local path for a framework's model path: a local folder as is; a hub id ('org/name') or
+    a missing path's folder name from the catalog, an unknown chat/instruct tune as its base (noted)."""
+    if not isinstance(path, str) or not path or "$" in path:
+        raise InputError(field, f"{key} is not set (or uses an unset variable): pass --model", path)
+    from memplan.catalog import get_model
+
+    local = Path(path).expanduser()
+    try:
+        if local.exists():
+            return str(local)
+    except OSError:  # not a path any file system takes
+        pass
+    hub_id = path.count("/") == 1 and not path.startswith((".", "~", "/"))
+    name = path if hub_id else local.name
+    for candidate in dict.fromkeys((name, _TUNE.sub("", name))):
+        try:
+            spec = get_model(candidate)
+        except InputError:
+            continue
+        if candidate != path:
+            notes.append(f"{key}={path}: estimated with the catalog's {spec.name}"
+                         + (" (the architecture of its chat/instruct tune)" if candidate != name else "")
+                         + "; pass --model with its config.json to be exact")
+        return candidate
+    return path  # the estimate names it as an unknown model
+
+
+def typed(text: str) -> Any:
+    """A command-line or override value typed as the frameworks' parsers take it: bools, None (null, none, ~),
+    ints, floats, else the string."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("null", "none", "~"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def integer(value: Any, key: str, field: str, low: int = 1) -> int:
+    """An integer setting of at least ``low``; anything else is an ``InputError`` naming the key."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise InputError(field, f"{key} must be an integer ≥ {low}, got {value!r}", value)
+    return value
+
+
+def is_file(text: str) -> bool:
+    try:
+        return Path(text).expanduser().is_file()
+    except OSError:  # not a path any file system takes (too long, ...): the text itself
+        return False
+
+
+def read_text(source: str | Path, field: str) -> str:
+    """A launch file's text (at most ``MAX_SCRIPT_BYTES``), as an ``InputError`` naming ``field`` when unreadable."""
+    path = Path(str(source)).expanduser()
+    try:
+        if path.stat().st_size > MAX_SCRIPT_BYTES:
+            raise InputError(field, f"{str(path)!r} is over {MAX_SCRIPT_BYTES // 1024} KiB: not a launch file",
+                             str(path))
+        return path.read_text()
+    except OSError as exc:
+        raise InputError(field, f"cannot read {str(path)!r}: {exc.strerror}", str(path)) from None
+    except UnicodeDecodeError:
+        raise InputError(field, f"{str(path)!r} is not text", str(path)) from None

@@ -1,0 +1,421 @@
+"""A TRL run (GRPO, RLOO, DPO or SFT), read from its recipe and its accelerate config.
+
+``read(text)`` takes the recipe: the YAML file given to ``--config`` (TRL's scripts read GRPOConfig,
+ModelConfig and ScriptArguments fields from one flat mapping) or a launch command's ``--key value`` arguments
+(``accelerate launch --num_processes 8 trl/scripts/grpo.py --model_name_or_path ... --num_generations 8``).
+``read_accelerate(text)`` takes accelerate's config YAML (``--config_file``: TRL ships ``zero1/2/3.yaml``,
+``fsdp1/2.yaml``, ``multi_gpu.yaml``). ``fields(recipe, accelerate, gpu)`` maps them onto request fields, with
+TRL 1.16's defaults (``GRPOConfig``, ``RLOOConfig``, ``ModelConfig``, read from the trl wheel) for what they leave
+out, and one note per setting memplan reads differently or not at all. Explicit CLI flags override it.
+
+What is read:
+
+    model_name_or_path                model (an unknown '-Instruct'/'-Chat' name: its base, noted)
+    num_generations                   group_size (GRPO 8, RLOO 2)
+    per_device_train_batch_size       micro_batch_size (completions per forward/backward), and the scoring
+                                      micro batch (TRL's _get_per_token_logps_and_entropies chunks by it)
+    × steps_per_generation            completions each GPU generates at once (steps_per_generation defaults
+      (or generation_batch_size)      to gradient_accumulation_steps): rollout_batch_size × group_size
+    max_completion_length             gen_len (512); max_prompt_length (older TRL) prompt_len, else the request's
+    beta                              0 (GRPO's default): no reference; with PEFT the adapter disabled; else a
+                                      separate reference, DeepSpeed ZeRO-3-sharded only under ZeRO-3 (TRL's
+                                      prepare_deepspeed runs it at stage 0 otherwise)
+    reward_model_name_or_path         a reward model (TRL's grpo.py), else rule-based rewards
+    gradient_checkpointing, bf16, fp16
+                                      both on by default in GRPOConfig / RLOOConfig
+    dtype                             the model's load dtype (ModelConfig: float32): bf16 under FSDP drops the
+                                      fp32 master weights
+    use_peft, lora_r, lora_target_modules, load_in_4bit / load_in_8bit
+                                      lora_rank (16), lora_targets, quantize_base
+    use_vllm, vllm_mode, vllm_gpu_memory_utilization, vllm_enable_sleep_mode
+                                      rollout_engine 'vllm' (colocate: 0.3, no sleep mode) or 'remote' (server)
+    ds3_gather_for_generation         gather_for_generation (HF generation under ZeRO-3; on by default)
+    attn_implementation               attention 'eager' when asked
+    use_liger_kernel                  logprob_kernel 'fused'
+  DPO and SFT (``algo`` 'dpo' / 'sft'):
+    per_device_train_batch_size       micro_batch_size (DPO: pairs, chosen + rejected in one forward)
+    max_length                        seq_len (1024)
+    DPO's reference                   the adapter disabled with PEFT; none with precompute_ref_log_probs (FSDP
+                                      excepted, as DPOTrainer); else separate, sharded as for GRPO
+  accelerate config:
+    distributed_type                  DEEPSPEED → engine 'deepspeed' (zero_stage, offload_optimizer_device,
+                                      offload_param_device); FSDP → engine 'fsdp' (fsdp_version 2's
+                                      fsdp_reshard_after_forward, or FSDP1's fsdp_sharding_strategy;
+                                      fsdp_offload_params); MULTI_GPU / NO → engine 'torch'
+    num_processes, num_machines       gpus, with the GPU kind named by the caller
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from pathlib import Path
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from memplan.errors import InputError
+from memplan.frameworks.common import catalog_model, integer, is_file, read_text, typed
+
+FIELD = "trl"
+ACCELERATE_FIELD = "accelerate_config"
+TRAINERS = ("grpo", "rloo", "dpo", "sft")
+DEFAULTS: dict[str, dict[str, Any]] = {  # trl 1.16.0: GRPOConfig, RLOOConfig, DPOConfig, SFTConfig
+    "grpo": {"num_generations": 8, "beta": 0.0},
+    "rloo": {"num_generations": 2, "beta": 0.05},
+    "dpo": {"max_length": 1024, "beta": 0.1, "precompute_ref_log_probs": False, "padding_free": False},
+    "sft": {"max_length": 1024, "packing": False, "padding_free": False},
+}
+COMMON: dict[str, Any] = {
+    "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "max_completion_length": 512,
+    "gradient_checkpointing": True, "bf16": None, "fp16": False, "use_vllm": False, "vllm_mode": "colocate",
+    "vllm_gpu_memory_utilization": 0.3, "vllm_enable_sleep_mode": False, "ds3_gather_for_generation": True,
+    "dtype": "float32", "use_peft": False, "lora_r": 16, "lora_target_modules": None, "load_in_4bit": False,
+    "load_in_8bit": False, "attn_implementation": None, "use_liger_kernel": False, "top_entropy_quantile": 1.0,
+    "entropy_coef": 0.0, "cast_lm_head_to_fp32": False,
+}
+_SHARDING_STRATEGY = {"FULL_SHARD": 3, "1": 3, "SHARD_GRAD_OP": 2, "2": 2, "NO_SHARD": 0, "3": 0,
+                      "HYBRID_SHARD": 3, "4": 3, "_HYBRID_SHARD_ZERO2": 2, "5": 2}
+
+
+class TrlRun(NamedTuple):
+    fields: dict[str, Any]
+    """Request fields, ``gpus`` included when it could be named."""
+    notes: list[str]
+    """Settings read differently or not at all, one line each."""
+
+
+def _yaml(text: str, field: str) -> Any:
+    try:
+        import yaml
+    except ImportError:  # pragma: no cover - pyyaml comes with the cli and api extras
+        raise InputError(field, "reading YAML needs pyyaml: pip install 'memplan[cli]'", None) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InputError(field, f"not valid YAML: {str(exc).splitlines()[0]}", text.strip()[:80]) from None
+
+
+def _arguments(text: str) -> dict[str, Any]:
+    """``--key value``, ``--key=value`` and bare ``--flag`` (true) of a launch command, later ones winning."""
+    try:
+        words = shlex.split(text.replace("\\\r\n", " ").replace("\\\n", " "), comments=True)
+    except ValueError as exc:
+        raise InputError(FIELD, f"cannot split the command: {exc}", text.strip()[:80]) from None
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(words):
+        word = words[i]
+        i += 1
+        if not word.startswith("--") or len(word) == 2:
+            continue
+        key, eq, value = word[2:].partition("=")
+        key = key.replace("-", "_")
+        if eq:
+            out[key] = typed(value)
+        elif i < len(words) and not words[i].startswith("--"):
+            out[key] = typed(words[i])
+            i += 1
+        else:
+            out[key] = True
+    return out
+
+
+def read(text: str) -> dict[str, Any]:
+    """A TRL recipe: its YAML mapping, or a launch command's arguments."""
+    data = _yaml(text, FIELD) if ":" in text else None
+    if isinstance(data, dict):
+        if not all(isinstance(k, str) for k in data):
+            raise InputError(FIELD, "recipe keys must be strings", text.strip()[:80])
+        return data
+    args = _arguments(text)
+    if not args:
+        raise InputError(FIELD, "no TRL settings found: give the recipe YAML (--config) or the launch command "
+                         "with its --key value arguments", text.strip()[:80])
+    return args
+
+
+def read_accelerate(text: str) -> dict[str, Any]:
+    """accelerate's config YAML (``accelerate config`` writes it; TRL ships examples)."""
+    data = _yaml(text, ACCELERATE_FIELD)
+    if not isinstance(data, dict):
+        raise InputError(ACCELERATE_FIELD, "not an accelerate config (a YAML mapping with distributed_type)",
+                         text.strip()[:80])
+    return data
+
+
+def _bool(value: Any, key: str, field: str = FIELD) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise InputError(field, f"{key} must be true or false, got {value!r}", value)
+
+
+def _number(value: Any, key: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise InputError(FIELD, f"{key} must be a number in [{low}, {high}], got {value!r}", value)
+    return float(value)
+
+
+def _parallel(acc: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    """Engine, sharding and offload of accelerate's config."""
+    kind = str(acc.get("distributed_type", "NO")).upper()
+    out: dict[str, Any] = {}
+    if kind == "DEEPSPEED":
+        ds = acc.get("deepspeed_config") or {}
+        if not isinstance(ds, dict):
+            raise InputError(ACCELERATE_FIELD, "deepspeed_config must be a mapping", ds)
+        if ds.get("deepspeed_config_file"):
+            notes.append(f"deepspeed_config_file {ds['deepspeed_config_file']}: not read here; pass it with "
+                         "--deepspeed-config")
+        out["engine"] = "deepspeed"
+        out["zero_stage"] = integer(ds.get("zero_stage", 2), "deepspeed_config.zero_stage", ACCELERATE_FIELD, 0)
+        optimizer = str(ds.get("offload_optimizer_device", "none")).lower() not in ("none", "")
+        params = str(ds.get("offload_param_device", "none")).lower() not in ("none", "")
+        if params:
+            out["offload"] = "optimizer+params"
+            if not optimizer:
+                notes.append("offload_param_device without offload_optimizer_device: estimated with both offloaded")
+        elif optimizer:
+            out["offload"] = "optimizer"
+    elif kind == "FSDP":
+        fsdp = acc.get("fsdp_config") or {}
+        if not isinstance(fsdp, dict):
+            raise InputError(ACCELERATE_FIELD, "fsdp_config must be a mapping", fsdp)
+        out["engine"] = "fsdp"
+        if str(fsdp.get("fsdp_version", 1)) == "2":
+            reshard = fsdp.get("fsdp_reshard_after_forward", True)
+            out["zero_stage"] = 3 if _bool(reshard, "fsdp_reshard_after_forward", ACCELERATE_FIELD) else 2
+        else:
+            strategy = str(fsdp.get("fsdp_sharding_strategy", "FULL_SHARD")).upper()
+            if strategy not in _SHARDING_STRATEGY:
+                raise InputError(ACCELERATE_FIELD, f"fsdp_sharding_strategy {strategy!r} is not one of "
+                                 f"{', '.join(k for k in _SHARDING_STRATEGY if not k.isdigit())}", strategy)
+            out["zero_stage"] = _SHARDING_STRATEGY[strategy]
+            out["hybrid_shard"] = "HYBRID" in strategy or strategy in ("4", "5")
+            notes.append("fsdp_version 1: modeled as FSDP2 (fully_shard per decoder layer)")
+        if _bool(fsdp.get("fsdp_offload_params", False), "fsdp_offload_params", ACCELERATE_FIELD):
+            out["offload"] = "optimizer+params"
+        if _bool(fsdp.get("fsdp_activation_checkpointing", False), "fsdp_activation_checkpointing",
+                 ACCELERATE_FIELD):
+            out["gradient_checkpointing"] = True
+    elif kind in ("MULTI_GPU", "NO"):
+        out["engine"] = "torch"
+    else:
+        raise InputError(ACCELERATE_FIELD, f"distributed_type {kind!r} is not modeled: use DEEPSPEED, FSDP, "
+                         "MULTI_GPU or NO", kind)
+    return out
+
+
+def _cluster(acc: dict[str, Any] | None, gpu: str | None) -> str | None:
+    """``gpus`` for the request: a full spec as given ('8xH100-80GB'), or a kind with accelerate's counts."""
+    if gpu is not None and gpu.strip()[:1].isdigit():
+        return gpu
+    if acc is None or "num_processes" not in acc:
+        if gpu is None:
+            return None
+        raise InputError("gpus", "give the GPU count too (8xH100-80GB), or the accelerate config with "
+                         "num_processes", gpu)
+    processes = integer(acc["num_processes"], "num_processes", ACCELERATE_FIELD)
+    machines = integer(acc.get("num_machines", 1), "num_machines", ACCELERATE_FIELD)
+    if processes % machines:
+        raise InputError(ACCELERATE_FIELD, f"num_processes {processes} is not a multiple of num_machines "
+                         f"{machines}", processes)
+    if gpu is None:
+        return None
+    per_node = processes // machines
+    return f"{machines}x{per_node}x{gpu}" if machines > 1 else f"{per_node}x{gpu}"
+
+
+def fields(recipe: dict[str, Any], accelerate: dict[str, Any] | None = None, gpu: str | None = None,
+           algo: str | None = None, given: frozenset[str] = frozenset()) -> TrlRun:
+    """Request fields of a TRL run: ``recipe`` (from ``read``) on TRL's defaults, ``accelerate`` (from
+    ``read_accelerate``) for the engine and the GPU count; ``gpu`` names the GPU kind ('H100-80GB') or the whole
+    cluster ('8xH100-80GB'); ``algo`` the trainer (grpo, the default; rloo, dpo, sft); ``given``: request fields
+    the caller sets itself (no note asks for them)."""
+    algo = algo or "grpo"
+    if algo not in TRAINERS:
+        raise InputError("algo", "the TRL reader reads GRPOTrainer, RLOOTrainer, DPOTrainer and SFTTrainer recipes: "
+                         f"use {', '.join(TRAINERS)}", algo)
+    defaults = {**COMMON, **DEFAULTS[algo]}
+
+    def get(key: str) -> Any:
+        return recipe.get(key, defaults.get(key))
+
+    notes: list[str] = []
+    out: dict[str, Any] = {"algo": algo}
+    engine = {"engine": "torch"}
+    if accelerate is not None:
+        engine = _parallel(accelerate, notes)
+    else:
+        notes.append("no accelerate config: one process per GPU without sharding (engine 'torch'); pass "
+                     "--accelerate-config for DeepSpeed or FSDP")
+    out.update(engine)
+    cluster = _cluster(accelerate, gpu)
+    if cluster is not None:
+        out["gpus"] = cluster
+    if "model" not in given:
+        out["model"] = catalog_model(get("model_name_or_path"), "model_name_or_path", FIELD, notes)
+    out["micro_batch_size"] = integer(get("per_device_train_batch_size"), "per_device_train_batch_size", FIELD)
+
+    peft = _bool(get("use_peft"), "use_peft")
+    if peft:
+        out["lora_rank"] = integer(get("lora_r"), "lora_r", FIELD)
+        targets = get("lora_target_modules")
+        if targets == "all-linear":
+            out["lora_targets"] = "all-linear"
+        else:
+            out["lora_targets"] = "attention"
+            notes.append(f"lora_target_modules {targets!r}" + (" (peft's default for the model: q_proj and v_proj "
+                         "in Llama and Qwen)" if targets is None else "") + ": estimated as the attention "
+                         "projections (lora_targets 'attention')")
+        if _bool(get("load_in_4bit"), "load_in_4bit"):
+            out["quantize_base"] = "int4"
+        elif _bool(get("load_in_8bit"), "load_in_8bit"):
+            out["quantize_base"] = "int8"
+    fp16 = _bool(get("fp16"), "fp16")
+    bf16 = not fp16 if get("bf16") is None else _bool(get("bf16"), "bf16")  # TRL's configs: bf16 unless fp16
+    out["dtype"] = "bf16" if bf16 else "fp16" if fp16 else "fp32"
+    load_dtype = str(get("dtype")).replace("torch.", "")
+    if out["dtype"] != "fp32":
+        if engine["engine"] == "fsdp" and load_dtype in ("bfloat16", "float16"):
+            out["master_weights"] = False  # FSDP keeps the loaded 16-bit weights as its shards
+        elif engine["engine"] == "torch" and load_dtype in ("float32", "auto"):
+            out["master_weights"] = True
+            notes.append("model loaded in float32 under autocast (engine 'torch'): counted as 16-bit weights + fp32 "
+                         "master, the same 16 bytes per trained parameter")
+    if "gradient_checkpointing" not in out:
+        out["gradient_checkpointing"] = _bool(get("gradient_checkpointing"), "gradient_checkpointing")
+    if get("attn_implementation") == "eager":
+        out["attention"] = "eager"
+    if _bool(get("use_liger_kernel"), "use_liger_kernel"):
+        out["logprob_kernel"] = "fused"
+    elif algo != "sft":
+        notes.append("log-probs by log_softmax of fp32 logits (memplan's traced path): TRL's selective_log_softmax "
+                     "runs a Triton kernel on GPUs that needs less (an upper bound)")
+    if algo in ("grpo", "rloo"):
+        _online(recipe, get, out, engine, peft, accelerate, given, notes)
+    else:
+        _offline(recipe, get, out, engine, peft, notes)
+    return TrlRun(out, notes)
+
+
+def _online(recipe: dict[str, Any], get: Callable[[str], Any], out: dict[str, Any], engine: dict[str, Any],
+            peft: bool, accelerate: dict[str, Any] | None, given: frozenset[str], notes: list[str]) -> None:
+    """GRPO's and RLOO's generation batch, lengths, reference, reward model and rollout engine."""
+    processes = 1
+    if accelerate is not None and "num_processes" in accelerate:
+        processes = integer(accelerate["num_processes"], "num_processes", ACCELERATE_FIELD)
+    group = integer(get("num_generations"), "num_generations", FIELD, 2)
+    per_device = out["micro_batch_size"]
+    accumulation = integer(get("gradient_accumulation_steps"), "gradient_accumulation_steps", FIELD)
+    if recipe.get("generation_batch_size") is not None:
+        total = integer(recipe["generation_batch_size"], "generation_batch_size", FIELD)
+        if total % (per_device * processes):
+            raise InputError(FIELD, f"generation_batch_size {total} must be a multiple of per_device_train_batch_size "
+                             f"× processes ({per_device * processes})", total)
+        steps = total // (per_device * processes)
+    else:
+        steps = integer(recipe.get("steps_per_generation") or accumulation, "steps_per_generation", FIELD)
+    completions = per_device * steps  # each GPU generates its slice of the generation batch at once
+    shared = math.gcd(completions, group)  # TRL spreads a prompt's completions over GPUs: keep the product
+    out["rollout_batch_size"], out["group_size"] = completions // shared, shared
+    if shared != group:
+        notes.append(f"{completions} completions per GPU per generation (per_device_train_batch_size × "
+                     f"steps_per_generation), {group} per prompt spread over GPUs: estimated as "
+                     f"{completions // shared} prompts × {shared}")
+    out["gen_len"] = integer(get("max_completion_length"), "max_completion_length", FIELD)
+    if recipe.get("max_prompt_length") is not None:
+        out["prompt_len"] = integer(recipe["max_prompt_length"], "max_prompt_length", FIELD)
+    elif "prompt_len" not in given:
+        notes.append("TRL 1.16 does not truncate prompts (no max_prompt_length): pass --prompt-len, your longest "
+                     "prompt in tokens (memplan's default is 256)")
+
+    beta = _number(get("beta"), "beta", 0.0, 1e6)
+    if beta == 0:
+        out["ref"] = "none"
+    elif peft:
+        out["ref"] = "lora-shared"
+    else:
+        out["ref"] = "separate"
+        _frozen_sharding(out, "ref", engine)
+    if recipe.get("reward_model_name_or_path"):
+        out["reward"] = "model"
+        out["reward_model"] = catalog_model(recipe["reward_model_name_or_path"], "reward_model_name_or_path", FIELD,
+                                            notes)
+        _frozen_sharding(out, "reward", engine)
+    else:
+        out["reward"] = "rule"
+
+    if _bool(get("use_vllm"), "use_vllm"):
+        mode = get("vllm_mode")
+        if mode == "server":
+            out["rollout_engine"] = "remote"
+        elif mode == "colocate":
+            out["rollout_engine"] = "vllm"
+            out["vllm_gpu_memory_utilization"] = _number(get("vllm_gpu_memory_utilization"),
+                                                         "vllm_gpu_memory_utilization", 0.01, 1.0)
+            out["vllm_sleep_mode"] = _bool(get("vllm_enable_sleep_mode"), "vllm_enable_sleep_mode")
+        else:
+            raise InputError(FIELD, f"vllm_mode {mode!r}: set colocate or server", mode)
+    else:
+        out["rollout_engine"] = "hf"
+        if engine["engine"] == "deepspeed" and engine.get("zero_stage") == 3:
+            out["gather_for_generation"] = _bool(get("ds3_gather_for_generation"), "ds3_gather_for_generation")
+    if out["rollout_engine"] != "hf" and engine["engine"] == "deepspeed" and engine.get("zero_stage") == 3:
+        notes.append("the actor's weights gathered under ZeRO-3 to sync vLLM (TRL's _move_model_to_vllm) are not "
+                     "counted")
+    if get("top_entropy_quantile") != 1.0 or get("entropy_coef"):
+        notes.append("entropies over the vocabulary (top_entropy_quantile, entropy_coef) are not counted")
+    if _bool(get("cast_lm_head_to_fp32"), "cast_lm_head_to_fp32"):
+        notes.append("cast_lm_head_to_fp32: the fp32 LM head and its fp32 logits are not counted")
+    iterations = integer(recipe.get("num_iterations", 1), "num_iterations", FIELD)
+    if out["rollout_engine"] == "hf" and accumulation % (steps * iterations) == 0:
+        notes.append("the old log-probs' actor forward is counted; TRL skips it here (generation aligned with the "
+                     "optimizer steps, no vLLM)")
+
+
+def _offline(recipe: dict[str, Any], get: Callable[[str], Any], out: dict[str, Any], engine: dict[str, Any],
+             peft: bool, notes: list[str]) -> None:
+    """DPO's and SFT's sequence length, and DPO's reference (the pairs: memplan's DPO counts chosen + rejected)."""
+    out["seq_len"] = integer(get("max_length"), "max_length", FIELD)
+    if _bool(get("padding_free"), "padding_free") or _bool(recipe.get("packing", False), "packing"):
+        notes.append("padding_free / packing: sequences counted at max_length each (an upper bound)")
+    if out["algo"] == "sft":
+        return
+    precompute = _bool(get("precompute_ref_log_probs"), "precompute_ref_log_probs")
+    if peft:
+        out["ref"] = "lora-shared"
+    elif precompute and engine["engine"] != "fsdp":  # DPOTrainer keeps no reference then (FSDP excepted)
+        out["ref"] = "none"
+        notes.append("precompute_ref_log_probs: the reference's log-probs are taken before training; its pass over "
+                     "the data is not estimated")
+    else:
+        out["ref"] = "separate"
+        _frozen_sharding(out, "ref", engine)
+
+
+def _frozen_sharding(out: dict[str, Any], role: str, engine: dict[str, Any]) -> None:
+    """A frozen model as TRL prepares it: under DeepSpeed, ZeRO-3 with the run's parameter offload, or stage 0
+    (``prepare_deepspeed`` keeps stage 3 only); under FSDP, sharded as the actor."""
+    if engine["engine"] != "deepspeed":
+        return
+    stage = engine.get("zero_stage", 0)
+    out[f"{role}_zero_stage"] = 3 if stage == 3 else 0
+    if stage == 3 and engine.get("offload") == "optimizer+params":
+        out["offload_ref" if role == "ref" else "offload_reward"] = True
+
+
+def load(recipe: str | Path, accelerate: str | Path | None = None, gpu: str | None = None,
+         algo: str | None = None, given: frozenset[str] = frozenset()) -> TrlRun:
+    """``fields`` of a recipe (a path, or its text) and an accelerate config (a path, or its text)."""
+    text = str(recipe)
+    if is_file(text) or ("\n" not in text and text.endswith((".yaml", ".yml", ".sh"))):
+        text = read_text(text, FIELD)
+    acc = None
+    if accelerate is not None:
+        acc_text = str(accelerate)
+        if is_file(acc_text) or ("\n" not in acc_text and acc_text.endswith((".yaml", ".yml"))):
+            acc_text = read_text(acc_text, ACCELERATE_FIELD)
+        acc = read_accelerate(acc_text)
+    return fields(read(text), acc, gpu, algo, given)
