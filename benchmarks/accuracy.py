@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -51,7 +52,10 @@ def traces_line() -> str:
     if not TRACES_META.exists():
         return f"{TRACES.name} (no record of how it was made)"
     m = json.loads(TRACES_META.read_text())
-    return f"`{m['command']}`, {m['date']}, {m['minutes']} min on {m['machine']} (kept in {TRACES.name})"
+    line = f"`{m['command']}`, {m['date']}, {m['minutes']} min on {m['machine']}"
+    for a in m.get("added", []):  # cases traced later with --cases
+        line += f"; then `{a['command']}`, {a['date']}, {a['minutes']} min on {a['machine']}"
+    return line + f" (kept in {TRACES.name})"
 
 
 def load_traces(path: Path) -> list[TraceReport]:
@@ -207,10 +211,13 @@ def main() -> None:
             kept[name] = trace(request(name))
             print(f"traced {name}: {kept[name].peak_bytes / GIB:.3f} GiB in {kept[name].seconds:.0f} s", flush=True)
         TRACES.write_text("".join(kept[n].model_dump_json() + "\n" for n in CASES if n in kept))
-        TRACES_META.write_text(json.dumps(dict(
-            command="python benchmarks/accuracy.py" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else ""),
-            date=f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC", machine=machine(),
-            minutes=round((time.perf_counter() - start) / 60, 1)), indent=1) + "\n")
+        run = dict(command="python benchmarks/accuracy.py" + "".join(f" {shlex.quote(a)}" for a in sys.argv[1:]),
+                   date=f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC", machine=machine(),
+                   minutes=round((time.perf_counter() - start) / 60, 1))
+        if args.cases and TRACES_META.exists():  # the other traces keep their record; this run is added to it
+            meta = json.loads(TRACES_META.read_text())
+            run = {**meta, "added": [*meta.get("added", []), run]}
+        TRACES_META.write_text(json.dumps(run, indent=1) + "\n")
     single = [(kept[n], compare(n, kept[n])) for n in CASES if n in kept]
     sharded = [(t, compare(case_of(t), t)) for t in load_traces(SHARDED_TRACES)]
     peers_doc = json.loads(PEERS.read_text()) if PEERS.exists() else {}

@@ -15,7 +15,7 @@ cheapest to run to the most memory-saving:
     <role> ZeRO stage             trained roles 0 → 1 → 2 → 3, frozen roles 0 → 3 (the engine stays as given)
     vllm_gpu_memory_utilization   0.9 → 0.2 (rollout_engine 'vllm')
     score_micro_batch_size        the given one → halvings → 1 (when given: the scoring forwards' micro batch)
-    logprob_kernel                log-softmax → fused (a fused cross-entropy: TRL's use_liger_kernel, verl)
+    logprob_kernel                log-softmax → fused (a fused cross-entropy: verl's, Liger's); chunked (TRL 1.16) is kept
     micro_batch_size              the largest that fits, at most the given one (bisection at each leaf)
 
 When the request does not fit the GPU, each dimension runs from the user's value toward the saving end
@@ -288,8 +288,9 @@ def _dimensions(given: EstimateRequest, base: Report, allow: set[str], side: str
         dims.append(dim("vllm_gpu_memory_utilization", VLLM_FRACTIONS if "vllm_gpu_memory_utilization" in allow
                         else (), given.vllm_gpu_memory_utilization, key=lambda u: -u))
     if not (given.rollout_engine == "hybrid-engine" and given.algo in GENERATES):  # DeepSpeed-Chat: its own path
-        dims.append(dim("logprob_kernel", ("log-softmax", "fused") if "logprob_kernel" in allow else (),
-                        given.logprob_kernel, key=("log-softmax", "fused").index))
+        kernels = ("log-softmax", "fused") if "logprob_kernel" in allow and given.logprob_kernel != "chunked" else ()
+        dims.append(dim("logprob_kernel", kernels, given.logprob_kernel,  # chunked: TRL's own LM head, kept
+                        key=("log-softmax", "fused", "chunked").index))
     score = given.score_micro_batch_size
     if score is not None and given.algo != "sft":
         halvings = tuple(sorted({score >> k for k in range(score.bit_length())}, reverse=True))  # score … 1

@@ -3,7 +3,10 @@
 Expected bytes worked by hand from the kernels' allocations (``memplan.estimator.formulas``): the log-softmax
 path holds bf16 logits, their fp32 copy and the fp32 log-softmax when scoring, (2 + 4 + 4)·V per position,
 and 3 · 4V in training; a fused cross-entropy (flash-attn's, as verl calls it) only the 16-bit logits, whose
-gradient it writes in place, and 8 bytes of fp32 outputs per position: 2V + 8.
+gradient it writes in place, and 8 bytes of fp32 outputs per position: 2V + 8; TRL 1.16's fused LM head
+(``trl/kernels/chunked_logprob.py``) no logits at all: one reused 4,096 × 32,768 16-bit tile, the scored
+positions' hidden states copied out, and in backward fp32 accumulators of the hidden states' and LM head's
+gradients with their 16-bit copies.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from api.main import create_app
 from memplan.cli.app import app
 from memplan.errors import InputError
 
-V = 152_064  # Qwen2.5-7B's vocabulary: the log-prob moment is each forward's largest, whichever kernel
+V, H = 152_064, 3_584  # Qwen2.5-7B's vocabulary and hidden size: the log-prob moment is each forward's largest
 GRPO = dict(model="Qwen/Qwen2.5-7B", algo="grpo", gpus="8xA100-80GB", zero_stage=3, micro_batch_size=2,
             score_micro_batch_size=8, prompt_len=256, gen_len=256)
 
@@ -37,6 +40,27 @@ def test_logits_of_each_kernel(kernel, scoring, training):
     assert _logits(report, "actor_update") == [training]  # 2 sequences trained at a time
 
 
+def test_chunked_lm_head_by_hand():
+    """Scoring 8 × 256 = 2,048 answer positions: a 2,048 × 32,768 bf16 tile, the backbone's last hidden states
+    over all 8 × 512 positions (2H each), their compact copy (2H), int64 labels (8), 7 fp32 statistics, the
+    log-sum-exp and the log-probs (36) — no longer the scoring phase's peak, which is the layers' (checked on
+    the activity itself). Training 2 × 256 = 512 positions: the tile, the saved copy, labels and log-sum-exp
+    (2H + 12), the incoming gradient and its masked select (8), the hidden states' gradient in fp32 and bf16
+    (6H), and the LM head's, trained, in fp32 and bf16 (6·V·H)."""
+    from memplan.estimator.algorithms import forward, model_states
+    from memplan.estimator.resolve import resolve
+    from memplan.report import EstimateRequest
+
+    report = memplan.estimate(**GRPO, logprob_kernel="chunked")
+    assert _logits(report, "actor_update") == [512 * 32768 * 2 + 512 * (2 * H + 12 + 8 + 6 * H) + 6 * V * H]
+    run = resolve(EstimateRequest(**GRPO, logprob_kernel="chunked"))
+    actor = run.roles[0]
+    moments = forward(run, actor, model_states(actor, run.e, run.lora_rank), "actor old log-probs", 8)
+    assert moments[-1].name == "actor old log-probs: chunked LM head"
+    assert [i[2] for i in moments[-1].items if i[1] == "logits"] == [
+        2048 * 32768 * 2 + 4096 * 2 * H + 2048 * (2 * H + 8 + 36)]
+
+
 def test_sft_and_dpo_losses_too():
     sft = memplan.estimate(model="Qwen/Qwen2.5-7B", algo="sft", gpus="8xA100-80GB", zero_stage=3,
                            micro_batch_size=4, seq_len=1024, logprob_kernel="fused")
@@ -46,10 +70,18 @@ def test_sft_and_dpo_losses_too():
     assert _logits(dpo, "scoring") == [4 * 512 * (2 * V + 8)]  # 2 pairs: chosen + rejected
 
 
-def test_deepspeed_chat_keeps_its_own_path():
+def test_chunked_lm_head_under_lora_trains_no_head():
+    """With LoRA the LM head is frozen: no fp32 accumulator of its gradient (6·V·H of the full run's)."""
+    full = _logits(memplan.estimate(**GRPO, logprob_kernel="chunked"), "actor_update")
+    lora = _logits(memplan.estimate(**GRPO, logprob_kernel="chunked", lora_rank=16), "actor_update")
+    assert full[0] - lora[0] == 6 * V * H
+
+
+@pytest.mark.parametrize("kernel", ["fused", "chunked"])
+def test_deepspeed_chat_keeps_its_own_path(kernel):
     with pytest.raises(InputError) as err:
         memplan.estimate(**{**GRPO, "score_micro_batch_size": None}, rollout_engine="hybrid-engine",
-                         logprob_kernel="fused")
+                         logprob_kernel=kernel)
     assert err.value.field == "logprob_kernel"
 
 
@@ -67,10 +99,12 @@ def test_cli_and_api():
 
 
 @pytest.mark.parametrize("algo", ["grpo", "dpo", "sft"])
-def test_estimate_matches_the_traced_fused_kernel(algo):
-    """The tracer's stand-in for flash-attn's cross-entropy (``memplan.harness.steps.common._FusedLogprob``:
-    its allocations, fp32 outputs per row, the gradient written into the logits) against the estimate, phase
-    by phase within the accuracy tolerances; and the knob reaches the trace: the fused scoring peak is lower."""
+def test_estimate_matches_the_traced_kernels(algo):
+    """The tracer's stand-ins (``memplan.harness.steps.common``) for flash-attn's cross-entropy (``_FusedLogprob``:
+    its allocations, fp32 outputs per row, the gradient written into the logits) and TRL's fused LM head
+    (``_ChunkedLogprob`` on the backbone's hidden states: its tile, statistics and fp32 accumulators) against the
+    estimate, phase by phase within the accuracy tolerances; and the knob reaches the trace: the scoring (SFT:
+    training) peak of either is below log-softmax's."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     from memplan.harness import trace
@@ -78,7 +112,7 @@ def test_estimate_matches_the_traced_fused_kernel(algo):
     from memplan.report import EstimateRequest
 
     peaks = {}
-    for kernel in ("fused", "log-softmax"):
+    for kernel in ("fused", "chunked", "log-softmax"):
         request = EstimateRequest(model="memplan/tiny-llama", algo=algo, gpus="1xH100-80GB", prompt_len=64,
                                   gen_len=64, micro_batch_size=2, logprob_kernel=kernel)
         rows = compare(f"{algo} tiny-llama {kernel}", trace(request))
@@ -87,11 +121,12 @@ def test_estimate_matches_the_traced_fused_kernel(algo):
         peaks[kernel] = {r.phase: r.traced_bytes for r in rows}
     first = "actor_update" if algo == "sft" else "scoring"
     assert peaks["fused"][first] < peaks["log-softmax"][first]
+    assert peaks["chunked"][first] < peaks["log-softmax"][first]
 
 
 def test_plan_offers_a_fused_kernel_first_when_logits_overflow():
     """GRPO on Qwen2.5-7B scoring 32 answers of 4,096 tokens at a time overflows in scoring; a fused kernel
-    (TRL's use_liger_kernel, verl's default) costs no throughput and ranks before smaller batches or TP."""
+    (verl's default, Liger's) costs no throughput and ranks before smaller batches or TP."""
     from memplan.planner import plan
     from memplan.report import EstimateRequest
 

@@ -49,6 +49,7 @@ from memplan.estimator.dschat import (
 from memplan.estimator.formulas import (
     LayerActivation,
     backward_transient_per_token,
+    chunked_logprob_bytes,
     final_norm_bytes_per_token,
     fused_logprob_bytes,
     kv_cache_bytes,
@@ -222,16 +223,23 @@ def forward(run: Run, r: RoleSetup, st: States, name: str, seqs: int, first: boo
     _fsdp_copy_out(layers, role, st, first)
     if not r.lm_head:
         return [layers]
-    logprobs = Activity(f"{name}: log-softmax", [
+    kernel, positions = run.logprob_kernel, seqs * run.logit_tokens
+    if kernel == "chunked":  # no logits: the LM head projects tiles, folded into log-probs as they come
+        logits = chunked_logprob_bytes(positions, seqs * run.train_seq_len, spec.vocab_size, spec.hidden_size, e,
+                                       training=False, head_trains=False, tp=tp)
+    elif kernel == "fused":
+        logits = fused_logprob_bytes(positions, spec.vocab_size, e, tp)
+    else:
+        logits = logprob_logits_bytes(positions, spec.vocab_size, e, False, tp)
+    logprobs = Activity(f"{name}: " + ("chunked LM head" if kernel == "chunked" else "log-softmax"), [
         (role, "parameter", st.fsdp.after_forward if st.fsdp else st.gather, "gathered weights"),
-        (role, "logits", fused_logprob_bytes(seqs * run.logit_tokens, spec.vocab_size, e, tp) if run.fused_logprobs
-         else logprob_logits_bytes(seqs * run.logit_tokens, spec.vocab_size, e, False, tp), "log-probs"),
+        (role, "logits", logits, "log-probs"),
     ])
     if st.fsdp is None:
         return [layers, logprobs]
     head = Activity(f"{name}: LM head", [  # FSDP2 keeps the root until the forward returns its logits
         (role, "parameter", st.fsdp.lm_head, "gathered weights"),
-        (role, "logits", int(seqs * run.logit_tokens * spec.vocab_size * e / tp), "logits"),
+        (role, "logits", logits if kernel == "chunked" else int(positions * spec.vocab_size * e / tp), "logits"),
     ])
     return [layers, head, logprobs]
 
@@ -275,12 +283,18 @@ def _checkpointed_inputs(run: Run, r: RoleSetup, tokens: int) -> int:
 def _loss(run: Run, r: RoleSetup, act: Activity, tokens: int) -> None:
     """The final norm's saved tensors and the log-softmax path, alive when backward starts at the loss."""
     dschat = hybrid(run)
-    lm_head_input = not r.lora and (run.logit_tokens == run.train_seq_len or dschat)
+    chunked = run.logprob_kernel == "chunked"  # its own compact copy of the scored positions' hidden states
+    lm_head_input = not r.lora and not chunked and (run.logit_tokens == run.train_seq_len or dschat)
     per_token = final_norm_bytes_per_token(r.spec, run.e, weights_trainable=not r.lora, lm_head_input=lm_head_input)
     act.add(r.role, "activation", int(tokens * per_token), "final norm")
     if r.lm_head and dschat:  # DeepSpeed-Chat / ReMax: log-softmax over every position's (fp32) logits
         logprob_loss(run, r, act)
-    elif r.lm_head and run.fused_logprobs:
+    elif r.lm_head and chunked:
+        act.add(r.role, "logits", chunked_logprob_bytes(
+            run.train_seqs * run.logit_tokens, run.train_seqs * run.train_seq_len, r.spec.vocab_size,
+            r.spec.hidden_size, run.e, training=True, head_trains=not r.lora, tp=run.tp),
+            "chunked LM head's backward: a tile, the hidden states' and LM head's gradients in fp32 and 16-bit")
+    elif r.lm_head and run.logprob_kernel == "fused":
         act.add(r.role, "logits", fused_logprob_bytes(run.train_seqs * run.logit_tokens, r.spec.vocab_size, run.e,
                                                       run.tp),
                 "fused cross-entropy: the logits, their gradient in place")

@@ -315,6 +315,33 @@ def fused_logprob_bytes(tokens: int, vocab: int, e: int, tp: int = 1) -> int:
     return int(tokens * (e * vocab / tp + 8))
 
 
+CHUNK_TOKENS = 4096
+"""Positions per tile of TRL's chunked LM head (trl 1.16 ``kernels/chunked_logprob.py``: ``TOKEN_CHUNK_SIZE``)."""
+CHUNK_VOCAB = 32768
+"""Vocabulary columns per tile (trl 1.16 ``trainer/utils.py``: ``_CHUNKED_LOGPROB_CHUNK_SIZE``)."""
+
+
+def chunked_logprob_bytes(tokens: int, positions: int, vocab: int, hidden: int, e: int, *, training: bool,
+                          head_trains: bool, tp: int = 1) -> int:
+    """Peak of TRL 1.16's fused LM head over ``tokens`` scored positions of ``positions`` in all (trl
+    ``add_fused_lm_head`` → ``kernels/chunked_logprob.py::_ChunkedLogProbFunction``): the logits never exist.
+
+    Forward (scoring): the backbone's last hidden states (e·h per position), the scored positions' compact copy
+    (``hidden_states[mask]``: e·h + 8 bytes of int64 label per scored position), seven fp32 running statistics
+    and the fp32 log-probs and log-sum-exp (36 bytes), and one [min(N, 4096), min(V, 32768)] 16-bit tile.
+    Training, at the start of backward: the saved copy, labels and log-sum-exp (e·h + 12), the incoming fp32
+    gradient and its masked select (8), the tile again, the fp32 accumulator of the hidden states' gradient
+    and its 16-bit copy ((4 + e)·h per position) and, when the LM head trains, its fp32 gradient accumulator
+    and 16-bit copy ((4 + e)·V·h).
+    """
+    v = vocab // tp
+    tile = min(tokens, CHUNK_TOKENS) * min(v, CHUNK_VOCAB) * e
+    if not training:
+        return tile + positions * e * hidden + tokens * (e * hidden + 8 + 36)
+    head = (4 + e) * v * hidden if head_trains else 0
+    return tile + tokens * (e * hidden + 12 + 8 + (4 + e) * hidden) + head
+
+
 def hybrid_engine_workspace_bytes(spec: ModelSpec, seqs: int, max_out_tokens: int, e: int, tp: int = 1) -> int:
     """DeepSpeed's inference workspace, allocated once by the first generation and kept in every phase.
 

@@ -79,8 +79,8 @@ class Run(NamedTuple):
     """Sequences per scoring forward (DPO: chosen + rejected)."""
     logit_tokens: int
     """Positions per sequence whose vocabulary logits the loss needs."""
-    fused_logprobs: bool
-    """Log-probs and cross-entropy by a fused kernel (``logprob_kernel='fused'``)."""
+    logprob_kernel: str
+    """How log-probs and cross-entropy are taken: 'log-softmax', 'fused' or 'chunked' (``logprob_kernel``)."""
     idle_offload: bool
     """Trained roles' states wait on the CPU while idle (``idle_offload``): see ``RoleSetup.sharding``."""
     experience_seqs: int
@@ -229,7 +229,7 @@ def resolve(req: EstimateRequest) -> Run:
     else:
         seq = req.seq_len or (req.prompt_len + req.gen_len)
         logit_tokens = seq
-    if req.logprob_kernel == "fused" and generates and req.rollout_engine == "hybrid-engine":
+    if req.logprob_kernel != "log-softmax" and generates and req.rollout_engine == "hybrid-engine":
         raise InputError("logprob_kernel", "DeepSpeed-Chat's trainer takes log-probs with log_softmax: use "
                          "'log-softmax' with rollout_engine 'hybrid-engine'", req.logprob_kernel)
     score_micro = req.score_micro_batch_size
@@ -253,7 +253,7 @@ def resolve(req: EstimateRequest) -> Run:
         prompt_len=req.prompt_len, gen_len=req.gen_len, train_seq_len=seq,
         train_seqs=req.micro_batch_size * (2 if algo == "dpo" else 1),
         score_seqs=score_micro * (2 if algo == "dpo" else 1), logit_tokens=logit_tokens,
-        fused_logprobs=req.logprob_kernel == "fused", idle_offload=req.idle_offload != "none",
+        logprob_kernel=req.logprob_kernel, idle_offload=req.idle_offload != "none",
         experience_seqs=prompts * group * (2 if algo == "remax" else 1) if generates else 0,
         gradient_checkpointing=req.gradient_checkpointing, eager_attention=req.attention == "eager",
         lora_rank=req.lora_rank, lora_targets=req.lora_targets, rollout_engine=req.rollout_engine,

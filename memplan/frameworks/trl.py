@@ -31,7 +31,8 @@ What is read:
                                       rollout_engine 'vllm' (colocate: 0.3, no sleep mode) or 'remote' (server)
     ds3_gather_for_generation         gather_for_generation (HF generation under ZeRO-3; on by default)
     attn_implementation               attention 'eager' when asked
-    use_liger_kernel                  logprob_kernel 'fused'
+    (always)                          logprob_kernel 'chunked': TRL 1.16 patches every trained and reference
+                                      model with its fused LM head (add_fused_lm_head), so no logits exist
   DPO and SFT (``algo`` 'dpo' / 'sft'):
     per_device_train_batch_size       micro_batch_size (DPO: pairs, chosen + rejected in one forward)
     max_length                        seq_len (1024)
@@ -288,11 +289,9 @@ def fields(recipe: dict[str, Any], accelerate: dict[str, Any] | None = None, gpu
         out["gradient_checkpointing"] = _bool(get("gradient_checkpointing"), "gradient_checkpointing")
     if get("attn_implementation") == "eager":
         out["attention"] = "eager"
+    out["logprob_kernel"] = "chunked"  # every trainer patches the model with add_fused_lm_head: no logits
     if _bool(get("use_liger_kernel"), "use_liger_kernel"):
-        out["logprob_kernel"] = "fused"
-    elif algo != "sft":
-        notes.append("log-probs by log_softmax of fp32 logits (memplan's traced path): TRL's selective_log_softmax "
-                     "runs a Triton kernel on GPUs that needs less (an upper bound)")
+        notes.append("use_liger_kernel: Liger's layer kernels (TRL keeps its own fused LM head) are not modeled")
     if algo in ("grpo", "rloo"):
         _online(recipe, get, out, engine, peft, accelerate, given, notes)
     else:

@@ -129,6 +129,7 @@ CASES: dict[str, dict[str, object]] = {
     "grpo qwen2.5-1.5b lora gc": dict(model="Qwen/Qwen2.5-1.5B", algo="grpo", lora_rank=32,
                                       gradient_checkpointing=True),
     "grpo qwen3-0.6b": dict(model="Qwen/Qwen3-0.6B", algo="grpo"),
+    "grpo qwen2.5-0.5b chunked": dict(model="Qwen/Qwen2.5-0.5B", algo="grpo", logprob_kernel="chunked"),
     "grpo llama-3.2-1b reward": dict(model="meta-llama/Llama-3.2-1B", algo="grpo", reward="model",
                                      gradient_checkpointing=True),
     "grpo llama-2-7b lora gc": dict(model="meta-llama/Llama-2-7b-hf", algo="grpo", lora_rank=16,

@@ -10,7 +10,8 @@ Every block does what the frameworks do on a GPU (TRL, OpenRLHF, verl, DeepSpeed
   leaves the same tensors alive at the same peak (the cache is largest at the last step).
 * ``sequence_logprobs`` — ``log_softmax(logits.float()).gather(ids)`` over the answer positions only
   (``logits_to_keep``); with ``logprob_kernel='fused'`` (``FUSED``), ``_FusedLogprob``: flash-attn's
-  ``cross_entropy_loss`` as verl calls it (``inplace_backward=True``), by its allocations.
+  ``cross_entropy_loss`` as verl calls it (``inplace_backward=True``), by its allocations; with 'chunked'
+  (``CHUNKED``), ``_ChunkedLogprob`` over the backbone's hidden states: TRL 1.16's fused LM head.
 * ``Trainer.step`` — the optimizer step of one trained model: with master weights, the 16-bit gradients are
   converted one by one into fp32 gradients of the fp32 masters (and freed), the optimizer steps the masters,
   the masters are copied back into the 16-bit weights (DeepSpeed's bf16/fp16 optimizers, FSDP
@@ -41,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
 
+from memplan.estimator.formulas import CHUNK_TOKENS, CHUNK_VOCAB
 from memplan.harness.models import Models
 from memplan.harness.setup import Setup
 from memplan.harness.steps.optim import Trainer
@@ -244,6 +246,110 @@ class _FusedLogprob(torch.autograd.Function):
         return logits, None
 
 
+CHUNKED: contextvars.ContextVar[bool] = contextvars.ContextVar("chunked_logprobs", default=False)
+"""Log-probs and cross-entropy by ``_ChunkedLogprob`` over the backbone's hidden states (``logprob_kernel=
+'chunked'``)."""
+
+
+CHUNK_BLOCK = 16
+"""At least this many rows (columns) per block of ``_ChunkedLogprob``'s stand-in folds: its fp32 block copies stay
+small (a GPU folds in registers) while the tracer runs few Python iterations."""
+
+
+class _ChunkedLogprob(torch.autograd.Function):
+    """log p(label) of ``hidden`` [N, h] @ ``weight`` [V, h]ᵀ without the [N, V] logits, with the allocations of
+    TRL 1.16's fused LM head (``kernels/chunked_logprob.py::_ChunkedLogProbFunction`` on a GPU): seven fp32 running
+    statistics per row and one reused [min(N, 4096), min(V, 32768)] tile, folded in registers (here: in
+    1/``FUSED_ROWS`` row blocks); backward recomputes each tile, turns it into the logits' gradient in place and
+    accumulates the hidden states' and weight's gradients in fp32 (``addmm`` with an fp32 output: here in blocks),
+    returned as 16-bit copies."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        n, vocab = hidden.shape[0], weight.shape[0]
+        stats = [torch.full((n,), float("-inf"), dtype=torch.float32, device=hidden.device)]
+        stats += [torch.zeros(n, dtype=torch.float32, device=hidden.device) for _ in range(6)]
+        running_max, sum_exp, target_logit = stats[0], stats[1], stats[6]
+        buf = torch.empty((min(n, CHUNK_TOKENS), min(vocab, CHUNK_VOCAB)), dtype=hidden.dtype, device=hidden.device)
+        for t0 in range(0, n, CHUNK_TOKENS):
+            t1 = min(t0 + CHUNK_TOKENS, n)
+            for v0 in range(0, vocab, CHUNK_VOCAB):
+                v1 = min(v0 + CHUNK_VOCAB, vocab)
+                tile = buf[:t1 - t0, :v1 - v0]
+                torch.mm(hidden[t0:t1], weight[v0:v1].t(), out=tile)
+                step = max(CHUNK_BLOCK, (t1 - t0) // FUSED_ROWS)
+                for i in range(0, t1 - t0, step):  # online log-sum-exp and the label's logit, row block by block
+                    rows, block = slice(t0 + i, min(t0 + i + step, t1)), tile[i:i + step].float()
+                    top = torch.maximum(running_max[rows], block.amax(-1))
+                    rescaled = sum_exp[rows] * (running_max[rows] - top).exp()
+                    sum_exp[rows] = rescaled + (block - top[:, None]).exp().sum(-1)
+                    running_max[rows] = top
+                    local = targets[rows] - v0
+                    inside = (local >= 0) & (local < v1 - v0)
+                    picked = block.gather(-1, local.clamp(0, v1 - v0 - 1)[:, None]).squeeze(-1)
+                    target_logit[rows] = torch.where(inside, picked, target_logit[rows])
+        log_z = running_max + sum_exp.log()
+        ctx.save_for_backward(hidden, weight, targets, log_z)
+        return target_logit - log_z
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
+        hidden, weight, targets, log_z = ctx.saved_tensors
+        n, vocab = hidden.shape[0], weight.shape[0]
+        needs_hidden, needs_weight = ctx.needs_input_grad[:2]
+        grad_hidden = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if needs_hidden else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_weight else None
+        buf = torch.empty((min(n, CHUNK_TOKENS), min(vocab, CHUNK_VOCAB)), dtype=hidden.dtype, device=hidden.device)
+        grad = grad.float().contiguous()
+        for t0 in range(0, n, CHUNK_TOKENS):
+            t1 = min(t0 + CHUNK_TOKENS, n)
+            for v0 in range(0, vocab, CHUNK_VOCAB):
+                v1 = min(v0 + CHUNK_VOCAB, vocab)
+                tile, w = buf[:t1 - t0, :v1 - v0], weight[v0:v1]
+                torch.mm(hidden[t0:t1], w.t(), out=tile)
+                step = max(CHUNK_BLOCK, (t1 - t0) // FUSED_ROWS)
+                for i in range(0, t1 - t0, step):  # d log p(label) / d logits = onehot(label) − softmax, times grad
+                    rows, g = slice(t0 + i, min(t0 + i + step, t1)), grad[t0 + i:t0 + i + step, None]
+                    block = (tile[i:i + step].float() - log_z[rows, None]).exp_().mul_(-g)
+                    local = targets[rows] - v0
+                    inside = ((local >= 0) & (local < v1 - v0))[:, None]
+                    block.scatter_add_(-1, local.clamp(0, v1 - v0 - 1)[:, None], torch.where(inside, g, 0.0))
+                    tile[i:i + step].copy_(block)
+                    if grad_hidden is not None:  # acc += tile @ w, accumulated in fp32
+                        grad_hidden[rows] += (tile[i:i + step] @ w).float()
+                if grad_weight is not None:  # acc += tileᵀ @ hidden, column block by column block
+                    cols = max(CHUNK_BLOCK, (v1 - v0) // FUSED_ROWS)
+                    for c in range(0, v1 - v0, cols):
+                        grad_weight[v0 + c:v0 + c + cols] += (tile[:, c:c + cols].t() @ hidden[t0:t1]).float()
+        return (grad_hidden.to(hidden.dtype) if grad_hidden is not None else None,
+                grad_weight.to(weight.dtype) if grad_weight is not None else None, None)
+
+
+def _causal_lm(model: nn.Module) -> nn.Module:
+    """The causal LM under a peft wrapper (TRL patches it, not the wrapper)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _chunked(model: nn.Module, seq: torch.Tensor, n: int, probe: Probe, role: str) -> torch.Tensor:
+    """TRL's fused LM head: the backbone's last hidden states, those of the last ``n`` of the s − 1 positions
+    whose next token is scored copied out (TRL: ``hidden_states[mask]``; here a copy of the same size, boolean
+    indexing having no fake-tensor shape), ``_ChunkedLogprob`` over them, scattered back ([b, s − 1], fp32)."""
+    lm = _causal_lm(model)
+    hidden = lm.base_model(input_ids=seq, use_cache=False).last_hidden_state
+    b, s, h = hidden.shape
+    with probe.section(category="logits"):
+        states = hidden.new_empty((b * n, h))
+        states.view(b, n, h).copy_(hidden[:, s - 1 - n:s - 1])
+        labels = seq.new_empty(b * n)
+        labels.view(b, n).copy_(seq[:, s - n:])
+        out = _ChunkedLogprob.apply(states, lm.get_output_embeddings().weight, labels)
+        if out.requires_grad:
+            label_backward(out, probe, role, "logits")
+        mask = torch.zeros(b, s - 1, dtype=torch.bool, device=seq.device)
+        mask[:, s - 1 - n:] = True
+        return out.new_zeros(mask.shape).masked_scatter(mask, out)
+
+
 def _fused(logits: torch.Tensor, labels: torch.Tensor, probe: Probe, role: str) -> torch.Tensor:
     """``_FusedLogprob`` over [..., V] logits (contiguous: no copy), labelled as logits forward and backward."""
     with probe.section(category="logits"):
@@ -263,6 +369,12 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, probe: Probe, rol
             for t in (upcast, logp, picked):
                 label_backward(t, probe, role, "logits")
         return picked.squeeze(-1)
+
+
+def chunked_causal_lm_loss(model: nn.Module, seq: torch.Tensor, probe: Probe, role: str) -> torch.Tensor:
+    """TRL's SFT loss through its fused LM head: the mean −log-prob of every next token."""
+    n = seq.shape[1] - 1
+    return -_chunked(model, seq, n, probe, role).sum() / (seq.shape[0] * n)
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, probe: Probe, role: str) -> torch.Tensor:
@@ -286,6 +398,8 @@ def sequence_logprobs(model: nn.Module, seq: torch.Tensor, n: int, probe: Probe,
     """Log-probs of the last ``n`` tokens of ``seq`` under ``model`` ([b, n], fp32). Fused: over the n + 1 kept
     positions with the labels shifted (as verl rolls them), the last one masked: no slice of the logits, whose
     backward would allocate their full size again."""
+    if CHUNKED.get():  # the answer's positions: those whose next token is one of the last n
+        return _chunked(model, seq, n, probe, role)[:, -n:]
     logits = model(input_ids=seq, use_cache=False, logits_to_keep=n + 1).logits
     if FUSED.get():
         if logits.requires_grad:
