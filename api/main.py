@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import memplan
 from api.deps import get_settings
-from api.routes import catalog, compare, estimate, health, plan, trl, verl
+from api.routes import catalog, compare, estimate, health, openrlhf, plan, trl, verl
 from memplan.errors import EnvironmentProblem, InputError
 
 DESCRIPTION = """Ask memplan over HTTP: the per-GPU peak memory of an RL fine-tuning run (PPO, GRPO, ReMax,
@@ -67,7 +67,7 @@ def create_app() -> FastAPI:
         # FastAPI's native OpenTelemetry costs ~25 µs a request just to find no provider: opt-in
         telemetry=None if settings.telemetry else {"tracing": False, "metrics": False, "logs": False},
     )
-    for module in (estimate, compare, plan, verl, trl, catalog, health):
+    for module in (estimate, compare, plan, verl, trl, openrlhf, catalog, health):
         app.include_router(module.router)
     app.add_exception_handler(InputError, _input_error)
     app.add_exception_handler(ValidationError, _validation_error)

@@ -198,3 +198,23 @@ class TrlRecipe(BaseModel):
 
 class TrlEstimate(VerlEstimate):
     """The request read from a TRL recipe, what was read differently or not at all, and its report."""
+
+
+class OpenRLHFScript(BaseModel):
+    """POST /v1/openrlhf/estimate: an OpenRLHF launch command and the GPU kind it runs on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra={"examples": [{
+        "script": "python3 -m openrlhf.cli.train_ppo_ray --actor.model_name_or_path Qwen/Qwen2.5-7B "
+                  "--reward.model_name_or_path Qwen/Qwen2.5-7B --train.colocate_all --vllm.num_engines 8 "
+                  "--vllm.gpu_memory_utilization 0.5 --vllm.enable_sleep --ds.zero_stage 3 "
+                  "--actor.gradient_checkpointing_enable --train.micro_batch_size 4 --rollout.micro_batch_size 8",
+        "gpu": "H100-80GB"}]})
+
+    script: str = Field(min_length=1, max_length=60_000, description="The launch command (its --key value "
+                        "arguments; OpenRLHF 0.11's dotted or earlier flat names)")
+    gpu: str = Field(min_length=1, max_length=64, description="GPU kind (GET /v1/gpus); the count follows from the "
+                     "models' num_nodes × num_gpus_per_node", examples=["H100-80GB"])
+
+
+class OpenRLHFEstimate(VerlEstimate):
+    """The request read from an OpenRLHF command, what was read differently or not at all, and its report."""

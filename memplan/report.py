@@ -105,9 +105,10 @@ class EstimateRequest(BaseModel):
     hybrid_shard: bool = Field(False, description="Shard within a node only (FSDP HYBRID_SHARD, ZeRO++ hpZ)")
     offload: Offload = Field("none", description="CPU offload for trainable roles (actor, critic)")
     idle_offload: IdleOffload = Field(
-        "none", description="verl's param_offload / optimizer_offload (engine 'fsdp'): the trained roles' weight "
-        "shards and/or optimizer states wait on the CPU while their role is idle, and come back for its own "
-        "forwards (weights) and updates (weights and optimizer states)"
+        "none", description="verl's param_offload / optimizer_offload (engine 'fsdp'), OpenRLHF's ds.enable_sleep "
+        "(engine 'deepspeed': 'optimizer' only): the trained roles' weight shards and/or optimizer states wait on "
+        "the CPU while their role is idle, and come back for its own forwards (weights) and updates (weights and "
+        "optimizer states)"
     )
     offload_ref: bool = Field(False, description="Reference parameters on the CPU (ZeRO-3 param offload)")
     offload_reward: bool = Field(False, description="Reward model parameters on the CPU (ZeRO-3 param offload)")

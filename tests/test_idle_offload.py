@@ -88,7 +88,8 @@ def test_ppo_roles_wait_for_each_other():
 
 
 @pytest.mark.parametrize("fields, words", [
-    (dict(engine="deepspeed"), "set engine 'fsdp'"),
+    (dict(engine="torch", zero_stage=0), "set engine 'fsdp' or 'deepspeed'"),
+    (dict(engine="deepspeed"), "keeps the 16-bit weight shards"),
     (dict(offload="optimizer"), "choose one"),
     (dict(rollout_engine="hybrid-engine"), "hybrid engine"),
 ])
@@ -96,6 +97,19 @@ def test_contradictions_name_the_field(fields, words):
     with pytest.raises(InputError) as err:
         memplan.estimate(**{**GRPO, **fields, "idle_offload": "params"})
     assert err.value.field == "idle_offload" and words in str(err.value)
+
+
+def test_deepspeed_sleep_offloads_optimizer_states_only():
+    """OpenRLHF's ds.enable_sleep (``offload_deepspeed_states``: optimizer states and fp32 masters, not the 16-bit
+    weights): with the actor on DeepSpeed ZeRO-3 the rollout drops its 12Ψ/N of AdamW states + masters, and the
+    update loads them back."""
+    fields = {**GRPO, "engine": "deepspeed"}
+    given, asleep = memplan.estimate(**fields), memplan.estimate(**fields, idle_offload="optimizer")
+    n = 32_763_876_352  # Qwen2.5-32B, transformers' count (tests/test_catalog.py)
+    states = -(-n * 12 // 8)  # fp32 m, v and masters over 8 GPUs
+    assert abs((_totals(given)["rollout"] - _totals(asleep)["rollout"]) - states) <= 8 * 512
+    assert _totals(given)["actor_update"] == _totals(asleep)["actor_update"]
+    assert asleep.models[0].host_bytes == given.models[0].host_bytes + given.models[0].resident.optstate
 
 
 def test_cli_and_api():

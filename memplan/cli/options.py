@@ -79,7 +79,7 @@ SHARED: dict[str, tuple[Any, Any]] = {
     "model": (
         Annotated[str | None, typer.Option(
             help="Actor (policy) model: catalog name or alias, or a local config.json / model folder (required "
-            "unless --verl or --trl names it)", rich_help_panel=_MODEL, show_default=False)],
+            "unless --verl, --trl or --openrlhf names it)", rich_help_panel=_MODEL, show_default=False)],
         None,
     ),
     "verl": (
@@ -87,6 +87,14 @@ SHARED: dict[str, tuple[Any, Any]] = {
             help="Read the run from a verl launch script (python3 -m verl.trainer.main_ppo key=value ...): model, "
             "algorithm, GPU count, batches, lengths, offloads, rollout; --gpus then names the GPU kind (H100-80GB); "
             "explicit flags override it", rich_help_panel=_MODEL, show_default=False, dir_okay=False)],
+        None,
+    ),
+    "openrlhf": (
+        Annotated[Path | None, typer.Option(
+            help="Read the run from an OpenRLHF launch command (python3 -m openrlhf.cli.train_ppo_ray --key value "
+            "...; 0.11's dotted or earlier flat names): model, algorithm, placement, batches, lengths, offloads; "
+            "--gpus then names the GPU kind; explicit flags override it", rich_help_panel=_MODEL,
+            show_default=False, dir_okay=False)],
         None,
     ),
     "trl": (
@@ -160,7 +168,7 @@ SHARED: dict[str, tuple[Any, Any]] = {
     "gather_for_generation": (_option("gather_for_generation", _ROLL), None),
 }
 
-_NOT_FIELDS = {"host_ram_gib", "deepspeed_config", "verl", "trl", "accelerate_config"}
+_NOT_FIELDS = {"host_ram_gib", "deepspeed_config", "verl", "trl", "accelerate_config", "openrlhf"}
 
 
 def option_name(field: str) -> str:
@@ -219,16 +227,21 @@ def deepspeed_overrides(path: Path) -> dict[str, Any]:
     return out
 
 
-def verl_fields(path: Path, gpus: str | None) -> tuple[dict[str, Any], list[str]]:
-    """Request fields of a verl launch script (``memplan.frameworks.verl``) and its notes; ``gpus`` names the
-    GPU kind ('H100-80GB', the count is the script's) or, with a count, the whole cluster (it wins)."""
-    from memplan.frameworks import verl
+SCRIPT_COUNTS = {"verl": "the script's trainer.nnodes × n_gpus_per_node",
+                 "openrlhf": "its models' num_nodes × num_gpus_per_node"}
+
+
+def script_fields(framework: str, path: Path, gpus: str | None) -> tuple[dict[str, Any], list[str]]:
+    """Request fields of a verl or OpenRLHF launch script (``memplan.frameworks.<framework>``) and its notes;
+    ``gpus`` names the GPU kind ('H100-80GB', the count is the script's) or, with a count, the whole cluster
+    (it wins)."""
+    import importlib
 
     if gpus is None:
-        raise InputError("gpus", "name the GPU kind for the verl script (the count is the script's "
-                         "trainer.nnodes × n_gpus_per_node), e.g. --gpus H100-80GB", None)
+        raise InputError("gpus", f"name the GPU kind for the {framework} script (the count is "
+                         f"{SCRIPT_COUNTS[framework]}), e.g. --gpus H100-80GB", None)
     kind = None if gpus.strip()[:1].isdigit() else gpus
-    run = verl.load(path, kind)
+    run = importlib.import_module(f"memplan.frameworks.{framework}").load(path, kind)
     return run.fields, run.notes
 
 
@@ -250,9 +263,11 @@ def build_request(options: dict[str, Any]) -> EstimateRequest:
     if options.get("accelerate_config") is not None and options.get("trl") is None:
         raise InputError("accelerate_config", "goes with --trl (the recipe it launches)",
                          str(options["accelerate_config"]))
+    given_frameworks = [name for name in ("trl", "verl", "openrlhf") if options.get(name) is not None]
+    if len(given_frameworks) > 1:
+        raise InputError(given_frameworks[0], "give one framework's files: --trl, --verl or --openrlhf",
+                         str(options[given_frameworks[0]]))
     if options.get("trl") is not None:
-        if options.get("verl") is not None:
-            raise InputError("trl", "give one framework's files: --trl or --verl", str(options["trl"]))
         given = frozenset(k for k, v in options.items() if v is not None)
         from_trl, notes = trl_fields(options["trl"], options.get("accelerate_config"), options.get("gpus"),
                                      options.get("algo"), given)
@@ -262,12 +277,14 @@ def build_request(options: dict[str, Any]) -> EstimateRequest:
         options = {**options, "gpus": None}  # read with the count: the request's gpus
     if options.get("deepspeed_config") is not None:
         fields.update(deepspeed_overrides(options["deepspeed_config"]))
-    if options.get("verl") is not None:
-        from_verl, notes = verl_fields(options["verl"], options.get("gpus"))
-        fields.update(from_verl)
+    for name in SCRIPT_COUNTS:
+        if options.get(name) is None:
+            continue
+        from_script, notes = script_fields(name, options[name], options.get("gpus"))
+        fields.update(from_script)
         for note in notes:
-            print(f"verl: {note}", file=sys.stderr)
-        if "gpus" in from_verl:
+            print(f"{name}: {note}", file=sys.stderr)
+        if "gpus" in from_script:
             options = {**options, "gpus": None}  # a GPU kind: the script's count with it
     fields.update({k: v for k, v in options.items() if v is not None and k not in _NOT_FIELDS})
     if options.get("host_ram_gib") is not None:

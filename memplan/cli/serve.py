@@ -16,7 +16,7 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port")] = 8000,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes (one per core)")] = 1,
 ) -> None:
-    """Serve the REST API (POST /v1/estimate, /v1/compare, /v1/plan, /v1/verl/estimate, /v1/trl/estimate; GET /v1/models, /v1/gpus,
+    """Serve the REST API (POST /v1/estimate, /v1/compare, /v1/plan, /v1/verl/estimate, /v1/trl/estimate, /v1/openrlhf/estimate; GET /v1/models, /v1/gpus,
     /healthz)."""
     with cli_errors():
         try:

@@ -178,8 +178,12 @@ def resolve(req: EstimateRequest) -> Run:
         raise InputError("quantize_base", "a quantized base trains only adapters: set lora_rank > 0 (QLoRA)",
                          req.quantize_base)
     if req.idle_offload != "none":
-        if req.engine != "fsdp":
-            raise InputError("idle_offload", "models verl's FSDP workers: set engine 'fsdp'", req.idle_offload)
+        if req.engine == "torch":
+            raise InputError("idle_offload", "models verl's FSDP workers and OpenRLHF's DeepSpeed sleep: set engine "
+                             "'fsdp' or 'deepspeed'", req.idle_offload)
+        if req.engine == "deepspeed" and "params" in req.idle_offload:
+            raise InputError("idle_offload", "DeepSpeed's offload_states (OpenRLHF's ds.enable_sleep) keeps the "
+                             "16-bit weight shards on the GPU: use 'optimizer', or engine 'fsdp'", req.idle_offload)
         if req.offload != "none":
             raise InputError("idle_offload", "choose one: offload is FSDP2's CPUOffloadPolicy (verl's offload_policy, "
                              "the step on the CPU), idle_offload verl's param_offload / optimizer_offload",

@@ -6,6 +6,7 @@ Each reader (``verl``, ``trl``) names its own error field (``InputError(field, .
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +86,52 @@ def read_text(source: str | Path, field: str) -> str:
         raise InputError(field, f"cannot read {str(path)!r}: {exc.strerror}", str(path)) from None
     except UnicodeDecodeError:
         raise InputError(field, f"{str(path)!r} is not text", str(path)) from None
+
+
+def boolean(value: Any, key: str, field: str) -> bool:
+    """A true/false setting (a YAML or command-line bool, or its text); anything else names the key."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise InputError(field, f"{key} must be true or false, got {value!r}", value)
+
+
+def number(value: Any, key: str, field: str, low: float, high: float) -> float:
+    """A number in [low, high]; anything else (nan included) names the key."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise InputError(field, f"{key} must be a number in [{low}, {high}], got {value!r}", value)
+    return float(value)
+
+
+def command_arguments(text: str, field: str) -> dict[str, Any]:
+    """``--key value``, ``--key=value`` and bare ``--flag`` (true) of a launch command, later ones winning;
+    '-' in keys read as '_' (dots kept: OpenRLHF's ``--actor.model_name_or_path``)."""
+    try:
+        words = shlex.split(text.replace("\\\r\n", " ").replace("\\\n", " "), comments=True)
+    except ValueError as exc:
+        raise InputError(field, f"cannot split the command: {exc}", text.strip()[:80]) from None
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(words):
+        word = words[i]
+        i += 1
+        if not word.startswith("--") or len(word) == 2:
+            continue
+        key, eq, value = word[2:].partition("=")
+        key = key.replace("-", "_")
+        if eq:
+            out[key] = typed(value)
+        elif i < len(words) and not words[i].startswith("--"):
+            out[key] = typed(words[i])
+            i += 1
+        else:
+            out[key] = True
+    return out
+
+
+def launch_text(source: Any, marker: str, field: str) -> str:
+    """A launch script's text: ``source`` itself when it holds ``marker`` (an override's '=', an argument's '--')
+    and is no file's path, else the file's text."""
+    text = str(source)
+    return read_text(text, field) if marker not in text or is_file(text) else text

@@ -49,13 +49,12 @@ What is read:
 from __future__ import annotations
 
 import math
-import shlex
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from memplan.errors import InputError
-from memplan.frameworks.common import catalog_model, integer, is_file, read_text, typed
+from memplan.frameworks.common import boolean, catalog_model, command_arguments, integer, is_file, number, read_text
 
 FIELD = "trl"
 ACCELERATE_FIELD = "accelerate_config"
@@ -96,31 +95,6 @@ def _yaml(text: str, field: str) -> Any:
         raise InputError(field, f"not valid YAML: {str(exc).splitlines()[0]}", text.strip()[:80]) from None
 
 
-def _arguments(text: str) -> dict[str, Any]:
-    """``--key value``, ``--key=value`` and bare ``--flag`` (true) of a launch command, later ones winning."""
-    try:
-        words = shlex.split(text.replace("\\\r\n", " ").replace("\\\n", " "), comments=True)
-    except ValueError as exc:
-        raise InputError(FIELD, f"cannot split the command: {exc}", text.strip()[:80]) from None
-    out: dict[str, Any] = {}
-    i = 0
-    while i < len(words):
-        word = words[i]
-        i += 1
-        if not word.startswith("--") or len(word) == 2:
-            continue
-        key, eq, value = word[2:].partition("=")
-        key = key.replace("-", "_")
-        if eq:
-            out[key] = typed(value)
-        elif i < len(words) and not words[i].startswith("--"):
-            out[key] = typed(words[i])
-            i += 1
-        else:
-            out[key] = True
-    return out
-
-
 def read(text: str) -> dict[str, Any]:
     """A TRL recipe: its YAML mapping, or a launch command's arguments."""
     data = _yaml(text, FIELD) if ":" in text else None
@@ -128,7 +102,7 @@ def read(text: str) -> dict[str, Any]:
         if not all(isinstance(k, str) for k in data):
             raise InputError(FIELD, "recipe keys must be strings", text.strip()[:80])
         return data
-    args = _arguments(text)
+    args = command_arguments(text, FIELD)
     if not args:
         raise InputError(FIELD, "no TRL settings found: give the recipe YAML (--config) or the launch command "
                          "with its --key value arguments", text.strip()[:80])
@@ -142,20 +116,6 @@ def read_accelerate(text: str) -> dict[str, Any]:
         raise InputError(ACCELERATE_FIELD, "not an accelerate config (a YAML mapping with distributed_type)",
                          text.strip()[:80])
     return data
-
-
-def _bool(value: Any, key: str, field: str = FIELD) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    raise InputError(field, f"{key} must be true or false, got {value!r}", value)
-
-
-def _number(value: Any, key: str, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise InputError(FIELD, f"{key} must be a number in [{low}, {high}], got {value!r}", value)
-    return float(value)
 
 
 def _parallel(acc: dict[str, Any], notes: list[str]) -> dict[str, Any]:
@@ -186,7 +146,7 @@ def _parallel(acc: dict[str, Any], notes: list[str]) -> dict[str, Any]:
         out["engine"] = "fsdp"
         if str(fsdp.get("fsdp_version", 1)) == "2":
             reshard = fsdp.get("fsdp_reshard_after_forward", True)
-            out["zero_stage"] = 3 if _bool(reshard, "fsdp_reshard_after_forward", ACCELERATE_FIELD) else 2
+            out["zero_stage"] = 3 if boolean(reshard, "fsdp_reshard_after_forward", ACCELERATE_FIELD) else 2
         else:
             strategy = str(fsdp.get("fsdp_sharding_strategy", "FULL_SHARD")).upper()
             if strategy not in _SHARDING_STRATEGY:
@@ -195,9 +155,9 @@ def _parallel(acc: dict[str, Any], notes: list[str]) -> dict[str, Any]:
             out["zero_stage"] = _SHARDING_STRATEGY[strategy]
             out["hybrid_shard"] = "HYBRID" in strategy or strategy in ("4", "5")
             notes.append("fsdp_version 1: modeled as FSDP2 (fully_shard per decoder layer)")
-        if _bool(fsdp.get("fsdp_offload_params", False), "fsdp_offload_params", ACCELERATE_FIELD):
+        if boolean(fsdp.get("fsdp_offload_params", False), "fsdp_offload_params", ACCELERATE_FIELD):
             out["offload"] = "optimizer+params"
-        if _bool(fsdp.get("fsdp_activation_checkpointing", False), "fsdp_activation_checkpointing",
+        if boolean(fsdp.get("fsdp_activation_checkpointing", False), "fsdp_activation_checkpointing",
                  ACCELERATE_FIELD):
             out["gradient_checkpointing"] = True
     elif kind in ("MULTI_GPU", "NO"):
@@ -259,7 +219,7 @@ def fields(recipe: dict[str, Any], accelerate: dict[str, Any] | None = None, gpu
         out["model"] = catalog_model(get("model_name_or_path"), "model_name_or_path", FIELD, notes)
     out["micro_batch_size"] = integer(get("per_device_train_batch_size"), "per_device_train_batch_size", FIELD)
 
-    peft = _bool(get("use_peft"), "use_peft")
+    peft = boolean(get("use_peft"), "use_peft", FIELD)
     if peft:
         out["lora_rank"] = integer(get("lora_r"), "lora_r", FIELD)
         targets = get("lora_target_modules")
@@ -270,12 +230,12 @@ def fields(recipe: dict[str, Any], accelerate: dict[str, Any] | None = None, gpu
             notes.append(f"lora_target_modules {targets!r}" + (" (peft's default for the model: q_proj and v_proj "
                          "in Llama and Qwen)" if targets is None else "") + ": estimated as the attention "
                          "projections (lora_targets 'attention')")
-        if _bool(get("load_in_4bit"), "load_in_4bit"):
+        if boolean(get("load_in_4bit"), "load_in_4bit", FIELD):
             out["quantize_base"] = "int4"
-        elif _bool(get("load_in_8bit"), "load_in_8bit"):
+        elif boolean(get("load_in_8bit"), "load_in_8bit", FIELD):
             out["quantize_base"] = "int8"
-    fp16 = _bool(get("fp16"), "fp16")
-    bf16 = not fp16 if get("bf16") is None else _bool(get("bf16"), "bf16")  # TRL's configs: bf16 unless fp16
+    fp16 = boolean(get("fp16"), "fp16", FIELD)
+    bf16 = not fp16 if get("bf16") is None else boolean(get("bf16"), "bf16", FIELD)  # bf16 unless fp16
     out["dtype"] = "bf16" if bf16 else "fp16" if fp16 else "fp32"
     load_dtype = str(get("dtype")).replace("torch.", "")
     if out["dtype"] != "fp32":
@@ -286,11 +246,11 @@ def fields(recipe: dict[str, Any], accelerate: dict[str, Any] | None = None, gpu
             notes.append("model loaded in float32 under autocast (engine 'torch'): counted as 16-bit weights + fp32 "
                          "master, the same 16 bytes per trained parameter")
     if "gradient_checkpointing" not in out:
-        out["gradient_checkpointing"] = _bool(get("gradient_checkpointing"), "gradient_checkpointing")
+        out["gradient_checkpointing"] = boolean(get("gradient_checkpointing"), "gradient_checkpointing", FIELD)
     if get("attn_implementation") == "eager":
         out["attention"] = "eager"
     out["logprob_kernel"] = "chunked"  # every trainer patches the model with add_fused_lm_head: no logits
-    if _bool(get("use_liger_kernel"), "use_liger_kernel"):
+    if boolean(get("use_liger_kernel"), "use_liger_kernel", FIELD):
         notes.append("use_liger_kernel: Liger's layer kernels (TRL keeps its own fused LM head) are not modeled")
     if algo in ("grpo", "rloo"):
         _online(recipe, get, out, engine, peft, accelerate, given, notes)
@@ -330,7 +290,7 @@ def _online(recipe: dict[str, Any], get: Callable[[str], Any], out: dict[str, An
         notes.append("TRL 1.16 does not truncate prompts (no max_prompt_length): pass --prompt-len, your longest "
                      "prompt in tokens (memplan's default is 256)")
 
-    beta = _number(get("beta"), "beta", 0.0, 1e6)
+    beta = number(get("beta"), "beta", FIELD, 0.0, 1e6)
     if beta == 0:
         out["ref"] = "none"
     elif peft:
@@ -346,27 +306,28 @@ def _online(recipe: dict[str, Any], get: Callable[[str], Any], out: dict[str, An
     else:
         out["reward"] = "rule"
 
-    if _bool(get("use_vllm"), "use_vllm"):
+    if boolean(get("use_vllm"), "use_vllm", FIELD):
         mode = get("vllm_mode")
         if mode == "server":
             out["rollout_engine"] = "remote"
         elif mode == "colocate":
             out["rollout_engine"] = "vllm"
-            out["vllm_gpu_memory_utilization"] = _number(get("vllm_gpu_memory_utilization"),
-                                                         "vllm_gpu_memory_utilization", 0.01, 1.0)
-            out["vllm_sleep_mode"] = _bool(get("vllm_enable_sleep_mode"), "vllm_enable_sleep_mode")
+            out["vllm_gpu_memory_utilization"] = number(get("vllm_gpu_memory_utilization"),
+                                                        "vllm_gpu_memory_utilization", FIELD, 0.01, 1.0)
+            out["vllm_sleep_mode"] = boolean(get("vllm_enable_sleep_mode"), "vllm_enable_sleep_mode", FIELD)
         else:
             raise InputError(FIELD, f"vllm_mode {mode!r}: set colocate or server", mode)
     else:
         out["rollout_engine"] = "hf"
         if engine["engine"] == "deepspeed" and engine.get("zero_stage") == 3:
-            out["gather_for_generation"] = _bool(get("ds3_gather_for_generation"), "ds3_gather_for_generation")
+            out["gather_for_generation"] = boolean(get("ds3_gather_for_generation"), "ds3_gather_for_generation",
+                                                   FIELD)
     if out["rollout_engine"] != "hf" and engine["engine"] == "deepspeed" and engine.get("zero_stage") == 3:
         notes.append("the actor's weights gathered under ZeRO-3 to sync vLLM (TRL's _move_model_to_vllm) are not "
                      "counted")
     if get("top_entropy_quantile") != 1.0 or get("entropy_coef"):
         notes.append("entropies over the vocabulary (top_entropy_quantile, entropy_coef) are not counted")
-    if _bool(get("cast_lm_head_to_fp32"), "cast_lm_head_to_fp32"):
+    if boolean(get("cast_lm_head_to_fp32"), "cast_lm_head_to_fp32", FIELD):
         notes.append("cast_lm_head_to_fp32: the fp32 LM head and its fp32 logits are not counted")
     iterations = integer(recipe.get("num_iterations", 1), "num_iterations", FIELD)
     if out["rollout_engine"] == "hf" and accumulation % (steps * iterations) == 0:
@@ -378,11 +339,12 @@ def _offline(recipe: dict[str, Any], get: Callable[[str], Any], out: dict[str, A
              peft: bool, notes: list[str]) -> None:
     """DPO's and SFT's sequence length, and DPO's reference (the pairs: memplan's DPO counts chosen + rejected)."""
     out["seq_len"] = integer(get("max_length"), "max_length", FIELD)
-    if _bool(get("padding_free"), "padding_free") or _bool(recipe.get("packing", False), "packing"):
+    if boolean(get("padding_free"), "padding_free", FIELD) or boolean(recipe.get("packing", False), "packing",
+                                                                       FIELD):
         notes.append("padding_free / packing: sequences counted at max_length each (an upper bound)")
     if out["algo"] == "sft":
         return
-    precompute = _bool(get("precompute_ref_log_probs"), "precompute_ref_log_probs")
+    precompute = boolean(get("precompute_ref_log_probs"), "precompute_ref_log_probs", FIELD)
     if peft:
         out["ref"] = "lora-shared"
     elif precompute and engine["engine"] != "fsdp":  # DPOTrainer keeps no reference then (FSDP excepted)

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from memplan.errors import InputError
-from memplan.frameworks.common import catalog_model, integer, is_file, read_text, typed
+from memplan.frameworks.common import catalog_model, integer, launch_text, typed
 
 FIELD = "verl"
 A = "actor_rollout_ref"
@@ -291,7 +291,5 @@ def fields(overrides: dict[str, Any], gpu: str | None = None) -> VerlRun:
 
 def load(source: str | Path, gpu: str | None = None) -> VerlRun:
     """``fields(read(...))`` of a launch script's path (or its text, when it holds an override)."""
-    text = str(source)
-    if "=" not in text or is_file(text):
-        text = read_text(text, FIELD)
+    text = launch_text(source, "=", FIELD)
     return fields(read(text), gpu)

@@ -1,0 +1,100 @@
+"""``memplan.frameworks.openrlhf``: an OpenRLHF launch command read into request fields.
+
+Expected fields are the fixture's own values worked by hand (tests/data/openrlhf_ppo.sh: 256 prompts over the
+actor's 1 × 8 GPUs = 32 per GPU; data.max_len 2048 − max_new_tokens 1024 = a 1,024-token prompt) and OpenRLHF
+0.11.2's defaults (``cli/train_ppo_ray.py``) for what it leaves out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+import memplan
+from api.main import app as api_app
+from memplan.cli.app import app
+from memplan.errors import InputError
+from memplan.frameworks import openrlhf
+
+SCRIPT = Path(__file__).parent / "data" / "openrlhf_ppo.sh"
+
+
+def test_colocated_ppo_script():
+    run = openrlhf.load(SCRIPT, "H100-80GB")
+    assert run.fields == {
+        "engine": "deepspeed", "model": "meta-llama/Llama-3.1-8B-Instruct", "algo": "ppo", "reward": "model",
+        "reward_model": "meta-llama/Llama-3.1-8B", "critic_model": "meta-llama/Llama-3.1-8B", "ref": "separate",
+        "zero_stage": 3, "ref_zero_stage": 3, "reward_zero_stage": 3, "dtype": "bf16", "attention": "flash",
+        "gradient_checkpointing": True, "placement": "colocated", "rollout_engine": "vllm",
+        "vllm_gpu_memory_utilization": 0.6, "vllm_sleep_mode": True, "gpus": "8xH100-80GB",
+        "micro_batch_size": 4, "score_micro_batch_size": 8, "rollout_batch_size": 32, "group_size": 1,
+        "prompt_len": 1024, "gen_len": 1024, "idle_offload": "optimizer",
+    }
+    assert any("packing" in n for n in run.notes)
+    report = memplan.estimate(**run.fields)
+    assert [m.role for m in report.models] == ["actor", "critic", "reference", "reward"]
+
+
+def test_split_placement_with_remote_engines_and_legacy_names():
+    """OpenRLHF ≤ 0.9's flat names; without colocate_all each model has its own GPUs (memplan's split: four
+    groups of the actor's 2 × 8) and the vLLM engines theirs (remote); ZeRO-2 runs frozen models at stage 0."""
+    text = ("python3 -m openrlhf.cli.train_ppo_ray --pretrain Qwen/Qwen2.5-7B --reward_pretrain Qwen/Qwen2.5-1.5B "
+            "--actor_num_nodes 2 --actor_num_gpus_per_node 8 --vllm_num_engines 8 --micro_train_batch_size 2 "
+            "--micro_rollout_batch_size 4 --rollout_batch_size 1000 --n_samples_per_prompt 4 --prompt_max_len 1024 "
+            "--generate_max_len 2048 --zero_stage 2 --bf16 --adam_offload --lora_rank 64 --flash_attn")
+    run = openrlhf.fields(openrlhf.read(text), "A100-80GB")
+    f = run.fields
+    assert (f["placement"], f["gpus"], f["rollout_engine"]) == ("split", "8x8xA100-80GB", "remote")  # 4 × 16
+    assert (f["critic_model"], f["ref"], f["ref_zero_stage"], f["offload"]) == (
+        "Qwen/Qwen2.5-1.5B", "separate", 0, "optimizer")  # critic from the reward model; LoRA: still a reference
+    assert (f["rollout_batch_size"], f["group_size"], f["prompt_len"], f["gen_len"]) == (63, 4, 1024, 2048)
+    assert (f["lora_rank"], f["micro_batch_size"], f["score_micro_batch_size"]) == (64, 2, 4)  # ⌈1000 ÷ 16⌉ = 63
+    assert any("own 16 GPUs" in n for n in run.notes) and any("1000 over 16" in n for n in run.notes)
+    memplan.estimate(**f)
+
+
+def test_critic_free_estimators():
+    base = "--actor.model_name_or_path Qwen/Qwen2.5-1.5B --rollout.n_samples_per_prompt 8 --actor.num_gpus_per_node 4"
+    f = openrlhf.fields(openrlhf.read(base + " --algo.advantage.estimator group_norm --algo.kl.init_coef 0"),
+                        "L40S").fields
+    assert (f["algo"], f["ref"], f["reward"], f["placement"], f["gpus"]) == ("grpo", "none", "rule", "colocated",
+                                                                          "4xL40S")  # one model: nothing to split
+    run = openrlhf.fields(openrlhf.read(base + " --algo.advantage.estimator reinforce_baseline"), "L40S")
+    assert run.fields["algo"] == "grpo" and any("reinforce_baseline" in n for n in run.notes)
+    assert any("half prompt" in n for n in run.notes)  # max_new_tokens unset: 1024 + 1024 of the 2048 default
+    memplan.estimate(**run.fields)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("--actor.model_name_or_path gpt2 --algo.advantage.estimator ppo_plus", "algo.advantage.estimator"),
+    ("--actor.model_name_or_path gpt2 --train.micro_batch_size 0", "train.micro_batch_size"),
+    ("--actor.model_name_or_path gpt2 --data.max_len 512 --rollout.max_new_tokens 512", "leaves no prompt"),
+    ("--actor.model_name_or_path gpt2 --ds.param_dtype int3", "ds.param_dtype"),
+    ("--train.micro_batch_size 2", "actor.model_name_or_path"),
+    ("echo hi", "no OpenRLHF arguments"),
+])
+def test_bad_commands_name_the_field(text, words):
+    with pytest.raises(InputError) as err:
+        openrlhf.fields(openrlhf.read(text), "H100-80GB")
+    assert err.value.field == "openrlhf" and words in str(err.value)
+
+
+def test_cli_and_api():
+    runner = CliRunner()
+    r = runner.invoke(app, ["estimate", "--openrlhf", str(SCRIPT), "--gpus", "H100-80GB", "--micro-batch-size", "2",
+                            "--json"])
+    assert r.exit_code == 0, r.output
+    fields = {**openrlhf.load(SCRIPT, "H100-80GB").fields, "micro_batch_size": 2}
+    assert memplan.Report.model_validate_json(r.stdout) == memplan.estimate(**fields)
+    assert "openrlhf: packing_samples" in r.stderr
+    both = runner.invoke(app, ["estimate", "--openrlhf", str(SCRIPT), "--verl", str(SCRIPT), "--gpus", "H100-80GB"])
+    assert both.exit_code == 2 and "one framework" in both.output
+    client = TestClient(api_app)
+    ok = client.post("/v1/openrlhf/estimate", json={"script": SCRIPT.read_text(), "gpu": "H100-80GB"})
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["report"]["num_gpus"] == 8 and ok.json()["request"]["algo"] == "ppo"
+    bad = client.post("/v1/openrlhf/estimate", json={"script": "--train.micro_batch_size 2", "gpu": "H100-80GB"})
+    assert bad.status_code == 422 and "actor.model_name_or_path" in bad.text
