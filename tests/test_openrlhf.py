@@ -56,6 +56,14 @@ def test_split_placement_with_remote_engines_and_legacy_names():
     memplan.estimate(**f)
 
 
+def test_several_reward_models_start_the_critic_from_the_first():
+    """train_ppo_ray: critic.model_name_or_path defaults to the first of the comma-separated reward models."""
+    run = openrlhf.fields(openrlhf.read("--actor.model_name_or_path Qwen/Qwen2.5-1.5B "
+                                        "--reward.model_name_or_path Qwen/Qwen2.5-0.5B,Qwen/Qwen2.5-1.5B"), "L40S")
+    assert (run.fields["critic_model"], run.fields["reward_model"]) == ("Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-0.5B")
+    assert any("first reward model" in n for n in run.notes)
+
+
 def test_critic_free_estimators():
     base = "--actor.model_name_or_path Qwen/Qwen2.5-1.5B --rollout.n_samples_per_prompt 8 --actor.num_gpus_per_node 4"
     f = openrlhf.fields(openrlhf.read(base + " --algo.advantage.estimator group_norm --algo.kl.init_coef 0"),

@@ -128,6 +128,9 @@ def fields(args: dict[str, Any], gpu: str | None = None) -> OpenRLHFRun:
         notes.append(f"advantage estimator {estimator}: no critic, memory as GRPO's")
     out["algo"] = algo
     reward = get("reward.model_name_or_path")
+    if isinstance(reward, str) and "," in reward:  # several reward models: the critic starts from the first
+        notes.append(f"reward.model_name_or_path {reward}: estimated with the first reward model only")
+        reward = reward.split(",")[0]
     if reward:
         out["reward"], out["reward_model"] = "model", catalog_model(reward, "reward.model_name_or_path", FIELD, notes)
     else:
