@@ -14,6 +14,8 @@ cheapest to run to the most memory-saving:
     tp                            1 → the divisors of GPUs per node and of attention heads
     <role> ZeRO stage             trained roles 0 → 1 → 2 → 3, frozen roles 0 → 3 (the engine stays as given)
     vllm_gpu_memory_utilization   0.9 → 0.2 (rollout_engine 'vllm')
+    vllm_sleep_mode               off → on (rollout_engine 'vllm': TRL's vllm_enable_sleep_mode, OpenRLHF's
+                                  vllm.enable_sleep, verl's default)
     score_micro_batch_size        the given one → halvings → 1 (when given: the scoring forwards' micro batch)
     logprob_kernel                log-softmax → fused (a fused cross-entropy: verl's, Liger's); chunked (TRL 1.16) is kept
     micro_batch_size              the largest that fits, at most the given one (bisection at each leaf)
@@ -55,11 +57,11 @@ from memplan.units import GiB
 
 Knob = Literal["zero_stage", "offload", "offload_ref", "offload_reward", "gradient_checkpointing", "lora",
                "micro_batch_size", "tp", "placement", "vllm_gpu_memory_utilization", "score_micro_batch_size",
-               "idle_offload", "logprob_kernel"]
+               "idle_offload", "logprob_kernel", "vllm_sleep_mode"]
 KNOBS: tuple[str, ...] = get_args(Knob)
 """Names ``plan(allow=...)`` accepts; ``zero_stage`` covers every role's stage."""
 COST_ORDER = ("method_change", "cpu_offloads", "recompute", "tp", "zero_stage_total", "split_placement",
-              "vllm_fraction", "lora_rank", "micro_batch", "score_micro_batch", "kernel_change", "changes")
+              "vllm_fraction", "vllm_sleep", "lora_rank", "micro_batch", "score_micro_batch", "kernel_change", "changes")
 """The terms of ``candidate_cost``, compared left to right."""
 LORA_RANKS = (64, 16, 8)
 VLLM_FRACTIONS = (0.9, 0.7, 0.5, 0.4, 0.3, 0.2)
@@ -170,6 +172,9 @@ def candidate_cost(given: EstimateRequest, req: EstimateRequest, roles: list[str
     5. zero_stage_total — sum of the resident roles' ZeRO stages (more sharding, more communication);
     6. split_placement — 1 when each role has its own GPUs;
     7. vllm_fraction — minus vLLM's memory fraction in percent (a smaller KV cache generates slower);
+    7b. vllm_sleep — 1 with colocated vLLM in sleep mode (its weights to the CPU and back and its KV cache
+       rebuilt every step: seconds, against minutes of generation and training; ranked after a smaller vLLM
+       fraction, which slows every generation);
     8. lora_rank — minus the LoRA rank (a larger adapter is closer to what was asked);
     9. micro_batch — minus the micro-batch size (larger first);
     10. score_micro_batch — minus the scoring micro batch, when one is given (larger first);
@@ -188,6 +193,7 @@ def candidate_cost(given: EstimateRequest, req: EstimateRequest, roles: list[str
         "zero_stage_total": sum(s if s is not None else req.zero_stage for s in stage.values()),
         "split_placement": int(req.placement == "split"),
         "vllm_fraction": -round(req.vllm_gpu_memory_utilization * 100) if req.rollout_engine == "vllm" else 0,
+        "vllm_sleep": int(req.rollout_engine == "vllm" and req.vllm_sleep_mode),
         "lora_rank": -req.lora_rank,
         "micro_batch": -req.micro_batch_size,
         "score_micro_batch": -(req.score_micro_batch_size or 0),
@@ -287,6 +293,8 @@ def _dimensions(given: EstimateRequest, base: Report, allow: set[str], side: str
     if given.rollout_engine == "vllm" and given.algo in GENERATES:
         dims.append(dim("vllm_gpu_memory_utilization", VLLM_FRACTIONS if "vllm_gpu_memory_utilization" in allow
                         else (), given.vllm_gpu_memory_utilization, key=lambda u: -u))
+        dims.append(dim("vllm_sleep_mode", (False, True) if "vllm_sleep_mode" in allow else (),
+                        given.vllm_sleep_mode))
     if not (given.rollout_engine == "hybrid-engine" and given.algo in GENERATES):  # DeepSpeed-Chat: its own path
         kernels = ("log-softmax", "fused") if "logprob_kernel" in allow and given.logprob_kernel != "chunked" else ()
         dims.append(dim("logprob_kernel", kernels, given.logprob_kernel,  # chunked: TRL's own LM head, kept

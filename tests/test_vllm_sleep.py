@@ -36,3 +36,21 @@ def test_cli_flag():
     assert memplan.Report.model_validate_json(r.stdout) == memplan.estimate(
         model="Qwen/Qwen2.5-7B", algo="grpo", gpus="8xH100-80GB", zero_stage=3, rollout_engine="vllm",
         vllm_sleep_mode=False)
+
+
+def test_plan_offers_sleep_mode_before_starving_vllm():
+    """TRL's default (colocated vLLM awake, here at half the GPU) does not fit a 16-sequence update; sleep mode
+    frees the reservation outside rollout (0.5 × 79.65 GiB) and ranks before a 0.2 fraction, which would leave
+    vLLM about 1 GiB of KV cache beside Qwen2.5-7B's 14 GiB of weights."""
+    from memplan.planner import KNOBS, plan
+    from memplan.report import EstimateRequest
+
+    request = EstimateRequest(**{**RUN, "micro_batch_size": 16, "rollout_batch_size": 4, "prompt_len": 1024,
+                                 "gen_len": 4096, "vllm_gpu_memory_utilization": 0.5, "vllm_sleep_mode": False,
+                                 "logprob_kernel": "chunked"})
+    given = memplan.estimate(request)
+    assert not given.fits and given.peak_phase == "actor_update"
+    first = plan(request, allow=set(KNOBS) - {"micro_batch_size"}).candidates[0]
+    assert first.changes == {"vllm_sleep_mode": (False, True)}
+    asleep = memplan.estimate(request.model_copy(update={"vllm_sleep_mode": True}))
+    assert given.peak_bytes_per_gpu - asleep.peak_bytes_per_gpu == int(0.5 * get_gpu("H100-80GB").memory_bytes)
