@@ -17,7 +17,8 @@ cheapest to run to the most memory-saving:
     vllm_sleep_mode               off → on (rollout_engine 'vllm': TRL's vllm_enable_sleep_mode, OpenRLHF's
                                   vllm.enable_sleep, verl's default)
     score_micro_batch_size        the given one → halvings → 1 (when given: the scoring forwards' micro batch)
-    logprob_kernel                log-softmax → fused (a fused cross-entropy: verl's, Liger's); chunked (TRL 1.16) is kept
+    logprob_kernel                log-softmax → fused (a fused cross-entropy: verl's, Liger's); a given chunked
+                                  (TRL 1.16's own LM head) is kept
     micro_batch_size              the largest that fits, at most the given one (bisection at each leaf)
 
 When the request does not fit the GPU, each dimension runs from the user's value toward the saving end
@@ -61,7 +62,8 @@ Knob = Literal["zero_stage", "offload", "offload_ref", "offload_reward", "gradie
 KNOBS: tuple[str, ...] = get_args(Knob)
 """Names ``plan(allow=...)`` accepts; ``zero_stage`` covers every role's stage."""
 COST_ORDER = ("method_change", "cpu_offloads", "recompute", "tp", "zero_stage_total", "split_placement",
-              "vllm_fraction", "vllm_sleep", "lora_rank", "micro_batch", "score_micro_batch", "kernel_change", "changes")
+              "vllm_fraction", "vllm_sleep", "lora_rank", "micro_batch", "score_micro_batch", "kernel_change",
+              "changes")
 """The terms of ``candidate_cost``, compared left to right."""
 LORA_RANKS = (64, 16, 8)
 VLLM_FRACTIONS = (0.9, 0.7, 0.5, 0.4, 0.3, 0.2)
