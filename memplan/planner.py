@@ -27,8 +27,9 @@ fit); when it exceeds the host's RAM (``host_ram_bytes_per_node``), over every o
 offload saves host RAM and costs GPU memory. "Fits" always means GPU memory and host RAM.
 Best first, cheapest subtree first; at each node the remaining dimensions take their last option (micro
 batch 1): if that does not fit, the subtree is pruned. A configuration at least as far along every
-dimension as a feasible one (a superset of its changes; a changed placement counts as one more change) is
-skipped unevaluated, so the answer is the set of minimal changes, ranked by ``candidate_cost``.
+dimension as a feasible one that keeps the given micro batch (a superset of its changes; a changed placement
+counts as one more change) is skipped unevaluated, so the answer is the set of minimal changes, ranked by
+``candidate_cost``; one that fits only at a smaller micro batch prunes nothing (its supersets may keep more).
 Evaluations are memoized and capped (``MAX_EVALUATIONS``). The bound assumes memory never rises along a
 dimension; where it can (ZeRO stages on one GPU add buckets and gathers but shard nothing), a marginal
 configuration may be missed.
@@ -480,8 +481,9 @@ def plan(request: EstimateRequest, *, allow: set[str] | None = None, max_results
                 for i in (i for i, option in enumerate(d.options) if d.name not in TRAINED or option >= low):
                     heapq.heappush(heap, (lower_cost(prefix + [i]), next(tie), prefix + [i], None))
             elif _ok(evaluate(prefix)):
-                found[tuple(prefix)] = max((i + 1 for i, level in enumerate(prefix) if level), default=0)
                 report = largest_fitting(prefix)
+                if report.request.micro_batch_size >= max_mb:  # else a superset may keep a larger micro batch
+                    found[tuple(prefix)] = max((i + 1 for i, level in enumerate(prefix) if level), default=0)
                 heapq.heappush(heap, (_candidate(request, report).cost_key(), next(tie), prefix, report))
     except _Exhausted:
         exhaustive = False

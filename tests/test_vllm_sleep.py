@@ -54,3 +54,17 @@ def test_plan_offers_sleep_mode_before_starving_vllm():
     assert first.changes == {"vllm_sleep_mode": (False, True)}
     asleep = memplan.estimate(request.model_copy(update={"vllm_sleep_mode": True}))
     assert given.peak_bytes_per_gpu - asleep.peak_bytes_per_gpu == int(0.5 * get_gpu("H100-80GB").memory_bytes)
+
+
+def test_a_smaller_micro_batch_does_not_hide_the_other_fixes():
+    """With the micro batch allowed too, halving it (16 → 8) fits and ranks first; sleep mode keeps all 16 and is
+    listed as well: a leaf whose micro batch had to shrink does not prune the changes that keep it whole."""
+    from memplan.planner import plan
+    from memplan.report import EstimateRequest
+
+    request = EstimateRequest(**{**RUN, "micro_batch_size": 16, "rollout_batch_size": 4, "prompt_len": 1024,
+                                 "gen_len": 4096, "vllm_gpu_memory_utilization": 0.5, "vllm_sleep_mode": False,
+                                 "logprob_kernel": "chunked"})
+    changes = [c.changes for c in plan(request).candidates]
+    assert changes[0] == {"micro_batch_size": (16, 8)}
+    assert {"vllm_sleep_mode": (False, True)} in changes
