@@ -164,8 +164,13 @@ class EstimateRequest(BaseModel):
     vllm_gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)
     gather_for_generation: bool = Field(
         False, description="Under ZeRO-3 / FSDP, gather the whole actor to generate (rollout_engine 'hf') or to "
-        "send its weights to a remote engine, instead of one unit at a time (TRL's ds3_gather_for_generation, on "
-        "by default)"
+        "send its weights to vLLM or a remote engine, instead of one unit at a time (TRL's "
+        "ds3_gather_for_generation, on by default; TRL syncs a PEFT actor under ZeRO-3 to vLLM whole)"
+    )
+    vllm_tensor_parallel_size: int = Field(
+        1, ge=1, le=64, description="GPUs one colocated vLLM engine spreads its weights over (verl's "
+        "rollout.tensor_model_parallel_size, 2 by default; TRL's and OpenRLHF's 1): its weights per GPU, woken "
+        "alone for the weight sync in sleep mode"
     )
     vllm_sleep_mode: bool = Field(
         True, description="Colocated vLLM frees its memory outside rollout (verl; TRL's vllm_enable_sleep_mode, "

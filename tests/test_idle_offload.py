@@ -21,7 +21,8 @@ from memplan.errors import InputError
 N = 8
 GRPO = dict(model="Qwen/Qwen2.5-32B", algo="grpo", gpus="8xH100-80GB", engine="fsdp", zero_stage=3,
             gradient_checkpointing=True, rollout_engine="vllm", micro_batch_size=2, rollout_batch_size=8,
-            group_size=8, prompt_len=1024, gen_len=2048, score_micro_batch_size=4, ref="none")
+            group_size=8, prompt_len=1024, gen_len=2048, score_micro_batch_size=4, ref="none",
+            vllm_tensor_parallel_size=4)  # 32B over 4-way TP engines: the weight sync stays below the generation
 
 
 def _totals(report) -> dict[str, int]:
@@ -53,6 +54,22 @@ def test_each_phase_holds_what_its_step_needs(idle, rollout, scoring):
     assert actor.resident.parameter + actor.resident.optstate == p + o - moved
     assert actor.host_bytes == moved
     assert offloaded.host_bytes_per_node == N * moved
+
+
+def test_weight_sync_brings_the_shards_back_beside_vllms_weights():
+    """verl 0.9's rollout_mode: vLLM wakes its weights alone, the actor's weight shards come back from the CPU,
+    the weights go over one tensor at a time, the shards go back, then vLLM's KV cache wakes. With 2-way TP
+    engines (verl's default) that moment, not the generation, sets the rollout: the resident states (optimizer
+    offloaded) + the fp32 shards 4Ψ/N + vLLM's bf16 weights 2Ψ/2 + the largest tensor (the 152,064 × 5,120
+    embedding in bf16)."""
+    report = memplan.estimate(**{**GRPO, "vllm_tensor_parallel_size": 2}, idle_offload="params+optimizer")
+    rollout = report.phases[0]
+    psi = report.models[0].num_params
+    p, _o = _shards(report, "actor")
+    assert rollout.activity == "sampled rollout: weight sync to vLLM"
+    assert rollout.total_bytes == rollout.resident_bytes + p + psi + 152_064 * 5_120 * 2
+    awake = memplan.estimate(**GRPO)  # nothing offloaded, 4-way engines: the generation's reservation is larger
+    assert awake.phases[0].activity == "sampled rollout"
 
 
 def test_the_32b_grpo_run_fits_with_verl_offload():
@@ -116,7 +133,8 @@ def test_cli_and_api():
     args = ["estimate", "--model", "Qwen/Qwen2.5-32B", "--algo", "grpo", "--gpus", "8xH100-80GB", "--engine", "fsdp",
             "--zero-stage", "3", "--gradient-checkpointing", "--rollout-engine", "vllm", "--micro-batch-size", "2",
             "--rollout-batch-size", "8", "--group-size", "8", "--prompt-len", "1024", "--gen-len", "2048",
-            "--score-micro-batch-size", "4", "--ref", "none", "--idle-offload", "params+optimizer"]
+            "--score-micro-batch-size", "4", "--ref", "none", "--vllm-tensor-parallel-size", "4", "--idle-offload",
+            "params+optimizer"]
     runner = CliRunner()
     ok = runner.invoke(app, [*args, "--json"])
     assert ok.exit_code == 0, ok.output

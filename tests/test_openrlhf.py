@@ -29,7 +29,8 @@ def test_colocated_ppo_script():
         "reward_model": "meta-llama/Llama-3.1-8B", "critic_model": "meta-llama/Llama-3.1-8B", "ref": "separate",
         "zero_stage": 3, "ref_zero_stage": 3, "reward_zero_stage": 3, "dtype": "bf16", "attention": "flash",
         "gradient_checkpointing": True, "placement": "colocated", "rollout_engine": "vllm",
-        "vllm_gpu_memory_utilization": 0.6, "vllm_sleep_mode": True, "gpus": "8xH100-80GB",
+        "vllm_gpu_memory_utilization": 0.6, "vllm_sleep_mode": True, "vllm_tensor_parallel_size": 2,
+        "gpus": "8xH100-80GB",
         "micro_batch_size": 4, "score_micro_batch_size": 8, "rollout_batch_size": 32, "group_size": 1,
         "prompt_len": 1024, "gen_len": 1024, "idle_offload": "optimizer",
     }

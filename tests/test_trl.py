@@ -31,7 +31,7 @@ def test_grpo_recipe_on_zero3():
         "model": "Qwen/Qwen2.5-7B-Instruct", "micro_batch_size": 4, "rollout_batch_size": 2, "group_size": 8,
         "gen_len": 2048, "ref": "separate", "ref_zero_stage": 3, "reward": "rule", "dtype": "bf16",
         "gradient_checkpointing": True, "logprob_kernel": "chunked", "rollout_engine": "vllm",
-        "vllm_gpu_memory_utilization": 0.4, "vllm_sleep_mode": True,
+        "vllm_gpu_memory_utilization": 0.4, "vllm_sleep_mode": True, "vllm_tensor_parallel_size": 1,
     }
     assert any("max_prompt_length" in n for n in run.notes)  # TRL 1.16 has none: memplan's default is used
     report = memplan.estimate(**run.fields)
@@ -79,6 +79,22 @@ def test_peft_rloo_fsdp2_and_server_mode():
     assert (f["lora_rank"], f["lora_targets"], f["quantize_base"]) == (64, "all-linear", "int4")
     assert (f["rollout_engine"], f["attention"], f["logprob_kernel"]) == ("remote", "eager", "chunked")
     memplan.estimate(**f)
+
+
+def test_a_peft_actor_syncs_to_vllm_whole_under_zero3():
+    """TRL's _iter_named_params gathers a PEFT model's every parameter at once to merge its adapters before the
+    colocated vLLM loads them: the whole actor beside vLLM's reservation (awake by default)."""
+    recipe = {"model_name_or_path": "Qwen/Qwen2.5-7B", "use_peft": True, "use_vllm": True, "beta": 0.0}
+    zero3 = {"distributed_type": "DEEPSPEED", "num_processes": 8, "deepspeed_config": {"zero_stage": 3}}
+    f = trl.fields(recipe, zero3, "H100-80GB").fields
+    assert (f["rollout_engine"], f["gather_for_generation"], f["vllm_sleep_mode"]) == ("vllm", True, False)
+    whole = memplan.estimate(**f, prompt_len=512).phases[0]
+    unit = memplan.estimate(**{**f, "gather_for_generation": False}, prompt_len=512).phases[0]
+    assert whole.activity == unit.activity == "sampled rollout: weight sync to vLLM"
+    # the 7.6B bf16 base (transformers' count) instead of its largest tensor, the 152,064 × 3,584 embedding
+    assert whole.total_bytes - unit.total_bytes == 2 * 7_615_616_512 - 152_064 * 3_584 * 2
+    fsdp = {"distributed_type": "FSDP", "num_processes": 8, "fsdp_config": {"fsdp_version": 2}}
+    assert "gather_for_generation" not in trl.fields(recipe, fsdp, "H100-80GB").fields  # FSDP: module by module
 
 
 def test_frozen_models_follow_prepare_deepspeed():
@@ -151,7 +167,7 @@ def test_cli_flags_override_the_recipe(tmp_path):
     assert result.exit_code == 0, result.output
     report = memplan.Report.model_validate_json(result.stdout)
     assert (report.request.prompt_len, report.request.micro_batch_size, report.num_gpus) == (1024, 2, 16)
-    assert "trl: " in result.stderr and "max_prompt_length" not in result.stderr  # --prompt-len given
+    assert "max_prompt_length" not in result.stderr  # --prompt-len given
     bare = tmp_path / "bare.yaml"
     bare.write_text("num_generations: 4\nmax_prompt_length: 128\n")  # no model: --model gives it
     result = runner.invoke(app, ["estimate", "--trl", str(bare), "--gpus", "2xL4", "--model", "gpt2", "--json"])

@@ -27,7 +27,7 @@ def test_grpo_script():
         "zero_stage": 3, "idle_offload": "optimizer", "dtype": "bf16", "gradient_checkpointing": True,
         "ref": "separate", "offload_ref": True, "prompt_len": 1024, "gen_len": 3072, "micro_batch_size": 8,
         "score_micro_batch_size": 32, "rollout_batch_size": 64, "group_size": 5, "rollout_engine": "vllm",
-        "vllm_gpu_memory_utilization": 0.6, "logprob_kernel": "fused",
+        "vllm_gpu_memory_utilization": 0.6, "vllm_tensor_parallel_size": 2, "logprob_kernel": "fused",
     }
     assert not any("Qwen2.5-7B-Instruct" in n for n in run.notes)  # in the catalog: no note
     assert any("fused cross-entropy" in n and "upper bound" in n for n in run.notes)

@@ -165,6 +165,7 @@ SHARED: dict[str, tuple[Any, Any]] = {
     "rollout_engine": (_option("rollout_engine", _ROLL, extra="Generation: HF generate, DeepSpeed hybrid engine, or vLLM"), None),
     "vllm_gpu_memory_utilization": (_option("vllm_gpu_memory_utilization", _ROLL, extra="Fraction of GPU memory vLLM reserves for weights + KV cache (verl 0.5, TRL 0.3, OpenRLHF 0.95)"), None),
     "vllm_sleep_mode": (_option("vllm_sleep_mode", _ROLL), None),
+    "vllm_tensor_parallel_size": (_option("vllm_tensor_parallel_size", _ROLL), None),
     "gather_for_generation": (_option("gather_for_generation", _ROLL), None),
 }
 

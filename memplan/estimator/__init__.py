@@ -22,9 +22,12 @@ Known limitations:
   forward prefetch, LoRA or tensor parallelism under FSDP2, and FSDP at stage 1 or on one GPU are
   approximations.
 * MoE activations assume a perfectly balanced router (top-k experts per token).
-* ``idle_offload`` (verl's ``param_offload`` / ``optimizer_offload``) is read from verl 0.9's engine contexts,
-  not traced (the tracer keeps every state on the device) nor measured; the moment the actor's weights sync
-  to vLLM (its shards loaded beside vLLM's weights, before its KV cache wakes) is not counted.
+* ``idle_offload`` (verl's ``param_offload`` / ``optimizer_offload``; OpenRLHF's ``ds.enable_sleep``) is read
+  from verl 0.9's engine contexts and OpenRLHF 0.11's ``offload_deepspeed_states``, not traced (the tracer keeps
+  every state on the device) nor measured.
+* The weight sync to colocated vLLM (shards back under idle offload, vLLM's weights woken alone in sleep mode,
+  one tensor gathered at a time or the whole actor) is read from verl 0.9, TRL 1.16 and OpenRLHF 0.11, not
+  traced; vLLM's weights are counted at Ψ·e over ``vllm_tensor_parallel_size`` (at most its reservation).
 * ``logprob_kernel='fused'`` (flash-attn's cross-entropy as verl calls it, Liger's) is read from the kernels'
   sources and traced with a stand-in that makes the same allocations, not measured; the LM head's backward
   (the input's gradient beside the logits' in-place one) is not counted: −2 to −3 % on tiny models.

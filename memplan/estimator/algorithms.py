@@ -162,13 +162,8 @@ def generate(run: Run, actor: RoleSetup, st: States, name: str, first: bool = Tr
     """One generation call, ``rollout_seqs`` sequences, as two moments: the prefill (the prompt's K/V and one
     layer's intermediates over every prompt token) and the last decode step (the full cache). ``first``: the
     prefill is the actor's first forward in the step (FSDP2 at stage 2 unshards its layers there)."""
-    if run.rollout_engine == "vllm":
-        act = Activity(name)
-        if run.vllm_sleep:  # else the reservation is kept in every activity (``_vllm_awake``)
-            act.add("actor", "other", _vllm_bytes(run), "vLLM reserves gpu_memory_utilization × GPU memory (its "
-                    "weights + KV cache)")
-        return [act]
-    # a sharded actor gathered whole (the hybrid engine always; TRL's ds3_gather_for_generation), else one unit
+    # a sharded actor gathered whole (the hybrid engine always; TRL's ds3_gather_for_generation, and its sync of a
+    # PEFT actor to vLLM), else one unit
     whole = None
     if st.gather or actor.sharding.offload_params:
         if run.rollout_engine == "hybrid-engine":
@@ -178,6 +173,23 @@ def generate(run: Run, actor: RoleSetup, st: States, name: str, first: bool = Tr
 
     def weights(first_: bool, note: str = "ZeRO-3 layer gather") -> Item:
         return whole or ("actor", "parameter", _gathered(st, first_), note)
+
+    if run.rollout_engine == "vllm":
+        act = Activity(name)
+        if run.vllm_sleep:  # else the reservation is kept in every activity (``_vllm_awake``)
+            act.add("actor", "other", _vllm_bytes(run), "vLLM reserves gpu_memory_utilization × GPU memory (its "
+                    "weights + KV cache)")
+        # the weight sync before it: the actor's weights (shards loaded back under idle offload, gathered one
+        # unit at a time or whole) beside vLLM's weights, woken alone in sleep mode (its KV cache after)
+        sync = Activity(f"{name}: weight sync to vLLM", _loaded(actor, st, False) if run.idle_offload else [])
+        if run.vllm_sleep:
+            sync.add("actor", "other", min(-(-actor.num_params * run.e // run.vllm_tp), _vllm_bytes(run)),
+                     "vLLM's weights, woken for the sync")
+        # not a forward: one parameter gathered at a time (verl's per-tensor full_tensor, TRL's per-parameter
+        # gather), unless the whole actor is
+        sync.items.append(whole or ("actor", "parameter", min(st.gather, actor.spec.largest_matrix * run.e),
+                                    "gathered weights, one parameter at a time"))
+        return [act, sync]
 
     if run.rollout_engine == "remote":  # generated elsewhere: the weight sync is all that runs here
         return [Activity(f"{name}: weight sync to the remote engine",

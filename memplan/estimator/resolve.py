@@ -92,6 +92,8 @@ class Run(NamedTuple):
     vllm_utilization: float
     vllm_sleep: bool
     """Colocated vLLM frees its memory outside rollout; else its reservation stays in every phase."""
+    vllm_tp: int
+    """GPUs one colocated vLLM engine spreads its weights over."""
     gather_for_generation: bool
     """Sharded actor gathered whole to generate ('hf') or to sync a remote engine."""
     tp: int
@@ -262,6 +264,7 @@ def resolve(req: EstimateRequest) -> Run:
         gradient_checkpointing=req.gradient_checkpointing, eager_attention=req.attention == "eager",
         lora_rank=req.lora_rank, lora_targets=req.lora_targets, rollout_engine=req.rollout_engine,
         vllm_utilization=req.vllm_gpu_memory_utilization, vllm_sleep=req.vllm_sleep_mode,
+        vllm_tp=req.vllm_tensor_parallel_size,
         gather_for_generation=req.gather_for_generation, tp=req.tp, placement=req.placement,
         host_ram_bytes_per_node=req.host_ram_bytes_per_node,
     )

@@ -31,8 +31,8 @@ What is read:
     rollout.batch_size ÷ actor GPUs   rollout_batch_size (prompts per GPU); rollout.n_samples_per_prompt → group
     data.max_len, rollout.max_new_tokens
                                       the sequence and its answer
-    vllm.gpu_memory_utilization, vllm.enable_sleep
-                                      the colocated engines' reservation and sleep mode
+    vllm.gpu_memory_utilization, vllm.enable_sleep, vllm.tensor_parallel_size
+                                      the colocated engines' reservation, sleep mode and TP
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ ESTIMATORS = {"gae": "ppo", "rloo": "rloo", "group_norm": "grpo", "reinforce": "
 DEFAULTS: dict[str, Any] = {  # openrlhf 0.11.2 cli/train_ppo_ray.py, what this module reads
     "actor.num_nodes": 1, "actor.num_gpus_per_node": 8, "train.colocate_all": False,
     "train.colocate_actor_ref": False, "train.colocate_critic_reward": False, "vllm.num_engines": None,
-    "vllm.gpu_memory_utilization": 0.95, "vllm.enable_sleep": False, "ds.enable_sleep": False,
+    "vllm.gpu_memory_utilization": 0.95, "vllm.enable_sleep": False, "vllm.tensor_parallel_size": 1,
+    "ds.enable_sleep": False,
     "ds.zero_stage": 2, "ds.param_dtype": "bf16", "ds.adam_offload": False, "ds.attn_implementation":
     "flash_attention_2", "actor.gradient_checkpointing_enable": False, "ds.lora.rank": 0,
     "ds.lora.target_modules": "all-linear", "ds.load_in_4bit": False, "ds.packing_samples": False,
@@ -65,6 +66,7 @@ LEGACY = {  # the flat names of OpenRLHF ≤ 0.9's train_ppo_ray
     "colocate_all_models": "train.colocate_all", "colocate_actor_ref": "train.colocate_actor_ref",
     "colocate_critic_reward": "train.colocate_critic_reward", "vllm_num_engines": "vllm.num_engines",
     "vllm_gpu_memory_utilization": "vllm.gpu_memory_utilization", "vllm_enable_sleep": "vllm.enable_sleep",
+    "vllm_tensor_parallel_size": "vllm.tensor_parallel_size",
     "deepspeed_enable_sleep": "ds.enable_sleep", "zero_stage": "ds.zero_stage", "adam_offload": "ds.adam_offload",
     "gradient_checkpointing": "actor.gradient_checkpointing_enable", "lora_rank": "ds.lora.rank",
     "target_modules": "ds.lora.target_modules", "load_in_4bit": "ds.load_in_4bit",
@@ -187,6 +189,7 @@ def fields(args: dict[str, Any], gpu: str | None = None) -> OpenRLHFRun:
             out["vllm_gpu_memory_utilization"] = number(get("vllm.gpu_memory_utilization"),
                                                         "vllm.gpu_memory_utilization", FIELD, 0.01, 1.0)
             out["vllm_sleep_mode"] = flag("vllm.enable_sleep")
+            out["vllm_tensor_parallel_size"] = num("vllm.tensor_parallel_size")
         if flag("ds.enable_sleep") and "offload" not in out:  # offload_deepspeed_states: not with adam_offload
             out["idle_offload"] = "optimizer"  # optimizer states, masters, gradients; the 16-bit weights stay
     else:

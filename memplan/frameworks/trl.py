@@ -27,8 +27,10 @@ What is read:
                                       fp32 master weights
     use_peft, lora_r, lora_target_modules, load_in_4bit / load_in_8bit
                                       lora_rank (16), lora_targets, quantize_base
-    use_vllm, vllm_mode, vllm_gpu_memory_utilization, vllm_enable_sleep_mode
-                                      rollout_engine 'vllm' (colocate: 0.3, no sleep mode) or 'remote' (server)
+    use_vllm, vllm_mode, vllm_gpu_memory_utilization, vllm_enable_sleep_mode, vllm_tensor_parallel_size
+                                      rollout_engine 'vllm' (colocate: 0.3, no sleep mode, 1-way) or 'remote'
+                                      (server); a PEFT actor under ZeRO-3 syncs to vLLM gathered whole
+                                      (_iter_named_params): gather_for_generation
     ds3_gather_for_generation         gather_for_generation (HF generation under ZeRO-3; on by default)
     attn_implementation               attention 'eager' when asked
     (always)                          logprob_kernel 'chunked': TRL 1.16 patches every trained and reference
@@ -68,7 +70,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {  # trl 1.16.0: GRPOConfig, RLOOConfig, D
 COMMON: dict[str, Any] = {
     "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "max_completion_length": 512,
     "gradient_checkpointing": True, "bf16": None, "fp16": False, "use_vllm": False, "vllm_mode": "colocate",
-    "vllm_gpu_memory_utilization": 0.3, "vllm_enable_sleep_mode": False, "ds3_gather_for_generation": True,
+    "vllm_gpu_memory_utilization": 0.3, "vllm_enable_sleep_mode": False, "vllm_tensor_parallel_size": 1,
+    "ds3_gather_for_generation": True,
     "dtype": "float32", "use_peft": False, "lora_r": 16, "lora_target_modules": None, "load_in_4bit": False,
     "load_in_8bit": False, "attn_implementation": None, "use_liger_kernel": False, "top_entropy_quantile": 1.0,
     "entropy_coef": 0.0, "cast_lm_head_to_fp32": False,
@@ -315,6 +318,10 @@ def _online(recipe: dict[str, Any], get: Callable[[str], Any], out: dict[str, An
             out["vllm_gpu_memory_utilization"] = number(get("vllm_gpu_memory_utilization"),
                                                         "vllm_gpu_memory_utilization", FIELD, 0.01, 1.0)
             out["vllm_sleep_mode"] = boolean(get("vllm_enable_sleep_mode"), "vllm_enable_sleep_mode", FIELD)
+            out["vllm_tensor_parallel_size"] = integer(get("vllm_tensor_parallel_size"), "vllm_tensor_parallel_size",
+                                                       FIELD)
+            if peft and engine["engine"] == "deepspeed" and engine.get("zero_stage") == 3:
+                out["gather_for_generation"] = True  # _iter_named_params gathers a PEFT model whole to merge it
         else:
             raise InputError(FIELD, f"vllm_mode {mode!r}: set colocate or server", mode)
     else:
@@ -322,9 +329,6 @@ def _online(recipe: dict[str, Any], get: Callable[[str], Any], out: dict[str, An
         if engine["engine"] == "deepspeed" and engine.get("zero_stage") == 3:
             out["gather_for_generation"] = boolean(get("ds3_gather_for_generation"), "ds3_gather_for_generation",
                                                    FIELD)
-    if out["rollout_engine"] != "hf" and engine["engine"] == "deepspeed" and engine.get("zero_stage") == 3:
-        notes.append("the actor's weights gathered under ZeRO-3 to sync vLLM (TRL's _move_model_to_vllm) are not "
-                     "counted")
     if get("top_entropy_quantile") != 1.0 or get("entropy_coef"):
         notes.append("entropies over the vocabulary (top_entropy_quantile, entropy_coef) are not counted")
     if boolean(get("cast_lm_head_to_fp32"), "cast_lm_head_to_fp32", FIELD):

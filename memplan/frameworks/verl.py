@@ -28,8 +28,9 @@ What is read (``A`` = ``actor_rollout_ref``):
     data.train_batch_size ÷ GPUs      rollout_batch_size (prompts per GPU); A.rollout.n → group_size
     data.max_prompt_length, data.max_response_length
                                       prompt_len, gen_len
-    A.rollout.name, .gpu_memory_utilization
-                                      rollout_engine 'vllm' (sglang reserves the same fraction), or 'hf'
+    A.rollout.name, .gpu_memory_utilization, .tensor_model_parallel_size
+                                      rollout_engine 'vllm' (sglang reserves the same fraction), or 'hf';
+                                      vllm_tensor_parallel_size (2)
     (always)                          logprob_kernel 'fused': flash-attn's cross-entropy (logprobs_from_logits)
     trainer.nnodes, trainer.n_gpus_per_node
                                       gpus, with the GPU named by the caller
@@ -63,6 +64,7 @@ DEFAULTS: dict[str, Any] = {  # verl 0.9.1 _generated_ppo_trainer.yaml, what thi
     f"{A}.model.enable_gradient_checkpointing": True, f"{A}.model.lora_rank": 0,
     f"{A}.model.target_modules": "all-linear", f"{A}.model.use_fused_kernels": False,
     f"{A}.rollout.name": None, f"{A}.rollout.n": 1, f"{A}.rollout.gpu_memory_utilization": 0.5,
+    f"{A}.rollout.tensor_model_parallel_size": 2,
     "reward_model.enable": False, "trainer.nnodes": 1, "trainer.n_gpus_per_node": 8,
 }
 _OVERRIDE = re.compile(r"^\+{0,2}([A-Za-z_]\w*(?:\.\w+)+)=(.*)$", re.S)
@@ -266,6 +268,7 @@ def fields(overrides: dict[str, Any], gpu: str | None = None) -> VerlRun:
             raise InputError(FIELD, f"{A}.rollout.gpu_memory_utilization must be a number, got {utilization!r}",
                              utilization)
         out["vllm_gpu_memory_utilization"] = float(utilization)
+        out["vllm_tensor_parallel_size"] = num(f"{A}.rollout.tensor_model_parallel_size")
         if name == "sglang":
             notes.append("rollout sglang: its gpu_memory_utilization reservation counted as vLLM's")
     elif name == "hf":
