@@ -311,17 +311,21 @@ def _dimensions(given: EstimateRequest, base: Report, allow: set[str], side: str
 
 
 def _offload_dim(given: EstimateRequest, allow: set[str], dim, side: str, shards: bool) -> _Dim:  # noqa: ANN001
-    """The trained roles' offload: DeepSpeed's and FSDP's CPU offload; under FSDP (verl), the idle offloads
-    first, one chain by memory: none → idle optimizer (or params, if given) → idle params+optimizer →
-    CPUOffloadPolicy (``IDLE``-prefixed options are idle offloads)."""
+    """The trained roles' offload, one chain by memory (``IDLE``-prefixed options are idle offloads): DeepSpeed's
+    and FSDP's CPU offload; under FSDP (verl), the idle offloads first: none → idle optimizer (or params, if
+    given) → idle params+optimizer → CPUOffloadPolicy; under DeepSpeed with OpenRLHF's idle optimizer given:
+    none → idle optimizer → optimizer → optimizer+params (offered only where given: it is OpenRLHF's)."""
     cpu = tuple(OFFLOAD_LEVEL) if "offload" in allow and shards else ()
-    if given.engine != "fsdp" or given.rollout_engine == "hybrid-engine" or (
-            "idle_offload" not in allow and given.idle_offload == "none"):
+    if given.engine == "fsdp" and given.rollout_engine != "hybrid-engine" and (
+            "idle_offload" in allow or given.idle_offload != "none"):
+        middle = given.idle_offload if given.idle_offload in ("params", "optimizer") else "optimizer"
+        chain = ("none", IDLE + middle, IDLE + "params+optimizer",
+                 given.offload if given.offload != "none" else "optimizer+params")
+    elif given.engine == "deepspeed" and given.idle_offload != "none":
+        chain = ("none", IDLE + given.idle_offload, "optimizer", "optimizer+params")
+    else:
         return dim("offload", cpu, given.offload, key=OFFLOAD_LEVEL.get,
                    host_least=given.offload if side == "fix" else "none", undo="none")
-    middle = given.idle_offload if given.idle_offload in ("params", "optimizer") else "optimizer"
-    chain = ("none", IDLE + middle, IDLE + "params+optimizer", given.offload if given.offload != "none"
-             else "optimizer+params")
     options = tuple(o for o in chain if o == "none" or (o.startswith(IDLE) and "idle_offload" in allow)
                     or (not o.startswith(IDLE) and o in cpu))
     current = IDLE + given.idle_offload if given.idle_offload != "none" else given.offload

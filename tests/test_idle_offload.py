@@ -17,6 +17,8 @@ import memplan
 from api.main import create_app
 from memplan.cli.app import app
 from memplan.errors import InputError
+from memplan.planner import plan
+from memplan.report import EstimateRequest
 
 N = 8
 GRPO = dict(model="Qwen/Qwen2.5-32B", algo="grpo", gpus="8xH100-80GB", engine="fsdp", zero_stage=3,
@@ -157,9 +159,6 @@ def test_plan_offers_verl_offload_before_the_cpu_step():
     """The planner's FSDP offload chain: idle optimizer → idle params+optimizer → CPUOffloadPolicy (the
     optimizer first: it moves once a step, the weights for every forward). For the 32B run the optimizer's
     idle offload is enough; the planner's answer is re-checked here."""
-    from memplan.planner import plan
-    from memplan.report import EstimateRequest
-
     request = EstimateRequest(**GRPO)
     result = plan(request, allow={"idle_offload", "offload"})
     assert [c.changes for c in result.candidates] == [{"idle_offload": ("none", "optimizer")}]
@@ -170,3 +169,16 @@ def test_plan_offers_verl_offload_before_the_cpu_step():
     assert [c.changes for c in only_cpu.candidates] == [{"offload": ("none", "optimizer")}]
     deepspeed = plan(request.model_copy(update={"engine": "deepspeed"}), allow={"idle_offload", "zero_stage"})
     assert all("idle_offload" not in c.changes for c in deepspeed.candidates)
+
+
+def test_plan_keeps_a_given_deepspeed_idle_offload():
+    """OpenRLHF's ds.enable_sleep as given: the planner's offload chain under DeepSpeed starts from it (none →
+    idle optimizer → optimizer → optimizer+params), so a search that may not touch offloads keeps it."""
+    request = EstimateRequest(model="meta-llama/Llama-3.1-8B", algo="ppo", gpus="8xH100-80GB", zero_stage=3,
+                              gradient_checkpointing=True, rollout_engine="vllm", vllm_gpu_memory_utilization=0.9,
+                              idle_offload="optimizer", micro_batch_size=4, rollout_batch_size=32, prompt_len=1024,
+                              gen_len=1024)
+    assert not memplan.estimate(request).fits
+    result = plan(request, allow={"vllm_gpu_memory_utilization", "gradient_checkpointing"})
+    assert result.candidates and all("idle_offload" not in c.changes for c in result.candidates)
+    assert all(memplan.estimate(c.request).fits for c in plan(request).candidates)
