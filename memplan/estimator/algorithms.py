@@ -174,6 +174,8 @@ def generate(run: Run, actor: RoleSetup, st: States, name: str, first: bool = Tr
     def weights(first_: bool, note: str = "ZeRO-3 layer gather") -> Item:
         return whole or ("actor", "parameter", _gathered(st, first_), note)
 
+    loaded = _loaded(actor, st, False) if run.idle_offload else []  # idle offload: the shards, back to generate
+
     if run.rollout_engine == "vllm":
         act = Activity(name)
         if run.vllm_sleep:  # else the reservation is kept in every activity (``_vllm_awake``)
@@ -181,7 +183,7 @@ def generate(run: Run, actor: RoleSetup, st: States, name: str, first: bool = Tr
                     "weights + KV cache)")
         # the weight sync before it: the actor's weights (shards loaded back under idle offload, gathered one
         # unit at a time or whole) beside vLLM's weights, woken alone in sleep mode (its KV cache after)
-        sync = Activity(f"{name}: weight sync to vLLM", _loaded(actor, st, False) if run.idle_offload else [])
+        sync = Activity(f"{name}: weight sync to vLLM", list(loaded))
         if run.vllm_sleep:
             sync.add("actor", "other", min(-(-actor.num_params * run.e // run.vllm_tp), _vllm_bytes(run)),
                      "vLLM's weights, woken for the sync")
@@ -193,7 +195,7 @@ def generate(run: Run, actor: RoleSetup, st: States, name: str, first: bool = Tr
 
     if run.rollout_engine == "remote":  # generated elsewhere: the weight sync is all that runs here
         return [Activity(f"{name}: weight sync to the remote engine",
-                         [weights(first, "gathered weights, one unit at a time")])]
+                         [*loaded, weights(first, "gathered weights, one unit at a time")])]
     spec, seqs, tokens, e, tp = actor.spec, run.rollout_seqs, run.prompt_len + run.gen_len, run.e, run.tp
     if run.rollout_engine == "hybrid-engine":  # K/V in the engine's workspace (``dschat``)
         prefill = Activity(f"{name}: prefill", [weights(first)])
@@ -219,7 +221,7 @@ def generate(run: Run, actor: RoleSetup, st: States, name: str, first: bool = Tr
     if whole is None:
         _fsdp_copy_out(prefill, "actor", st, first)
         _fsdp_copy_out(decode, "actor", st, False)
-    return [prefill, decode]
+    return _with(loaded, [prefill, decode])
 
 
 def forward(run: Run, r: RoleSetup, st: States, name: str, seqs: int, first: bool = True) -> list[Activity]:
@@ -235,15 +237,8 @@ def forward(run: Run, r: RoleSetup, st: States, name: str, seqs: int, first: boo
     _fsdp_copy_out(layers, role, st, first)
     if not r.lm_head:
         return [layers]
-    kernel, positions = run.logprob_kernel, seqs * run.logit_tokens
-    if kernel == "chunked":  # no logits: the LM head projects tiles, folded into log-probs as they come
-        logits = chunked_logprob_bytes(positions, seqs * run.train_seq_len, spec.vocab_size, spec.hidden_size, e,
-                                       training=False, head_trains=False, tp=tp)
-    elif kernel == "fused":
-        logits = fused_logprob_bytes(positions, spec.vocab_size, e, tp)
-    else:
-        logits = logprob_logits_bytes(positions, spec.vocab_size, e, False, tp)
-    logprobs = Activity(f"{name}: " + ("chunked LM head" if kernel == "chunked" else "log-softmax"), [
+    chunked, logits = run.logprob_kernel == "chunked", _logprob_bytes(run, r, seqs, training=False)
+    logprobs = Activity(f"{name}: " + ("chunked LM head" if chunked else "log-softmax"), [
         (role, "parameter", st.fsdp.after_forward if st.fsdp else st.gather, "gathered weights"),
         (role, "logits", logits, "log-probs"),
     ])
@@ -251,7 +246,7 @@ def forward(run: Run, r: RoleSetup, st: States, name: str, seqs: int, first: boo
         return [layers, logprobs]
     head = Activity(f"{name}: LM head", [  # FSDP2 keeps the root until the forward returns its logits
         (role, "parameter", st.fsdp.lm_head, "gathered weights"),
-        (role, "logits", logits if kernel == "chunked" else int(positions * spec.vocab_size * e / tp), "logits"),
+        (role, "logits", logits if chunked else int(seqs * run.logit_tokens * spec.vocab_size * e / tp), "logits"),
     ])
     return [layers, head, logprobs]
 
@@ -282,6 +277,26 @@ def _train_setup(run: Run, r: RoleSetup, st: States) -> TrainSetup:
     return TrainSetup(spec, tokens, per, moment)
 
 
+TRAINING_LOGPROB_NOTES = {
+    "log-softmax": "fp32 log-softmax and its backward",
+    "fused": "fused cross-entropy: the logits, their gradient in place",
+    "chunked": "chunked LM head's backward: a tile, the hidden states' and LM head's gradients in fp32 and 16-bit",
+}
+
+
+def _logprob_bytes(run: Run, r: RoleSetup, seqs: int, training: bool) -> int:
+    """The log-prob path over ``seqs`` sequences' scored positions, by ``run.logprob_kernel``: log-softmax of the
+    fp32 logits, a fused cross-entropy, or a chunked LM head (no logits; in training, the LM head's gradient
+    accumulators when it trains)."""
+    positions, vocab, e, tp = seqs * run.logit_tokens, r.spec.vocab_size, run.e, run.tp
+    if run.logprob_kernel == "chunked":
+        return chunked_logprob_bytes(positions, seqs * run.train_seq_len, vocab, r.spec.hidden_size, e,
+                                     training=training, head_trains=training and not r.lora, tp=tp)
+    if run.logprob_kernel == "fused":
+        return fused_logprob_bytes(positions, vocab, e, tp)
+    return logprob_logits_bytes(positions, vocab, e, training, tp)
+
+
 def _checkpointed_inputs(run: Run, r: RoleSetup, tokens: int) -> int:
     """Each checkpointed layer's input (e·h per token). transformers makes the input embeddings' output
     require grad when checkpointing (``enable_input_require_grads``): with frozen embeddings (LoRA) and
@@ -295,24 +310,15 @@ def _checkpointed_inputs(run: Run, r: RoleSetup, tokens: int) -> int:
 def _loss(run: Run, r: RoleSetup, act: Activity, tokens: int) -> None:
     """The final norm's saved tensors and the log-softmax path, alive when backward starts at the loss."""
     dschat = hybrid(run)
-    chunked = run.logprob_kernel == "chunked"  # its own compact copy of the scored positions' hidden states
-    lm_head_input = not r.lora and not chunked and (run.logit_tokens == run.train_seq_len or dschat)
+    chunked = run.logprob_kernel == "chunked"  # keeps its own copy of the scored positions' hidden states
+    lm_head_input = not (r.lora or chunked) and (run.logit_tokens == run.train_seq_len or dschat)
     per_token = final_norm_bytes_per_token(r.spec, run.e, weights_trainable=not r.lora, lm_head_input=lm_head_input)
     act.add(r.role, "activation", int(tokens * per_token), "final norm")
     if r.lm_head and dschat:  # DeepSpeed-Chat / ReMax: log-softmax over every position's (fp32) logits
         logprob_loss(run, r, act)
-    elif r.lm_head and chunked:
-        act.add(r.role, "logits", chunked_logprob_bytes(
-            run.train_seqs * run.logit_tokens, run.train_seqs * run.train_seq_len, r.spec.vocab_size,
-            r.spec.hidden_size, run.e, training=True, head_trains=not r.lora, tp=run.tp),
-            "chunked LM head's backward: a tile, the hidden states' and LM head's gradients in fp32 and 16-bit")
-    elif r.lm_head and run.logprob_kernel == "fused":
-        act.add(r.role, "logits", fused_logprob_bytes(run.train_seqs * run.logit_tokens, r.spec.vocab_size, run.e,
-                                                      run.tp),
-                "fused cross-entropy: the logits, their gradient in place")
     elif r.lm_head:
-        act.add(r.role, "logits", logprob_logits_bytes(run.train_seqs * run.logit_tokens, r.spec.vocab_size, run.e,
-                                                       True, run.tp), "fp32 log-softmax and its backward")
+        act.add(r.role, "logits", _logprob_bytes(run, r, run.train_seqs, training=True),
+                TRAINING_LOGPROB_NOTES[run.logprob_kernel])
     else:  # a scalar head: backward starts with the final norm's (or the last layer's) gradients
         grads = max(norm_backward_transient_per_token(r.spec, run.e),
                     backward_transient_per_token(r.spec, run.e, run.tp, _lora_mlp(r, run)))
@@ -483,8 +489,6 @@ def phases(run: Run, states: dict[str, States]) -> dict[str, list[Activity]]:
         rollout = generate(run, actor, states["actor"], "sampled rollout")
         if run.greedy_pass:
             rollout += generate(run, actor, states["actor"], "greedy rollout (ReMax baseline)", first=False)
-        if run.idle_offload and run.rollout_engine != "vllm":  # the actor itself generates
-            _with(_loaded(actor, states["actor"], False), rollout)
         recipe["rollout"] = rollout
         dschat = run.rollout_engine == "hybrid-engine" and run.placement == "colocated"
         if dschat:
