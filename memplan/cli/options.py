@@ -68,6 +68,12 @@ def _option(field: str, panel: str, *, tp: Any = None, extra: str = "", decls: t
     return Annotated[tp | None, option]
 
 
+def _file_option(help: str, panel: str) -> Any:
+    """``Annotated[Path | None, typer.Option(...)]`` for a file the run is read from (a framework's launch file)."""
+    return Annotated[Path | None, typer.Option(help=help, rich_help_panel=panel, show_default=False,
+                                               dir_okay=False)]
+
+
 _MODEL = "Model and cluster"
 _SHARD = "Sharding and placement"
 _TRAIN = "Training"
@@ -82,35 +88,21 @@ SHARED: dict[str, tuple[Any, Any]] = {
             "unless --verl, --trl or --openrlhf names it)", rich_help_panel=_MODEL, show_default=False)],
         None,
     ),
-    "verl": (
-        Annotated[Path | None, typer.Option(
-            help="Read the run from a verl launch script (python3 -m verl.trainer.main_ppo key=value ...): model, "
-            "algorithm, GPU count, batches, lengths, offloads, rollout; --gpus then names the GPU kind (H100-80GB); "
-            "explicit flags override it", rich_help_panel=_MODEL, show_default=False, dir_okay=False)],
-        None,
-    ),
-    "openrlhf": (
-        Annotated[Path | None, typer.Option(
-            help="Read the run from an OpenRLHF launch command (python3 -m openrlhf.cli.train_ppo_ray --key value "
-            "...; 0.11's dotted or earlier flat names): model, algorithm, placement, batches, lengths, offloads; "
-            "--gpus then names the GPU kind; explicit flags override it", rich_help_panel=_MODEL,
-            show_default=False, dir_okay=False)],
-        None,
-    ),
-    "trl": (
-        Annotated[Path | None, typer.Option(
-            help="Read a TRL run from its recipe YAML (--config) or launch command: model, batches, lengths, "
-            "beta, PEFT, vLLM; --accelerate-config adds engine, sharding and GPU count; GRPO unless --algo says "
-            "rloo, dpo or sft; explicit flags override it", rich_help_panel=_MODEL, show_default=False, dir_okay=False)],
-        None,
-    ),
-    "accelerate_config": (
-        Annotated[Path | None, typer.Option(
-            help="accelerate's config YAML for --trl (distributed_type, deepspeed_config / fsdp_config, "
-            "num_processes); --gpus then names the GPU kind", rich_help_panel=_MODEL, show_default=False,
-            dir_okay=False)],
-        None,
-    ),
+    "verl": (_file_option(
+        "Read the run from a verl launch script (python3 -m verl.trainer.main_ppo key=value ...): model, algorithm, "
+        "GPU count, batches, lengths, offloads, rollout; --gpus then names the GPU kind (H100-80GB); explicit "
+        "flags override it", _MODEL), None),
+    "openrlhf": (_file_option(
+        "Read the run from an OpenRLHF launch command (python3 -m openrlhf.cli.train_ppo_ray --key value ...; "
+        "0.11's dotted or earlier flat names): model, algorithm, placement, batches, lengths, offloads; --gpus "
+        "then names the GPU kind; explicit flags override it", _MODEL), None),
+    "trl": (_file_option(
+        "Read a TRL run from its recipe YAML (--config) or launch command: model, batches, lengths, beta, PEFT, "
+        "vLLM; --accelerate-config adds engine, sharding and GPU count; GRPO unless --algo says rloo, dpo or sft; "
+        "explicit flags override it", _MODEL), None),
+    "accelerate_config": (_file_option(
+        "accelerate's config YAML for --trl (distributed_type, deepspeed_config / fsdp_config, num_processes); "
+        "--gpus then names the GPU kind", _MODEL), None),
     "algo": (_option("algo", _MODEL), None),
     "gpus": (_option("gpus", _MODEL), None),
     "critic_model": (_option("critic_model", _MODEL), None),
@@ -136,13 +128,9 @@ SHARED: dict[str, tuple[Any, Any]] = {
     "offload_reward": (_option("offload_reward", _SHARD), None),
     "tp": (_option("tp", _SHARD), None),
     "placement": (_option("placement", _SHARD), None),
-    "deepspeed_config": (
-        Annotated[Path | None, typer.Option(
-            help="Read zero stage, offload, bf16/fp16, micro-batch and hybrid engine from a DeepSpeed JSON "
-            "config; explicit flags override it", rich_help_panel=_SHARD, show_default=False,
-            exists=False, dir_okay=False)],
-        None,
-    ),
+    "deepspeed_config": (_file_option(
+        "Read zero stage, offload, bf16/fp16, micro-batch and hybrid engine from a DeepSpeed JSON config; explicit "
+        "flags override it", _SHARD), None),
     "dtype": (_option("dtype", _TRAIN), None),
     "master_weights": (_option("master_weights", _TRAIN), None),
     "optimizer": (_option("optimizer", _TRAIN, extra="Optimizer of the trained roles"), None),
@@ -273,8 +261,7 @@ def build_request(options: dict[str, Any]) -> EstimateRequest:
         from_trl, notes = trl_fields(options["trl"], options.get("accelerate_config"), options.get("gpus"),
                                      options.get("algo"), given)
         fields.update(from_trl)
-        for note in notes:
-            print(f"trl: {note}", file=sys.stderr)
+        _echo("trl", notes)
         options = {**options, "gpus": None}  # read with the count: the request's gpus
     if options.get("deepspeed_config") is not None:
         fields.update(deepspeed_overrides(options["deepspeed_config"]))
@@ -283,14 +270,19 @@ def build_request(options: dict[str, Any]) -> EstimateRequest:
             continue
         from_script, notes = script_fields(name, options[name], options.get("gpus"))
         fields.update(from_script)
-        for note in notes:
-            print(f"{name}: {note}", file=sys.stderr)
+        _echo(name, notes)
         if "gpus" in from_script:
             options = {**options, "gpus": None}  # a GPU kind: the script's count with it
     fields.update({k: v for k, v in options.items() if v is not None and k not in _NOT_FIELDS})
     if options.get("host_ram_gib") is not None:
         fields["host_ram_bytes_per_node"] = _host_ram_bytes(options["host_ram_gib"])
     return EstimateRequest(**fields)
+
+
+def _echo(framework: str, notes: list[str]) -> None:
+    """A reader's notes on stderr, one ``framework: note`` line each (stdout stays the report)."""
+    for note in notes:
+        print(f"{framework}: {note}", file=sys.stderr)
 
 
 def _host_ram_bytes(gib: float) -> int:

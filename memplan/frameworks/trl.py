@@ -51,8 +51,8 @@ What is read:
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from memplan.errors import InputError
@@ -171,6 +171,13 @@ def _parallel(acc: dict[str, Any], notes: list[str]) -> dict[str, Any]:
     return out
 
 
+def _processes(acc: dict[str, Any] | None) -> int:
+    """accelerate's num_processes: the GPUs of the run (1 without it)."""
+    if acc is None or "num_processes" not in acc:
+        return 1
+    return integer(acc["num_processes"], "num_processes", ACCELERATE_FIELD)
+
+
 def _cluster(acc: dict[str, Any] | None, gpu: str | None) -> str | None:
     """``gpus`` for the request: a full spec as given ('8xH100-80GB'), or a kind with accelerate's counts."""
     if gpu is not None and gpu.strip()[:1].isdigit():
@@ -180,7 +187,7 @@ def _cluster(acc: dict[str, Any] | None, gpu: str | None) -> str | None:
             return None
         raise InputError("gpus", "give the GPU count too (8xH100-80GB), or the accelerate config with "
                          "num_processes", gpu)
-    processes = integer(acc["num_processes"], "num_processes", ACCELERATE_FIELD)
+    processes = _processes(acc)
     machines = integer(acc.get("num_machines", 1), "num_machines", ACCELERATE_FIELD)
     if processes % machines:
         raise InputError(ACCELERATE_FIELD, f"num_processes {processes} is not a multiple of num_machines "
@@ -265,9 +272,7 @@ def fields(recipe: dict[str, Any], accelerate: dict[str, Any] | None = None, gpu
 def _online(recipe: dict[str, Any], get: Callable[[str], Any], out: dict[str, Any], engine: dict[str, Any],
             peft: bool, accelerate: dict[str, Any] | None, given: frozenset[str], notes: list[str]) -> None:
     """GRPO's and RLOO's generation batch, lengths, reference, reward model and rollout engine."""
-    processes = 1
-    if accelerate is not None and "num_processes" in accelerate:
-        processes = integer(accelerate["num_processes"], "num_processes", ACCELERATE_FIELD)
+    processes = _processes(accelerate)
     group = integer(get("num_generations"), "num_generations", FIELD, 2)
     per_device = out["micro_batch_size"]
     accumulation = integer(get("gradient_accumulation_steps"), "gradient_accumulation_steps", FIELD)
@@ -371,16 +376,18 @@ def _frozen_sharding(out: dict[str, Any], role: str, engine: dict[str, Any]) -> 
         out["offload_ref" if role == "ref" else "offload_reward"] = True
 
 
+def _text(source: str | Path, field: str, suffixes: tuple[str, ...]) -> str:
+    """A file's text when ``source`` is a file's path or looks like one (a single line ending in one of
+    ``suffixes``: an unreadable one is an error naming ``field``), else ``source`` itself."""
+    text = str(source)
+    if is_file(text) or ("\n" not in text and text.endswith(suffixes)):
+        return read_text(text, field)
+    return text
+
+
 def load(recipe: str | Path, accelerate: str | Path | None = None, gpu: str | None = None,
          algo: str | None = None, given: frozenset[str] = frozenset()) -> TrlRun:
     """``fields`` of a recipe (a path, or its text) and an accelerate config (a path, or its text)."""
-    text = str(recipe)
-    if is_file(text) or ("\n" not in text and text.endswith((".yaml", ".yml", ".sh"))):
-        text = read_text(text, FIELD)
-    acc = None
-    if accelerate is not None:
-        acc_text = str(accelerate)
-        if is_file(acc_text) or ("\n" not in acc_text and acc_text.endswith((".yaml", ".yml"))):
-            acc_text = read_text(acc_text, ACCELERATE_FIELD)
-        acc = read_accelerate(acc_text)
+    text = _text(recipe, FIELD, (".yaml", ".yml", ".sh"))
+    acc = None if accelerate is None else read_accelerate(_text(accelerate, ACCELERATE_FIELD, (".yaml", ".yml")))
     return fields(read(text), acc, gpu, algo, given)
