@@ -9,7 +9,7 @@ from __future__ import annotations
 from memplan.harness.models import Models
 from memplan.harness.setup import Setup
 from memplan.harness.steps import dpo, grpo, ppo, remax, rloo, sft
-from memplan.harness.steps.common import CHUNKED, FUSED, Ctx, track_models
+from memplan.harness.steps.common import KERNEL, Ctx, track_models
 from memplan.harness.steps.optim import Trainer
 from memplan.harness.steps.probe import Probe
 
@@ -37,10 +37,9 @@ def run_steps(setup: Setup, models: Models, probe: Probe, *, device: str, steps:
     if models.critic is not None:
         trainers["critic"] = Trainer("critic", models.critic, setup, probe, host_device)
     ctx = Ctx(setup=setup, models=models, trainers=trainers, probe=probe, device=device, decode_steps=decode_steps)
-    token, chunked = FUSED.set(setup.logprob_kernel == "fused"), CHUNKED.set(setup.logprob_kernel == "chunked")
+    token = KERNEL.set(setup.logprob_kernel)
     try:
         for n in range(1, steps + 1):
             RECIPES[setup.algo](ctx, n)
     finally:
-        FUSED.reset(token)
-        CHUNKED.reset(chunked)
+        KERNEL.reset(token)

@@ -9,9 +9,9 @@ Every block does what the frameworks do on a GPU (TRL, OpenRLHF, verl, DeepSpeed
   long answer: the cache is grown to its final length in one go and the last steps are run for real, which
   leaves the same tensors alive at the same peak (the cache is largest at the last step).
 * ``sequence_logprobs`` — ``log_softmax(logits.float()).gather(ids)`` over the answer positions only
-  (``logits_to_keep``); with ``logprob_kernel='fused'`` (``FUSED``), ``_FusedLogprob``: flash-attn's
-  ``cross_entropy_loss`` as verl calls it (``inplace_backward=True``), by its allocations; with 'chunked'
-  (``CHUNKED``), ``_ChunkedLogprob`` over the backbone's hidden states: TRL 1.16's fused LM head.
+  (``logits_to_keep``); with ``logprob_kernel='fused'`` (``KERNEL``), ``_FusedLogprob``: flash-attn's
+  ``cross_entropy_loss`` as verl calls it (``inplace_backward=True``), by its allocations; with 'chunked',
+  ``_ChunkedLogprob`` over the backbone's hidden states: TRL 1.16's fused LM head.
 * ``Trainer.step`` — the optimizer step of one trained model: with master weights, the 16-bit gradients are
   converted one by one into fp32 gradients of the fp32 masters (and freed), the optimizer steps the masters,
   the masters are copied back into the 16-bit weights (DeepSpeed's bf16/fp16 optimizers, FSDP
@@ -207,8 +207,9 @@ def micro_batches(n: int, size: int) -> list[tuple[int, int, bool]]:
     return [(i, min(i + size, n), k < 2) for k, i in enumerate(range(0, n, size))]
 
 
-FUSED: contextvars.ContextVar[bool] = contextvars.ContextVar("fused_logprobs", default=False)
-"""Log-probs and cross-entropy by ``_FusedLogprob`` (set by ``run_steps`` from ``Setup.logprob_kernel``)."""
+KERNEL: contextvars.ContextVar[str] = contextvars.ContextVar("logprob_kernel", default="log-softmax")
+"""How log-probs and cross-entropy are taken (set by ``run_steps`` from ``Setup.logprob_kernel``): 'log-softmax',
+'fused' (``_FusedLogprob``) or 'chunked' (``_ChunkedLogprob`` over the backbone's hidden states)."""
 FUSED_ROWS = 1024
 """The fused kernel's stand-in takes a row's log-sum-exp in fp32 over 1/``FUSED_ROWS`` of the rows at a time
 (the Triton kernel keeps a row block in registers: no copy at all)."""
@@ -246,9 +247,6 @@ class _FusedLogprob(torch.autograd.Function):
         return logits, None
 
 
-CHUNKED: contextvars.ContextVar[bool] = contextvars.ContextVar("chunked_logprobs", default=False)
-"""Log-probs and cross-entropy by ``_ChunkedLogprob`` over the backbone's hidden states (``logprob_kernel=
-'chunked'``)."""
 
 
 CHUNK_BLOCK = 16
@@ -380,7 +378,7 @@ def chunked_causal_lm_loss(model: nn.Module, seq: torch.Tensor, probe: Probe, ro
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, probe: Probe, role: str) -> torch.Tensor:
     """transformers' ``ForCausalLMLoss``: fp32 logits, labels shifted left by one (padded with -100), mean
     cross-entropy — written as its two ATen ops (``cross_entropy`` is log-softmax + NLL) to label both."""
-    if FUSED.get():  # the mean of the fused kernel's −log-probs over the labelled positions
+    if KERNEL.get() == "fused":  # the mean of the fused kernel's −log-probs over the labelled positions
         shifted = F.pad(labels, (0, 1), value=-100)[..., 1:].contiguous()
         logp = _fused(logits, shifted, probe, role)
         return -logp.sum() / (shifted >= 0).sum()
@@ -398,10 +396,10 @@ def sequence_logprobs(model: nn.Module, seq: torch.Tensor, n: int, probe: Probe,
     """Log-probs of the last ``n`` tokens of ``seq`` under ``model`` ([b, n], fp32). Fused: over the n + 1 kept
     positions with the labels shifted (as verl rolls them), the last one masked: no slice of the logits, whose
     backward would allocate their full size again."""
-    if CHUNKED.get():  # the answer's positions: those whose next token is one of the last n
+    if KERNEL.get() == "chunked":  # the answer's positions: those whose next token is one of the last n
         return _chunked(model, seq, n, probe, role)[:, -n:]
     logits = model(input_ids=seq, use_cache=False, logits_to_keep=n + 1).logits
-    if FUSED.get():
+    if KERNEL.get() == "fused":
         if logits.requires_grad:
             label_backward(logits, probe, role, "logits")
         labels = F.pad(seq[:, -n:], (0, 1), value=-1)

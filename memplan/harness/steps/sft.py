@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from memplan.harness.steps.common import CHUNKED, Ctx, causal_lm_loss, chunked_causal_lm_loss, train_micro_batches
+from memplan.harness.steps.common import KERNEL, Ctx, causal_lm_loss, chunked_causal_lm_loss, train_micro_batches
 
 
 def step(ctx: Ctx, n: int) -> None:
@@ -20,7 +20,7 @@ def step(ctx: Ctx, n: int) -> None:
         batch = torch.randint(0, ctx.vocab, (s.micro_batch_size, s.seq_len), device=ctx.device)
     with probe.phase("actor_update", n):
         def loss(a: int, b: int) -> torch.Tensor:
-            if CHUNKED.get():  # TRL's fused LM head: no logits
+            if KERNEL.get() == "chunked":  # TRL's fused LM head: no logits
                 return chunked_causal_lm_loss(m.actor, batch[a:b], probe, "actor")
             logits = m.actor(input_ids=batch[a:b], use_cache=False).logits
             return causal_lm_loss(logits, batch[a:b], probe, "actor")
