@@ -107,3 +107,17 @@ def test_cli_and_api():
     assert ok.json()["report"]["num_gpus"] == 8 and ok.json()["request"]["algo"] == "ppo"
     bad = client.post("/v1/openrlhf/estimate", json={"script": "--train.micro_batch_size 2", "gpu": "H100-80GB"})
     assert bad.status_code == 422 and "actor.model_name_or_path" in bad.text
+
+
+def test_frozen_models_offload_each_by_its_own_flag():
+    """0.11: --ref.offload and --reward.offload (get_ds_eval_config(offload=...) per model, ZeRO-3); ≤ 0.9's
+    --ref_reward_offload sets both."""
+    base = ("--actor.model_name_or_path Qwen/Qwen2.5-1.5B --reward.model_name_or_path Qwen/Qwen2.5-0.5B "
+            "--ds.zero_stage 3 ")
+    f = openrlhf.fields(openrlhf.read(base + "--ref.offload"), "L40S").fields
+    assert (f.get("offload_ref"), f.get("offload_reward")) == (True, None)
+    f = openrlhf.fields(openrlhf.read(base + "--reward.offload"), "L40S").fields
+    assert (f.get("offload_ref"), f.get("offload_reward")) == (None, True)
+    f = openrlhf.fields(openrlhf.read(base + "--ref_reward_offload"), "L40S").fields
+    assert (f["offload_ref"], f["offload_reward"]) == (True, True)
+    memplan.estimate(**f)

@@ -20,7 +20,8 @@ What is read:
     actor.num_nodes × num_gpus_per_node
                                       the GPUs of each model (split: one group per model, of the actor's size)
     ds.zero_stage                     zero_stage; frozen models at stage 3 only under ZeRO-3 (get_ds_eval_config)
-    ds.adam_offload, ref.offload      offload 'optimizer'; the reference's parameters on the CPU (ZeRO-3)
+    ds.adam_offload, ref.offload, reward.offload
+                                      offload 'optimizer'; the frozen models' parameters on the CPU (ZeRO-3)
     ds.enable_sleep (colocate_all)    idle_offload 'optimizer': offload_deepspeed_states moves the trained
                                       models' optimizer states, masters and gradients to the CPU between their fits
     ds.param_dtype, ds.attn_implementation, actor.gradient_checkpointing_enable, ds.lora.rank,
@@ -58,6 +59,7 @@ DEFAULTS: dict[str, Any] = {  # openrlhf 0.11.2 cli/train_ppo_ray.py, what this 
     "rollout.batch_size": 1024, "rollout.micro_batch_size": 1, "train.micro_batch_size": 1,
     "rollout.n_samples_per_prompt": 1, "data.max_len": 2048, "rollout.max_new_tokens": None,
     "algo.advantage.estimator": "gae", "algo.kl.init_coef": 0.01, "algo.kl.use_loss": False, "ref.offload": False,
+    "reward.offload": False,
 }
 LEGACY = {  # the flat names of OpenRLHF ≤ 0.9's train_ppo_ray
     "pretrain": "actor.model_name_or_path", "reward_pretrain": "reward.model_name_or_path",
@@ -74,7 +76,7 @@ LEGACY = {  # the flat names of OpenRLHF ≤ 0.9's train_ppo_ray
     "micro_train_batch_size": "train.micro_batch_size", "micro_rollout_batch_size": "rollout.micro_batch_size",
     "rollout_batch_size": "rollout.batch_size", "n_samples_per_prompt": "rollout.n_samples_per_prompt",
     "generate_max_len": "rollout.max_new_tokens", "advantage_estimator": "algo.advantage.estimator",
-    "init_kl_coef": "algo.kl.init_coef", "use_kl_loss": "algo.kl.use_loss", "ref_reward_offload": "ref.offload",
+    "init_kl_coef": "algo.kl.init_coef", "use_kl_loss": "algo.kl.use_loss",
     "ring_attn_size": "ds.ring_attn_size",
 }
 
@@ -94,7 +96,9 @@ def read(text: str) -> dict[str, Any]:
         raise InputError(FIELD, "no OpenRLHF arguments (--key value) found", text.strip()[:80])
     args: dict[str, Any] = {}
     for key, value in raw.items():
-        if key == "bf16":
+        if key == "ref_reward_offload":  # ≤ 0.9: one flag for both frozen models
+            args["ref.offload"] = args["reward.offload"] = value
+        elif key == "bf16":
             args["ds.param_dtype"] = "bf16" if value is not False else "fp32"
         elif key == "flash_attn":
             args["ds.attn_implementation"] = "flash_attention_2"
@@ -149,13 +153,13 @@ def fields(args: dict[str, Any], gpu: str | None = None) -> OpenRLHFRun:
     out["zero_stage"] = stage
     frozen_stage = 3 if stage == 3 else 0  # get_ds_eval_config
     out["ref_zero_stage"] = out["reward_zero_stage"] = frozen_stage
-    if flag("ref.offload"):
+    for role, field in (("ref", "offload_ref"), ("reward", "offload_reward")):  # get_ds_eval_config(offload=...)
+        if not flag(f"{role}.offload") or (role == "ref" and not reference) or (role == "reward" and not reward):
+            continue
         if frozen_stage == 3:
-            out["offload_ref"] = True
-            if reward:
-                out["offload_reward"] = True
+            out[field] = True
         else:
-            notes.append("ref.offload below ZeRO-3: the reference moved to the CPU between its forwards is counted "
+            notes.append(f"{role}.offload below ZeRO-3: the model moved to the CPU between its forwards is counted "
                          "resident (an upper bound)")
     if flag("ds.adam_offload"):
         out["offload"] = "optimizer"
