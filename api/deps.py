@@ -8,13 +8,15 @@ question costs a dictionary look-up and no serialisation.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict, Field
 
 import memplan
 from memplan import catalog
-from memplan.errors import UnknownModelError
+from memplan.errors import InputError, UnknownModelError
 from memplan.estimator import cache_key, request_of
 from memplan.report import EstimateRequest, Report
 
@@ -87,3 +89,14 @@ def estimate_reports(requests: list[EstimateRequest]) -> list[Report]:
     for r in requests:
         check_names(r)
     return memplan.compare(requests)
+
+
+@contextmanager
+def body_fields(names: dict[str, str]) -> Iterator[None]:
+    """``InputError``s located at the body field they came from: a framework reader names its own file ('verl',
+    'trl', 'openrlhf'), the request it makes names 'gpus'; the route's body says 'script', 'recipe', 'gpu'."""
+    try:
+        yield
+    except InputError as exc:
+        exc.field = names.get(exc.field, exc.field)
+        raise

@@ -107,6 +107,7 @@ def test_cli_and_api():
     assert ok.json()["report"]["num_gpus"] == 8 and ok.json()["request"]["algo"] == "ppo"
     bad = client.post("/v1/openrlhf/estimate", json={"script": "--train.micro_batch_size 2", "gpu": "H100-80GB"})
     assert bad.status_code == 422 and "actor.model_name_or_path" in bad.text
+    assert bad.json()["detail"][0]["loc"] == ["body", "script"]
 
 
 def test_frozen_models_offload_each_by_its_own_flag():

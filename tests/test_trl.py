@@ -188,3 +188,6 @@ def test_api_endpoint():
     assert not any("max_prompt_length" in n for n in data["notes"])
     bad = client.post("/v1/trl/estimate", json={**body, "recipe": "num_generations: 1\nmodel_name_or_path: gpt2"})
     assert bad.status_code == 422 and "num_generations" in bad.text
+    assert bad.json()["detail"][0]["loc"] == ["body", "recipe"]  # the body field, not the CLI's --trl
+    unknown = client.post("/v1/trl/estimate", json={**body, "gpu": "Z100"})
+    assert unknown.status_code == 422 and unknown.json()["detail"][0]["loc"] == ["body", "gpu"]

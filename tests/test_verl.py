@@ -113,8 +113,8 @@ def test_rest_reads_and_estimates_a_script():
     body = r.json()
     assert body["notes"] == run.notes
     assert memplan.Report.model_validate(body["report"]) == memplan.estimate(**run.fields)
-    for bad, loc in (({"script": "actor_rollout_ref.actor.strategy=megatron", "gpu": "H100-80GB"}, "verl"),
-                     ({"script": SCRIPT.read_text(), "gpu": "Z100"}, "gpus"),
+    for bad, loc in (({"script": "actor_rollout_ref.actor.strategy=megatron", "gpu": "H100-80GB"}, "script"),
+                     ({"script": SCRIPT.read_text(), "gpu": "Z100"}, "gpu"),
                      ({"script": "", "gpu": "H100-80GB"}, "script")):
         r = client.post("/v1/verl/estimate", json=bad)
         assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == loc, r.text

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from api.deps import body_fields
 from api.schemas import OpenRLHFEstimate, OpenRLHFScript
 from memplan import estimate
 from memplan.frameworks import openrlhf
@@ -17,6 +18,8 @@ router = APIRouter(prefix="/v1/openrlhf", tags=["openrlhf"])
 def openrlhf_estimate(body: OpenRLHFScript) -> OpenRLHFEstimate:
     """The command's arguments on OpenRLHF 0.11.2's defaults, on ``gpu`` GPUs (the count from the models'
     placement); the request read, the notes on what was read differently or not at all, and the report."""
-    run = openrlhf.fields(openrlhf.read(body.script), body.gpu)
-    request = EstimateRequest(**run.fields)
-    return OpenRLHFEstimate(request=request, notes=run.notes, report=estimate(request))
+    with body_fields({"openrlhf": "script", "gpus": "gpu"}):
+        run = openrlhf.fields(openrlhf.read(body.script), body.gpu)
+        request = EstimateRequest(**run.fields)
+        report = estimate(request)
+    return OpenRLHFEstimate(request=request, notes=run.notes, report=report)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from api.deps import body_fields
 from api.schemas import VerlEstimate, VerlScript
 from memplan import estimate
 from memplan.frameworks import verl
@@ -16,6 +17,8 @@ router = APIRouter(prefix="/v1/verl", tags=["verl"])
 def verl_estimate(body: VerlScript) -> VerlEstimate:
     """The script's Hydra overrides on verl's defaults, on ``gpu`` GPUs (the count is the script's); the
     request read, the notes on what was read differently or not at all, and the report."""
-    run = verl.fields(verl.read(body.script), body.gpu)
-    request = EstimateRequest(**run.fields)
-    return VerlEstimate(request=request, notes=run.notes, report=estimate(request))
+    with body_fields({"verl": "script", "gpus": "gpu"}):
+        run = verl.fields(verl.read(body.script), body.gpu)
+        request = EstimateRequest(**run.fields)
+        report = estimate(request)
+    return VerlEstimate(request=request, notes=run.notes, report=report)
