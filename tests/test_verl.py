@@ -23,7 +23,8 @@ SCRIPT = Path(__file__).parent / "data" / "verl_grpo.sh"
 def test_grpo_script():
     run = verl.load(SCRIPT, "H100-80GB")
     assert run.fields == {
-        "engine": "fsdp", "gpus": "2x8xH100-80GB", "model": "Qwen/Qwen2.5-7B-Instruct", "algo": "grpo", "reward": "rule",
+        "engine": "fsdp", "gpus": "2x8xH100-80GB", "model": "Qwen/Qwen2.5-7B-Instruct", "algo": "grpo",
+        "reward": "rule",
         "zero_stage": 3, "idle_offload": "optimizer", "dtype": "bf16", "gradient_checkpointing": True,
         "ref": "separate", "offload_ref": True, "prompt_len": 1024, "gen_len": 3072, "micro_batch_size": 8,
         "score_micro_batch_size": 32, "rollout_batch_size": 64, "group_size": 5, "rollout_engine": "vllm",
