@@ -18,7 +18,7 @@ cheapest to run to the most memory-saving:
                                   vllm.enable_sleep, verl's default)
     score_micro_batch_size        the given one → halvings → 1 (when given: the scoring forwards' micro batch)
     logprob_kernel                log-softmax → fused (a fused cross-entropy: verl's, Liger's); a given chunked
-                                  (TRL 1.16's own LM head) is kept
+                                  (TRL 1.16's own LM head) or fp32-fused (OpenRLHF's path) is kept
     micro_batch_size              the largest that fits, at most the given one (bisection at each leaf)
 
 When the request does not fit the GPU, each dimension runs from the user's value toward the saving end
@@ -299,9 +299,10 @@ def _dimensions(given: EstimateRequest, base: Report, allow: set[str], side: str
         dims.append(dim("vllm_sleep_mode", (False, True) if "vllm_sleep_mode" in allow else (),
                         given.vllm_sleep_mode))
     if not (given.rollout_engine == "hybrid-engine" and given.algo in GENERATES):  # DeepSpeed-Chat: its own path
-        kernels = ("log-softmax", "fused") if "logprob_kernel" in allow and given.logprob_kernel != "chunked" else ()
-        dims.append(dim("logprob_kernel", kernels, given.logprob_kernel,  # chunked: TRL's own LM head, kept
-                        key=("log-softmax", "fused", "chunked").index))
+        own = given.logprob_kernel in ("chunked", "fp32-fused")  # TRL's LM head, OpenRLHF's path: kept
+        kernels = ("log-softmax", "fused") if "logprob_kernel" in allow and not own else ()
+        dims.append(dim("logprob_kernel", kernels, given.logprob_kernel,
+                        key=("log-softmax", "fused", "fp32-fused", "chunked").index))
     score = given.score_micro_batch_size
     if score is not None and given.algo != "sft":
         halvings = tuple(sorted({score >> k for k in range(score.bit_length())}, reverse=True))  # score … 1

@@ -39,7 +39,7 @@ Engine = Literal["deepspeed", "fsdp", "torch"]
 Placement = Literal["colocated", "split"]
 Quantization = Literal["none", "int8", "int4"]
 LoraTargets = Literal["all-linear", "attention"]
-LogprobKernel = Literal["log-softmax", "fused", "chunked"]
+LogprobKernel = Literal["log-softmax", "fused", "fp32-fused", "chunked"]
 
 M = TypeVar("M", bound=BaseModel)
 _new = object.__new__  # BaseModel defines no __new__; object's, called directly, skips a lookup
@@ -132,8 +132,10 @@ class EstimateRequest(BaseModel):
     logprob_kernel: LogprobKernel = Field(
         "log-softmax", description="Log-probs and cross-entropy: 'log-softmax' of the fp32-cast logits of the "
         "whole micro batch (the most a framework holds; memplan's tracer runs it); 'fused', a kernel that holds the "
-        "16-bit logits only and writes their gradient in place (verl: flash-attn's cross-entropy; Liger); 'chunked', "
-        "an LM head that never holds the logits, projecting 4,096 × 32,768 tiles (TRL 1.16's fused LM head)"
+        "16-bit logits only and writes their gradient in place (verl: flash-attn's cross-entropy; Liger); "
+        "'fp32-fused', every position's logits cast to fp32 and flash-attn's cross-entropy with its fp32 gradient "
+        "(OpenRLHF); 'chunked', an LM head that never holds the logits, projecting 4,096 × 32,768 tiles (TRL 1.16's "
+        "fused LM head)"
     )
     lora_rank: int = Field(0, ge=0, le=65_536, description="LoRA rank (0: full fine-tuning)")
     lora_targets: LoraTargets = "all-linear"

@@ -3,7 +3,9 @@
 Expected bytes worked by hand from the kernels' allocations (``memplan.estimator.formulas``): the log-softmax
 path holds bf16 logits, their fp32 copy and the fp32 log-softmax when scoring, (2 + 4 + 4)·V per position,
 and 3 · 4V in training; a fused cross-entropy (flash-attn's, as verl calls it) only the 16-bit logits, whose
-gradient it writes in place, and 8 bytes of fp32 outputs per position: 2V + 8; TRL 1.16's fused LM head
+gradient it writes in place, and 8 bytes of fp32 outputs per position: 2V + 8; OpenRLHF 0.11's path every
+position's logits cast to fp32 (2V + 4V at the cast) through the same kernel, whose default backward allocates
+an fp32 gradient beside the fp32 logits it saved (8V in training); TRL 1.16's fused LM head
 (``trl/kernels/chunked_logprob.py``) no logits at all: one reused 4,096 × 32,768 16-bit tile, the scored
 positions' hidden states copied out, and in backward fp32 accumulators of the hidden states' and LM head's
 gradients with their 16-bit copies.
@@ -33,10 +35,13 @@ def _logits(report, phase: str) -> list[int]:
 @pytest.mark.parametrize("kernel, scoring, training", [
     ("log-softmax", 8 * 256 * V * 10, 2 * 256 * V * 12),
     ("fused", 8 * 256 * (2 * V + 8), 2 * 256 * (2 * V + 8)),
+    # OpenRLHF: all 512 positions' logits; scoring: bf16 + their fp32 copy and the int64 labels; training: the
+    # fp32 logits flash-attn's cross-entropy saved and the fp32 gradient it allocates (out of place), 16 B more
+    ("fp32-fused", 8 * 512 * (6 * V + 8), 2 * 512 * (8 * V + 16)),
 ])
 def test_logits_of_each_kernel(kernel, scoring, training):
     report = memplan.estimate(**GRPO, logprob_kernel=kernel)
-    assert _logits(report, "scoring") == [scoring]  # 8 sequences × 256 answer positions
+    assert _logits(report, "scoring") == [scoring]  # 8 sequences × 256 answer positions (fp32-fused: 512)
     assert _logits(report, "actor_update") == [training]  # 2 sequences trained at a time
 
 
@@ -77,7 +82,7 @@ def test_chunked_lm_head_under_lora_trains_no_head():
     assert full[0] - lora[0] == 6 * V * H
 
 
-@pytest.mark.parametrize("kernel", ["fused", "chunked"])
+@pytest.mark.parametrize("kernel", ["fused", "fp32-fused", "chunked"])
 def test_deepspeed_chat_keeps_its_own_path(kernel):
     with pytest.raises(InputError) as err:
         memplan.estimate(**{**GRPO, "score_micro_batch_size": None}, rollout_engine="hybrid-engine",
@@ -101,7 +106,8 @@ def test_cli_and_api():
 @pytest.mark.parametrize("algo", ["grpo", "dpo", "sft"])
 def test_estimate_matches_the_traced_kernels(algo):
     """The tracer's stand-ins (``memplan.harness.steps.common``) for flash-attn's cross-entropy (``_FusedLogprob``:
-    its allocations, fp32 outputs per row, the gradient written into the logits) and TRL's fused LM head
+    its allocations, fp32 outputs per row, the gradient written into the logits, or into a new tensor under
+    OpenRLHF's fp32 logits of every position) and TRL's fused LM head
     (``_ChunkedLogprob`` on the backbone's hidden states: its tile, statistics and fp32 accumulators) against the
     estimate, phase by phase within the accuracy tolerances; and the knob reaches the trace: the scoring (SFT:
     training) peak of either is below log-softmax's."""
@@ -112,7 +118,7 @@ def test_estimate_matches_the_traced_kernels(algo):
     from memplan.report import EstimateRequest
 
     peaks = {}
-    for kernel in ("fused", "chunked", "log-softmax"):
+    for kernel in ("fused", "fp32-fused", "chunked", "log-softmax"):
         request = EstimateRequest(model="memplan/tiny-llama", algo=algo, gpus="1xH100-80GB", prompt_len=64,
                                   gen_len=64, micro_batch_size=2, logprob_kernel=kernel)
         rows = compare(f"{algo} tiny-llama {kernel}", trace(request))

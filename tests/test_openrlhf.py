@@ -32,11 +32,23 @@ def test_colocated_ppo_script():
         "vllm_gpu_memory_utilization": 0.6, "vllm_sleep_mode": True, "vllm_tensor_parallel_size": 2,
         "gpus": "8xH100-80GB",
         "micro_batch_size": 4, "score_micro_batch_size": 8, "rollout_batch_size": 32, "group_size": 1,
-        "prompt_len": 1024, "gen_len": 1024, "idle_offload": "optimizer",
+        "prompt_len": 1024, "gen_len": 1024, "idle_offload": "optimizer", "logprob_kernel": "fp32-fused",
     }
     assert any("packing" in n for n in run.notes)
     report = memplan.estimate(**run.fields)
     assert [m.role for m in report.models] == ["actor", "critic", "reference", "reward"]
+
+
+def test_log_probs_over_every_position_in_fp32():
+    """OpenRLHF 0.11's ``Actor.forward`` runs the LM head over all 2,048 positions (no ``logits_to_keep``), casts
+    the logits to fp32 and takes log-probs with flash-attn's cross-entropy (out-of-place backward). Scoring 8
+    sequences: bf16 logits and their fp32 copy at the cast, (2 + 4)·V, plus the int64 rolled labels; training
+    4: the fp32 logits the kernel saved and the fp32 gradient it allocates, 8·V, plus 16 bytes per position."""
+    v = 128_256  # Llama-3.1-8B's vocabulary
+    report = memplan.estimate(**openrlhf.load(SCRIPT, "H100-80GB").fields)
+    logits = {p.phase: [li.bytes for li in p.items if li.category == "logits"] for p in report.phases}
+    assert logits["scoring"] == [8 * 2048 * (6 * v + 8)]
+    assert logits["actor_update"] == [4 * 2048 * (8 * v + 16)]
 
 
 def test_split_placement_with_remote_engines_and_legacy_names():

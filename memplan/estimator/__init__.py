@@ -31,6 +31,9 @@ Known limitations:
 * ``logprob_kernel='fused'`` (flash-attn's cross-entropy as verl calls it, Liger's) is read from the kernels'
   sources and traced with a stand-in that makes the same allocations, not measured; the LM head's backward
   (the input's gradient beside the logits' in-place one) is not counted: −2 to −3 % on tiny models.
+* ``logprob_kernel='fp32-fused'`` (OpenRLHF 0.11's ``Actor.forward``: every position's logits cast to fp32, flash-attn's
+  cross-entropy with its out-of-place backward) is read from openrlhf's and flash-attn's sources and traced with
+  the same stand-in (within 0.01 % on Qwen2.5-0.5B GRPO), not measured.
 * ``logprob_kernel='chunked'`` (TRL 1.16's fused LM head) is read from trl's ``kernels/chunked_logprob.py`` and
   traced with a stand-in that makes the same allocations (within 1 % on tiny-llama, 0.05 % on Qwen2.5-0.5B GRPO),
   not measured; the stand-in folds its tiles in small fp32 blocks where the GPU folds them in registers.

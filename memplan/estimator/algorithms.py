@@ -51,6 +51,7 @@ from memplan.estimator.formulas import (
     backward_transient_per_token,
     chunked_logprob_bytes,
     final_norm_bytes_per_token,
+    fp32_fused_logprob_bytes,
     fused_logprob_bytes,
     kv_cache_bytes,
     layer_forward_transient_per_token,
@@ -238,7 +239,7 @@ def forward(run: Run, r: RoleSetup, st: States, name: str, seqs: int, first: boo
     if not r.lm_head:
         return [layers]
     chunked, logits = run.logprob_kernel == "chunked", _logprob_bytes(run, r, seqs, training=False)
-    logprobs = Activity(f"{name}: " + ("chunked LM head" if chunked else "log-softmax"), [
+    logprobs = Activity(f"{name}: " + SCORING_LOGPROB_NAMES.get(run.logprob_kernel, "log-softmax"), [
         (role, "parameter", st.fsdp.after_forward if st.fsdp else st.gather, "gathered weights"),
         (role, "logits", logits, "log-probs"),
     ])
@@ -277,23 +278,28 @@ def _train_setup(run: Run, r: RoleSetup, st: States) -> TrainSetup:
     return TrainSetup(spec, tokens, per, moment)
 
 
+SCORING_LOGPROB_NAMES = {"chunked": "chunked LM head", "fp32-fused": "fp32 logits and cross-entropy"}
+"""A scoring forward's log-prob moment, by ``logprob_kernel`` (else 'log-softmax')."""
 TRAINING_LOGPROB_NOTES = {
     "log-softmax": "fp32 log-softmax and its backward",
     "fused": "fused cross-entropy: the logits, their gradient in place",
     "chunked": "chunked LM head's backward: a tile, the hidden states' and LM head's gradients in fp32 and 16-bit",
+    "fp32-fused": "fused cross-entropy's backward: the fp32 logits it saved and their fp32 gradient",
 }
 
 
 def _logprob_bytes(run: Run, r: RoleSetup, seqs: int, training: bool) -> int:
     """The log-prob path over ``seqs`` sequences' scored positions, by ``run.logprob_kernel``: log-softmax of the
-    fp32 logits, a fused cross-entropy, or a chunked LM head (no logits; in training, the LM head's gradient
-    accumulators when it trains)."""
+    fp32 logits, a fused cross-entropy (of the 16-bit logits, or of their fp32 copy: OpenRLHF), or a chunked LM
+    head (no logits; in training, the LM head's gradient accumulators when it trains)."""
     positions, vocab, e, tp = seqs * run.logit_tokens, r.spec.vocab_size, run.e, run.tp
     if run.logprob_kernel == "chunked":
         return chunked_logprob_bytes(positions, seqs * run.train_seq_len, vocab, r.spec.hidden_size, e,
                                      training=training, head_trains=training and not r.lora, tp=tp)
     if run.logprob_kernel == "fused":
         return fused_logprob_bytes(positions, vocab, e, tp)
+    if run.logprob_kernel == "fp32-fused":
+        return fp32_fused_logprob_bytes(positions, vocab, e, training, tp)
     return logprob_logits_bytes(positions, vocab, e, training, tp)
 
 

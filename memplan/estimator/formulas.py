@@ -315,6 +315,24 @@ def fused_logprob_bytes(tokens: int, vocab: int, e: int, tp: int = 1) -> int:
     return int(tokens * (e * vocab / tp + 8))
 
 
+def fp32_fused_logprob_bytes(tokens: int, vocab: int, e: int, training: bool, tp: int = 1) -> int:
+    """Peak of OpenRLHF 0.11's log-prob path over ``tokens`` positions (``Actor.forward``: every position's
+    logits cast to fp32, the 16-bit ones dropped; ``log_probs_from_logits`` on fp32 logits calls flash-attn's
+    ``cross_entropy_loss``, a hard dependency, with its default ``inplace_backward=False``).
+
+    Scoring: the 16-bit logits and their fp32 copy at the cast, (e + 4)·V (no copy in fp32: 4·V), or the fp32
+    logits with the kernel's three fp32 outputs per row (loss, log-sum-exp, z-loss), whichever is larger; and
+    the rolled int64 labels (8 per position). Training, at the kernel's backward: the fp32 logits it saved, the
+    gradient it allocates (``torch.empty_like(logits)``: 4·V more), its saved log-sum-exp, the incoming
+    gradient and the labels: 8·V + 16.
+    """
+    v = vocab / tp
+    if training:
+        return int(tokens * (8 * v + 16))
+    cast = (e + 4) * v if e != 4 else 4 * v
+    return int(tokens * (max(cast, 4 * v + 12) + 8))
+
+
 CHUNK_TOKENS = 4096
 """Positions per tile of TRL's chunked LM head (trl 1.16 ``kernels/chunked_logprob.py``: ``TOKEN_CHUNK_SIZE``)."""
 CHUNK_VOCAB = 32768

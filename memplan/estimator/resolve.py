@@ -80,7 +80,8 @@ class Run(NamedTuple):
     logit_tokens: int
     """Positions per sequence whose vocabulary logits the loss needs."""
     logprob_kernel: str
-    """How log-probs and cross-entropy are taken: 'log-softmax', 'fused' or 'chunked' (``logprob_kernel``)."""
+    """How log-probs and cross-entropy are taken: 'log-softmax', 'fused', 'fp32-fused' or 'chunked'
+    (``logprob_kernel``)."""
     idle_offload: bool
     """Trained roles' states wait on the CPU while idle (``idle_offload``): see ``RoleSetup.sharding``."""
     experience_seqs: int
@@ -231,7 +232,7 @@ def resolve(req: EstimateRequest) -> Run:
     generates = algo in GENERATES
     if generates:
         seq = req.prompt_len + req.gen_len
-        logit_tokens = req.gen_len
+        logit_tokens = seq if req.logprob_kernel == "fp32-fused" else req.gen_len  # OpenRLHF: every position's
     else:
         seq = req.seq_len or (req.prompt_len + req.gen_len)
         logit_tokens = seq

@@ -34,6 +34,9 @@ What is read:
                                       the sequence and its answer
     vllm.gpu_memory_utilization, vllm.enable_sleep, vllm.tensor_parallel_size
                                       the colocated engines' reservation, sleep mode and TP
+    (always)                          logprob_kernel 'fp32-fused': ``Actor.forward`` casts every position's
+                                      logits to fp32 and ``log_probs_from_logits`` takes them with flash-attn's
+                                      cross-entropy (flash-attn 2.8.3 is a dependency of openrlhf 0.11.2)
 """
 
 from __future__ import annotations
@@ -236,8 +239,7 @@ def fields(args: dict[str, Any], gpu: str | None = None) -> OpenRLHFRun:
     for key, what in (("ds.tensor_parallel_size", "DeepSpeed AutoTP"), ("ds.ring_attn_size", "ring attention")):
         if num(key) > 1:
             notes.append(f"{key} {get(key)} ({what}): not modeled; estimated without it (an upper bound)")
-    notes.append("log-probs by log_softmax of fp32 logits (memplan's traced path): OpenRLHF takes them row by row "
-                 "(an upper bound)")
+    out["logprob_kernel"] = "fp32-fused"  # Actor.forward: every position's logits in fp32, flash-attn's cross-entropy
     return OpenRLHFRun(out, notes)
 
 

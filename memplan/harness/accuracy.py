@@ -130,6 +130,7 @@ CASES: dict[str, dict[str, object]] = {
                                       gradient_checkpointing=True),
     "grpo qwen3-0.6b": dict(model="Qwen/Qwen3-0.6B", algo="grpo"),
     "grpo qwen2.5-0.5b chunked": dict(model="Qwen/Qwen2.5-0.5B", algo="grpo", logprob_kernel="chunked"),
+    "grpo qwen2.5-0.5b fp32-fused": dict(model="Qwen/Qwen2.5-0.5B", algo="grpo", logprob_kernel="fp32-fused"),
     "grpo llama-3.2-1b reward": dict(model="meta-llama/Llama-3.2-1B", algo="grpo", reward="model",
                                      gradient_checkpointing=True),
     "grpo llama-2-7b lora gc": dict(model="meta-llama/Llama-2-7b-hf", algo="grpo", lora_rank=16,

@@ -10,8 +10,10 @@ Every block does what the frameworks do on a GPU (TRL, OpenRLHF, verl, DeepSpeed
   leaves the same tensors alive at the same peak (the cache is largest at the last step).
 * ``sequence_logprobs`` — ``log_softmax(logits.float()).gather(ids)`` over the answer positions only
   (``logits_to_keep``); with ``logprob_kernel='fused'`` (``KERNEL``), ``_FusedLogprob``: flash-attn's
-  ``cross_entropy_loss`` as verl calls it (``inplace_backward=True``), by its allocations; with 'chunked',
-  ``_ChunkedLogprob`` over the backbone's hidden states: TRL 1.16's fused LM head.
+  ``cross_entropy_loss`` as verl calls it (``inplace_backward=True``), by its allocations; with 'fp32-fused',
+  OpenRLHF 0.11's path: every position's logits, cast to fp32, through the same kernel with its default
+  out-of-place backward (``fp32_fused_logprobs``); with 'chunked', ``_ChunkedLogprob`` over the backbone's hidden
+  states: TRL 1.16's fused LM head.
 * ``Trainer.step`` — the optimizer step of one trained model: with master weights, the 16-bit gradients are
   converted one by one into fp32 gradients of the fp32 masters (and freed), the optimizer steps the masters,
   the masters are copied back into the 16-bit weights (DeepSpeed's bf16/fp16 optimizers, FSDP
@@ -209,7 +211,8 @@ def micro_batches(n: int, size: int) -> list[tuple[int, int, bool]]:
 
 KERNEL: contextvars.ContextVar[str] = contextvars.ContextVar("logprob_kernel", default="log-softmax")
 """How log-probs and cross-entropy are taken (set by ``run_steps`` from ``Setup.logprob_kernel``): 'log-softmax',
-'fused' (``_FusedLogprob``) or 'chunked' (``_ChunkedLogprob`` over the backbone's hidden states)."""
+'fused' (``_FusedLogprob``), 'fp32-fused' (``fp32_fused_logprobs``) or 'chunked' (``_ChunkedLogprob`` over the
+backbone's hidden states)."""
 FUSED_ROWS = 1024
 """The fused kernel's stand-in takes a row's log-sum-exp in fp32 over 1/``FUSED_ROWS`` of the rows at a time
 (the Triton kernel keeps a row block in registers: no copy at all)."""
@@ -219,10 +222,11 @@ class _FusedLogprob(torch.autograd.Function):
     """log p(label) per row of 16-bit ``logits`` [N, V], with flash-attn's ``cross_entropy_loss``'s allocations
     (``flash_attn/ops/triton/cross_entropy.py``, verl's ``logprobs_from_logits``): fp32 outputs per row (the
     log-prob and the log-sum-exp it saves for backward); backward writes the logits' gradient into the logits
-    (``inplace_backward=True``). Labels below 0 give 0."""
+    (``inplace_backward=True``, verl), or into a new tensor like them (the kernel's default, OpenRLHF). Labels
+    below 0 give 0."""
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, inplace: bool = True) -> torch.Tensor:  # noqa: ANN001
         n = logits.shape[0]
         lse = torch.empty(n, dtype=torch.float32, device=logits.device)
         step = max(1, n // FUSED_ROWS)
@@ -232,19 +236,21 @@ class _FusedLogprob(torch.autograd.Function):
         out = logits.gather(-1, safe[:, None]).squeeze(-1).float() - lse
         out = out.masked_fill(labels < 0, 0.0)
         ctx.save_for_backward(logits, safe, lse)
+        ctx.inplace = inplace
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
         logits, labels, lse = ctx.saved_tensors
+        out = logits if ctx.inplace else torch.empty_like(logits)
         n = logits.shape[0]
         step = max(1, n // FUSED_ROWS)
         for i in range(0, n, step):  # d log p(label) / d logits = onehot(label) − softmax, times grad
             rows = slice(i, i + step)
             g = (logits[rows].float() - lse[rows, None]).exp_().mul_(-grad[rows, None])
             g.scatter_add_(-1, labels[rows, None], grad[rows, None])
-            logits[rows].copy_(g)
-        return logits, None
+            out[rows].copy_(g)
+        return out, None, None
 
 
 
@@ -357,6 +363,25 @@ def _fused(logits: torch.Tensor, labels: torch.Tensor, probe: Probe, role: str) 
         return out.view(labels.shape)
 
 
+def fp32_fused_logprobs(model: nn.Module, seq: torch.Tensor, probe: Probe, role: str) -> torch.Tensor:
+    """OpenRLHF 0.11's ``Actor.forward``: every position's logits (no ``logits_to_keep``), cast to fp32 with the
+    16-bit ones dropped, then ``log_probs_from_logits``: flash-attn's cross-entropy (out-of-place backward) against
+    the sequence rolled left by one. The log-probs of the s − 1 positions that have a next token ([b, s − 1])."""
+    logits = model(input_ids=seq, use_cache=False).logits
+    if logits.requires_grad:
+        label_backward(logits, probe, role, "logits")
+    with probe.section(category="logits"):
+        upcast = logits.float()
+        del logits  # OpenRLHF replaces output["logits"] with its fp32 copy
+        labels = torch.roll(seq, -1, 1)
+        if upcast.requires_grad:
+            label_backward(upcast, probe, role, "logits")
+        out = _FusedLogprob.apply(upcast.view(-1, upcast.shape[-1]), labels.reshape(-1), False)
+        if out.requires_grad:
+            label_backward(out, probe, role, "logits")
+        return out.view(labels.shape)[:, :-1]
+
+
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, probe: Probe, role: str) -> torch.Tensor:
     """log p(label) per position: ``log_softmax(logits.float()).gather(labels)`` (fp32)."""
     with probe.section(category="logits"):
@@ -398,6 +423,8 @@ def sequence_logprobs(model: nn.Module, seq: torch.Tensor, n: int, probe: Probe,
     backward would allocate their full size again."""
     if KERNEL.get() == "chunked":  # the answer's positions: those whose next token is one of the last n
         return _chunked(model, seq, n, probe, role)[:, -n:]
+    if KERNEL.get() == "fp32-fused":
+        return fp32_fused_logprobs(model, seq, probe, role)[:, -n:]
     logits = model(input_ids=seq, use_cache=False, logits_to_keep=n + 1).logits
     if KERNEL.get() == "fused":
         if logits.requires_grad:

@@ -11,7 +11,14 @@ from __future__ import annotations
 
 import torch
 
-from memplan.harness.steps.common import KERNEL, Ctx, causal_lm_loss, chunked_causal_lm_loss, train_micro_batches
+from memplan.harness.steps.common import (
+    KERNEL,
+    Ctx,
+    causal_lm_loss,
+    chunked_causal_lm_loss,
+    fp32_fused_logprobs,
+    train_micro_batches,
+)
 
 
 def step(ctx: Ctx, n: int) -> None:
@@ -22,6 +29,8 @@ def step(ctx: Ctx, n: int) -> None:
         def loss(a: int, b: int) -> torch.Tensor:
             if KERNEL.get() == "chunked":  # TRL's fused LM head: no logits
                 return chunked_causal_lm_loss(m.actor, batch[a:b], probe, "actor")
+            if KERNEL.get() == "fp32-fused":  # every next token's −log-prob, OpenRLHF's way
+                return -fp32_fused_logprobs(m.actor, batch[a:b], probe, "actor").mean()
             logits = m.actor(input_ids=batch[a:b], use_cache=False).logits
             return causal_lm_loss(logits, batch[a:b], probe, "actor")
 
