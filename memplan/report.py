@@ -181,6 +181,11 @@ class EstimateRequest(BaseModel):
 
     # fixed costs and host
     cuda_context_bytes: int | None = Field(None, ge=0, le=1 << 40, description="Override the GPU's CUDA context")
+    processes_per_gpu: int = Field(
+        1, ge=1, le=16, description="Processes sharing each GPU, each with its own CUDA context, cuBLAS workspace "
+        "and (multi-GPU) NCCL buffers: OpenRLHF's Ray actors under colocate_all, one per model and one per vLLM "
+        "worker (verl, TRL and DeepSpeed-Chat run one process per GPU)"
+    )
     host_ram_bytes_per_node: int = Field(1 << 40, ge=1, le=1 << 50, description="Host RAM per node (default 1 TiB)")
 
 

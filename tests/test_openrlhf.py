@@ -33,10 +33,22 @@ def test_colocated_ppo_script():
         "gpus": "8xH100-80GB",
         "micro_batch_size": 4, "score_micro_batch_size": 8, "rollout_batch_size": 32, "group_size": 1,
         "prompt_len": 1024, "gen_len": 1024, "idle_offload": "optimizer", "logprob_kernel": "fp32-fused",
+        "processes_per_gpu": 5,
     }
     assert any("packing" in n for n in run.notes)
     report = memplan.estimate(**run.fields)
     assert [m.role for m in report.models] == ["actor", "critic", "reference", "reward"]
+
+
+def test_every_ray_actor_keeps_its_own_runtime():
+    """colocate_all puts four models' Ray actors and one vLLM worker (4 engines × TP 2 = 8 GPUs) on every GPU:
+    five processes, each with its own CUDA context, cuBLAS workspace (32 MiB) and NCCL buffers (256 MiB)."""
+    from memplan.catalog import get_gpu
+
+    report = memplan.estimate(**openrlhf.load(SCRIPT, "H100-80GB").fields)
+    assert report.fixed_bytes == 5 * (get_gpu("H100-80GB").cuda_context_bytes + 32 * 2**20 + 256 * 2**20)
+    notes = [li.note for li in report.resident_items if li.role == "runtime"]
+    assert notes == ["CUDA context × 5 processes", "cuBLAS workspace × 5 processes", "NCCL buffers × 5 processes"]
 
 
 def test_log_probs_over_every_position_in_fp32():
@@ -66,7 +78,19 @@ def test_split_placement_with_remote_engines_and_legacy_names():
     assert (f["rollout_batch_size"], f["group_size"], f["prompt_len"], f["gen_len"]) == (63, 4, 1024, 2048)
     assert (f["lora_rank"], f["micro_batch_size"], f["score_micro_batch_size"]) == (64, 2, 4)  # ⌈1000 ÷ 16⌉ = 63
     assert any("own 16 GPUs" in n for n in run.notes) and any("1000 over 16" in n for n in run.notes)
+    assert "processes_per_gpu" not in f  # one Ray actor per GPU of each group
     memplan.estimate(**f)
+
+
+def test_colocated_grpo_counts_its_processes():
+    """colocate_all GRPO with a KL reference and rule-based rewards: the actor's and reference's Ray actors and
+    the vLLM worker on every GPU; without vLLM engines, the two models only."""
+    base = ("--actor.model_name_or_path Qwen/Qwen2.5-1.5B --algo.advantage.estimator group_norm "
+            "--algo.kl.init_coef 0.01 --train.colocate_all")
+    with_vllm = openrlhf.fields(openrlhf.read(base + " --vllm.num_engines 8"), "H100-80GB").fields
+    assert (with_vllm["processes_per_gpu"], with_vllm["rollout_engine"]) == (3, "vllm")
+    without = openrlhf.fields(openrlhf.read(base), "H100-80GB").fields
+    assert (without["processes_per_gpu"], without["rollout_engine"]) == (2, "hf")
 
 
 def test_several_reward_models_start_the_critic_from_the_first():

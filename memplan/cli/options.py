@@ -128,6 +128,7 @@ SHARED: dict[str, tuple[Any, Any]] = {
     "offload_reward": (_option("offload_reward", _SHARD), None),
     "tp": (_option("tp", _SHARD), None),
     "placement": (_option("placement", _SHARD), None),
+    "processes_per_gpu": (_option("processes_per_gpu", _SHARD), None),
     "deepspeed_config": (_file_option(
         "Read zero stage, offload, bf16/fp16, micro-batch and hybrid engine from a DeepSpeed JSON config; explicit "
         "flags override it", _SHARD), None),

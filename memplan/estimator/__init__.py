@@ -31,6 +31,9 @@ Known limitations:
 * ``logprob_kernel='fused'`` (flash-attn's cross-entropy as verl calls it, Liger's) is read from the kernels'
   sources and traced with a stand-in that makes the same allocations, not measured; the LM head's backward
   (the input's gradient beside the logits' in-place one) is not counted: −2 to −3 % on tiny models.
+* ``processes_per_gpu`` repeats the runtime (CUDA context, cuBLAS workspace, NCCL buffers) per process; a vLLM
+  worker at tensor-parallel size 1 synced over CUDA IPC (OpenRLHF's colocate_all) has no NCCL communicator
+  (256 MiB over), and OpenRLHF's IPC sync clones each gathered parameter (one parameter under).
 * ``logprob_kernel='fp32-fused'`` (OpenRLHF 0.11's ``Actor.forward``: every position's logits cast to fp32, flash-attn's
   cross-entropy with its out-of-place backward) is read from openrlhf's and flash-attn's sources and traced with
   the same stand-in (within 0.01 % on Qwen2.5-0.5B GRPO), not measured.
@@ -62,14 +65,17 @@ _line_bytes = attrgetter("bytes")
 
 
 @lru_cache(maxsize=64)
-def _fixed(cuda_context_bytes: int, multi_gpu: bool) -> tuple[tuple[Item, ...], tuple[LineItem, ...]]:
-    """The runtime's items (CUDA context, cuBLAS workspace, NCCL buffers) and their line items."""
+def _fixed(cuda_context_bytes: int, multi_gpu: bool,
+           processes: int = 1) -> tuple[tuple[Item, ...], tuple[LineItem, ...]]:
+    """The runtime's items (CUDA context, cuBLAS workspace, NCCL buffers) and their line items: once per process
+    sharing the GPU."""
+    each = f" × {processes} processes" if processes > 1 else ""
     items = [
-        Item("runtime", "other", cuda_context_bytes, "CUDA context"),
-        Item("runtime", "other", CUBLAS_WORKSPACE_BYTES, "cuBLAS workspace"),
+        Item("runtime", "other", processes * cuda_context_bytes, "CUDA context" + each),
+        Item("runtime", "other", processes * CUBLAS_WORKSPACE_BYTES, "cuBLAS workspace" + each),
     ]
     if multi_gpu:
-        items.append(Item("runtime", "other", NCCL_BUFFER_BYTES, "NCCL buffers"))
+        items.append(Item("runtime", "other", processes * NCCL_BUFFER_BYTES, "NCCL buffers" + each))
     return tuple(items), tuple(line_item(item) for item in items)
 
 
@@ -131,10 +137,10 @@ class _Residents(NamedTuple):
 
 @lru_cache(maxsize=1024)
 def _residents(roles: tuple[RoleSetup, ...], e: int, lora_rank: int, cuda_context_bytes: int, multi_gpu: bool,
-               split: bool) -> _Residents:
+               split: bool, processes: int = 1) -> _Residents:
     """By value: the same roles recur across the batch sizes and lengths of a sweep's or a plan's requests."""
     parts = {r.role: _role_parts(r, e, lora_rank) for r in roles}
-    fixed, fixed_lines = _fixed(cuda_context_bytes, multi_gpu)
+    fixed, fixed_lines = _fixed(cuda_context_bytes, multi_gpu, processes)
     everything = resident(fixed + tuple(item for part in parts.values() for item in part.items),
                           fixed_lines + tuple(li for part in parts.values() for li in part.lines))
     groups = {role: resident(fixed + part.items, fixed_lines + part.lines) for role, part in parts.items()} \
@@ -147,7 +153,8 @@ def _residents(roles: tuple[RoleSetup, ...], e: int, lora_rank: int, cuda_contex
 def _compute(request: EstimateRequest) -> Report:
     run = resolve(request)
     split = run.placement == "split"  # each role on its own GPUs: the busiest group sets the phase
-    res = _residents(run.roles, run.e, run.lora_rank, run.cuda_context_bytes, run.num_gpus > 1, split)
+    res = _residents(run.roles, run.e, run.lora_rank, run.cuda_context_bytes, run.num_gpus > 1, split,
+                     run.processes_per_gpu)
     states, everything, groups = res.states, res.everything, res.groups
     recipe = phases(run, states)
     experience = run.experience_seqs * run.train_seq_len * EXPERIENCE_BYTES_PER_TOKEN

@@ -63,6 +63,8 @@ class Run(NamedTuple):
     gpu_name: str
     capacity_bytes: int
     cuda_context_bytes: int
+    processes_per_gpu: int
+    """Processes sharing each GPU: each keeps its own runtime (CUDA context, cuBLAS workspace, NCCL buffers)."""
     num_gpus: int
     gpus_per_node: int
     e: int
@@ -254,7 +256,7 @@ def resolve(req: EstimateRequest) -> Run:
     return Run(
         algo=algo, gpu_name=cluster.gpu.name, capacity_bytes=cluster.gpu.memory_bytes,
         cuda_context_bytes=req.cuda_context_bytes if req.cuda_context_bytes is not None
-        else cluster.gpu.cuda_context_bytes,
+        else cluster.gpu.cuda_context_bytes, processes_per_gpu=req.processes_per_gpu,
         num_gpus=n, gpus_per_node=cluster.gpus_per_node, e=e, roles=tuple(roles),
         rollout_seqs=prompts * group if generates else 0, greedy_pass=algo == "remax",
         prompt_len=req.prompt_len, gen_len=req.gen_len, train_seq_len=seq,

@@ -15,7 +15,8 @@ What is read:
                                       a separate reference (OpenRLHF loads one even with LoRA) when either
     reward.model_name_or_path         reward 'model', else rule-based (remote_url, agent functions)
     train.colocate_all                every model and the vLLM engines on the same GPUs (placement 'colocated',
-                                      rollout_engine 'vllm'); without it each model has its own GPUs
+                                      rollout_engine 'vllm'), each model and vLLM worker a process of its own
+                                      (processes_per_gpu); without it each model has its own GPUs
                                       (placement 'split') and the vLLM engines theirs (rollout_engine 'remote')
     actor.num_nodes × num_gpus_per_node
                                       the GPUs of each model (split: one group per model, of the actor's size)
@@ -199,6 +200,9 @@ def fields(args: dict[str, Any], gpu: str | None = None) -> OpenRLHFRun:
             out["vllm_tensor_parallel_size"] = num("vllm.tensor_parallel_size")
         if flag("ds.enable_sleep") and "offload" not in out:  # offload_deepspeed_states: not with adam_offload
             out["idle_offload"] = "optimizer"  # optimizer states, masters, gradients; the 16-bit weights stay
+        # one Ray actor (a process: its own CUDA context) per model on every GPU, and the GPU's vLLM worker
+        # (num_engines × tensor_parallel_size = the actor's GPUs)
+        out["processes_per_gpu"] = active + vllm
     else:
         out["placement"], gpus = ("split", actor_gpus * active) if active > 1 else ("colocated", actor_gpus)
         if active > 1:
