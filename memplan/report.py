@@ -174,6 +174,11 @@ class EstimateRequest(BaseModel):
         "rollout.tensor_model_parallel_size, 2 by default; TRL's and OpenRLHF's 1): its weights per GPU, woken "
         "alone for the weight sync in sleep mode"
     )
+    weight_sync_bucket_mb: int = Field(
+        0, ge=0, le=65_536, description="A buffer the trainer packs the actor's weights into to send them to vLLM "
+        "or a remote engine (verl 0.9's checkpoint_engine.update_weights_bucket_megabytes, 2048 MiB); 0: one "
+        "tensor at a time (TRL, OpenRLHF)"
+    )
     vllm_sleep_mode: bool = Field(
         True, description="Colocated vLLM frees its memory outside rollout (verl; TRL's vllm_enable_sleep_mode, "
         "off by default: then its reservation stays through scoring and training)"

@@ -29,10 +29,50 @@ def test_grpo_script():
         "ref": "separate", "offload_ref": True, "prompt_len": 1024, "gen_len": 3072, "micro_batch_size": 8,
         "score_micro_batch_size": 32, "rollout_batch_size": 64, "group_size": 5, "rollout_engine": "vllm",
         "vllm_gpu_memory_utilization": 0.6, "vllm_tensor_parallel_size": 2, "logprob_kernel": "fused",
+        "processes_per_gpu": 2, "weight_sync_bucket_mb": 2048,
     }
     assert not any("Qwen2.5-7B-Instruct" in n for n in run.notes)  # in the catalog: no note
     assert any("fused cross-entropy" in n and "upper bound" in n for n in run.notes)
     memplan.estimate(**run.fields)  # a valid request
+
+
+def test_the_weight_sync_packs_a_bucket_beside_the_engines_processes():
+    """verl 0.9's async rollout: vLLM's GPU workers run beside the FSDP worker (two processes per GPU, each with
+    its runtime), and the actor's weights reach them through a 2048 MiB bucket (``BucketedWeightSender``,
+    ``update_weights_bucket_megabytes``), alive at the sync beside one gathered parameter and vLLM's woken
+    weights; a script's own bucket size is read."""
+    from memplan.catalog import get_gpu
+    from memplan.estimator.algorithms import generate, model_states
+    from memplan.estimator.resolve import resolve
+    from memplan.report import EstimateRequest
+
+    report = memplan.estimate(**verl.load(SCRIPT, "H100-80GB").fields)
+    assert report.fixed_bytes == 2 * (get_gpu("H100-80GB").cuda_context_bytes + 32 * 2**20 + 256 * 2**20)
+    run = resolve(EstimateRequest(**verl.load(SCRIPT, "H100-80GB").fields))
+    actor = run.roles[0]
+    sync = generate(run, actor, model_states(actor, run.e, run.lora_rank), "sampled rollout")[-1]
+    assert sync.name == "sampled rollout: weight sync to vLLM"
+    assert [i[2] for i in sync.items if i[1] == "buffer"] == [2048 * 2**20]
+    base = ("actor_rollout_ref.model.path=Qwen/Qwen2.5-7B actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4 "
+            "actor_rollout_ref.rollout.name=")
+    smaller = verl.fields(verl.read(base + "vllm actor_rollout_ref.rollout.checkpoint_engine."
+                                    "update_weights_bucket_megabytes=512"), "H100-80GB").fields
+    assert smaller["weight_sync_bucket_mb"] == 512
+    hf = verl.fields(verl.read(base + "hf"), "H100-80GB").fields
+    assert "processes_per_gpu" not in hf and "weight_sync_bucket_mb" not in hf
+
+
+def test_a_bucket_without_an_engine_to_send_to_is_refused():
+    with pytest.raises(InputError) as err:
+        memplan.estimate(model="Qwen/Qwen2.5-7B", algo="grpo", gpus="8xH100-80GB", weight_sync_bucket_mb=512)
+    assert err.value.field == "weight_sync_bucket_mb"
+    remote = memplan.estimate(model="Qwen/Qwen2.5-7B", algo="grpo", gpus="8xH100-80GB", zero_stage=3,
+                              rollout_engine="remote", weight_sync_bucket_mb=512)
+    rollout = next(p for p in remote.phases if p.phase == "rollout")
+    assert [li.bytes for li in rollout.items if li.category == "buffer" and "bucket" in li.note] == [512 * 2**20]
+    bad = CliRunner().invoke(app, ["estimate", "--model", "Qwen/Qwen2.5-7B", "--algo", "grpo", "--gpus",
+                                   "8xH100-80GB", "--weight-sync-bucket-mb", "512"])
+    assert bad.exit_code == 2 and "--weight-sync-bucket-mb" in bad.output
 
 
 def test_ppo_overrides_with_defaults():

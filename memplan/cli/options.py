@@ -156,6 +156,7 @@ SHARED: dict[str, tuple[Any, Any]] = {
     "vllm_sleep_mode": (_option("vllm_sleep_mode", _ROLL), None),
     "vllm_tensor_parallel_size": (_option("vllm_tensor_parallel_size", _ROLL), None),
     "gather_for_generation": (_option("gather_for_generation", _ROLL), None),
+    "weight_sync_bucket_mb": (_option("weight_sync_bucket_mb", _ROLL), None),
 }
 
 _NOT_FIELDS = {"host_ram_gib", "deepspeed_config", "verl", "trl", "accelerate_config", "openrlhf"}

@@ -26,8 +26,9 @@ Known limitations:
   from verl 0.9's engine contexts and OpenRLHF 0.11's ``offload_deepspeed_states``, not traced (the tracer keeps
   every state on the device) nor measured.
 * The weight sync to colocated vLLM (shards back under idle offload, vLLM's weights woken alone in sleep mode,
-  one tensor gathered at a time or the whole actor) is read from verl 0.9, TRL 1.16 and OpenRLHF 0.11, not
-  traced; vLLM's weights are counted at Ψ·e over ``vllm_tensor_parallel_size`` (at most its reservation).
+  one tensor gathered at a time or the whole actor, and verl 0.9's bucket the tensors are packed into:
+  ``weight_sync_bucket_mb``) is read from verl 0.9, TRL 1.16 and OpenRLHF 0.11, not traced; vLLM's weights are
+  counted at Ψ·e over ``vllm_tensor_parallel_size`` (at most its reservation).
 * ``logprob_kernel='fused'`` (flash-attn's cross-entropy as verl calls it, Liger's) is read from the kernels'
   sources and traced with a stand-in that makes the same allocations, not measured; the LM head's backward
   (the input's gradient beside the logits' in-place one) is not counted: −2 to −3 % on tiny models.

@@ -192,11 +192,14 @@ def generate(run: Run, actor: RoleSetup, st: States, name: str, first: bool = Tr
         # gather), unless the whole actor is
         sync.items.append(whole or ("actor", "parameter", min(st.gather, actor.spec.largest_matrix * run.e),
                                     "gathered weights, one parameter at a time"))
+        sync.add("actor", "buffer", run.sync_bucket_bytes, "the bucket the weights are packed into")
         return [act, sync]
 
     if run.rollout_engine == "remote":  # generated elsewhere: the weight sync is all that runs here
-        return [Activity(f"{name}: weight sync to the remote engine",
-                         [*loaded, weights(first, "gathered weights, one unit at a time")])]
+        sync = Activity(f"{name}: weight sync to the remote engine",
+                        [*loaded, weights(first, "gathered weights, one unit at a time")])
+        sync.add("actor", "buffer", run.sync_bucket_bytes, "the bucket the weights are packed into")
+        return [sync]
     spec, seqs, tokens, e, tp = actor.spec, run.rollout_seqs, run.prompt_len + run.gen_len, run.e, run.tp
     if run.rollout_engine == "hybrid-engine":  # K/V in the engine's workspace (``dschat``)
         prefill = Activity(f"{name}: prefill", [weights(first)])

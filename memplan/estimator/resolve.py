@@ -99,6 +99,8 @@ class Run(NamedTuple):
     """GPUs one colocated vLLM engine spreads its weights over."""
     gather_for_generation: bool
     """Sharded actor gathered whole to generate ('hf') or to sync a remote engine."""
+    sync_bucket_bytes: int
+    """The buffer the actor's weights are packed into for the sync to vLLM or a remote engine (0: none)."""
     tp: int
     placement: str
     host_ram_bytes_per_node: int
@@ -238,6 +240,9 @@ def resolve(req: EstimateRequest) -> Run:
     else:
         seq = req.seq_len or (req.prompt_len + req.gen_len)
         logit_tokens = seq
+    if req.weight_sync_bucket_mb and req.rollout_engine not in ("vllm", "remote"):
+        raise InputError("weight_sync_bucket_mb", "packs the weights sent to vLLM or a remote engine: set "
+                         "rollout_engine 'vllm' or 'remote', or leave it 0", req.weight_sync_bucket_mb)
     if req.logprob_kernel != "log-softmax" and generates and req.rollout_engine == "hybrid-engine":
         raise InputError("logprob_kernel", "DeepSpeed-Chat's trainer takes log-probs with log_softmax: use "
                          "'log-softmax' with rollout_engine 'hybrid-engine'", req.logprob_kernel)
@@ -268,7 +273,8 @@ def resolve(req: EstimateRequest) -> Run:
         lora_rank=req.lora_rank, lora_targets=req.lora_targets, rollout_engine=req.rollout_engine,
         vllm_utilization=req.vllm_gpu_memory_utilization, vllm_sleep=req.vllm_sleep_mode,
         vllm_tp=req.vllm_tensor_parallel_size,
-        gather_for_generation=req.gather_for_generation, tp=req.tp, placement=req.placement,
+        gather_for_generation=req.gather_for_generation, sync_bucket_bytes=req.weight_sync_bucket_mb << 20,
+        tp=req.tp, placement=req.placement,
         host_ram_bytes_per_node=req.host_ram_bytes_per_node,
     )
 

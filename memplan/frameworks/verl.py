@@ -30,7 +30,10 @@ What is read (``A`` = ``actor_rollout_ref``):
                                       prompt_len, gen_len
     A.rollout.name, .gpu_memory_utilization, .tensor_model_parallel_size
                                       rollout_engine 'vllm' (sglang reserves the same fraction), or 'hf';
-                                      vllm_tensor_parallel_size (2)
+                                      vllm_tensor_parallel_size (2); the engine's GPU workers are processes
+                                      beside the FSDP worker (processes_per_gpu 2)
+    A.rollout.checkpoint_engine.update_weights_bucket_megabytes
+                                      weight_sync_bucket_mb (2048): the weights go to the engine through it
     (always)                          logprob_kernel 'fused': flash-attn's cross-entropy (logprobs_from_logits)
     trainer.nnodes, trainer.n_gpus_per_node
                                       gpus, with the GPU named by the caller
@@ -65,6 +68,7 @@ DEFAULTS: dict[str, Any] = {  # verl 0.9.1 _generated_ppo_trainer.yaml, what thi
     f"{A}.model.target_modules": "all-linear", f"{A}.model.use_fused_kernels": False,
     f"{A}.rollout.name": None, f"{A}.rollout.n": 1, f"{A}.rollout.gpu_memory_utilization": 0.5,
     f"{A}.rollout.tensor_model_parallel_size": 2,
+    f"{A}.rollout.checkpoint_engine.update_weights_bucket_megabytes": 2048,
     "reward_model.enable": False, "trainer.nnodes": 1, "trainer.n_gpus_per_node": 8,
 }
 _OVERRIDE = re.compile(r"^\+{0,2}([A-Za-z_]\w*(?:\.\w+)+)=(.*)$", re.S)
@@ -269,6 +273,10 @@ def fields(overrides: dict[str, Any], gpu: str | None = None) -> VerlRun:
                              utilization)
         out["vllm_gpu_memory_utilization"] = float(utilization)
         out["vllm_tensor_parallel_size"] = num(f"{A}.rollout.tensor_model_parallel_size")
+        # async rollout (verl 0.9's only mode): the engine's GPU workers are processes of their own beside the
+        # FSDP worker, sent the weights through a bucket over CUDA IPC (BucketedWeightSender)
+        out["processes_per_gpu"] = 2
+        out["weight_sync_bucket_mb"] = num(f"{A}.rollout.checkpoint_engine.update_weights_bucket_megabytes")
         if name == "sglang":
             notes.append("rollout sglang: its gpu_memory_utilization reservation counted as vLLM's")
     elif name == "hf":
