@@ -405,6 +405,11 @@ def plan(request: EstimateRequest, *, allow: set[str] | None = None, max_results
         update["offload"], update["idle_offload"] = (("none", offload[len(IDLE):]) if offload.startswith(IDLE)
                                                      else (offload, "none"))
         update["micro_batch_size"] = mb if max_mb else request.micro_batch_size
+        if request.split_groups and update["placement"] == "colocated":  # every role on every GPU: no groups
+            update["split_groups"] = ()
+        elif request.split_groups and update.get("ref") == "lora-shared":  # the actor's own: on its GPUs already
+            without = (tuple(role for role in group if role != "reference") for group in request.split_groups)
+            update["split_groups"] = tuple(group for group in without if group)
         return request.model_copy(update=update), list(stages)
 
     def evaluate(levels, mb: int = 1) -> Report | None:

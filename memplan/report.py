@@ -114,6 +114,11 @@ class EstimateRequest(BaseModel):
     offload_reward: bool = Field(False, description="Reward model parameters on the CPU (ZeRO-3 param offload)")
     tp: int = Field(1, ge=1, le=512, description="Tensor-parallel degree")
     placement: Placement = Field("colocated", description="All roles on every GPU, or each role on its own GPUs")
+    split_groups: tuple[tuple[Role, ...], ...] = Field(
+        (), max_length=4, description="Under placement 'split': roles that share one GPU group, each its own "
+        "process (OpenRLHF's colocate_actor_ref, colocate_critic_reward), e.g. [[actor, reference], [critic, "
+        "reward]]; every other role keeps a group of its own"
+    )
 
     # training knobs
     dtype: DType = Field("bf16", description="Weights and activations dtype (mixed precision keeps fp32 masters)")
@@ -243,7 +248,8 @@ class PhaseReport(BaseModel):
     resident_bytes: int = Field(description="Resident models, engine buffers and fixed costs")
     activity: str = Field(description="The step of the phase whose transients set its peak")
     items: tuple[LineItem, ...] = Field(description="This phase's transient terms (its largest activity)")
-    group: str | None = Field(None, description="Split placement: the role whose GPUs set this phase's peak")
+    group: str | None = Field(None, description="Split placement: the role (or roles, joined by '+') whose GPUs "
+                              "set this phase's peak")
 
 
 class ModelReport(BaseModel):

@@ -77,9 +77,28 @@ def test_split_placement_with_remote_engines_and_legacy_names():
         "Qwen/Qwen2.5-1.5B", "separate", 0, "optimizer")  # critic from the reward model; LoRA: still a reference
     assert (f["rollout_batch_size"], f["group_size"], f["prompt_len"], f["gen_len"]) == (63, 4, 1024, 2048)
     assert (f["lora_rank"], f["micro_batch_size"], f["score_micro_batch_size"]) == (64, 2, 4)  # ⌈1000 ÷ 16⌉ = 63
-    assert any("own 16 GPUs" in n for n in run.notes) and any("1000 over 16" in n for n in run.notes)
+    assert any("4 GPU groups with 16 GPUs" in n for n in run.notes) and any("1000 over 16" in n for n in run.notes)
     assert "processes_per_gpu" not in f  # one Ray actor per GPU of each group
     memplan.estimate(**f)
+
+
+def test_paired_models_share_their_gpus():
+    """colocate_actor_ref and colocate_critic_reward (without colocate_all): two GPU groups of the actor's 8, each
+    holding two models' Ray actors; a critic-free run pairing its actor and reference is one group: every GPU
+    holds both, a process each."""
+    text = ("--actor.model_name_or_path meta-llama/Llama-3.1-8B --reward.model_name_or_path meta-llama/Llama-3.1-8B "
+            "--algo.kl.init_coef 0.01 --ds.zero_stage 3 --vllm.num_engines 4 --vllm.tensor_parallel_size 2 "
+            "--train.colocate_actor_ref --train.colocate_critic_reward")
+    f = openrlhf.fields(openrlhf.read(text), "H100-80GB").fields
+    assert (f["placement"], f["gpus"], f["rollout_engine"]) == ("split", "2x8xH100-80GB", "remote")
+    assert f["split_groups"] == (("actor", "reference"), ("critic", "reward"))
+    report = memplan.estimate(**f)
+    assert {p.group for p in report.phases} == {"actor+reference", "critic+reward"}
+    grpo = openrlhf.fields(openrlhf.read("--actor.model_name_or_path Qwen/Qwen2.5-1.5B --algo.advantage.estimator "
+                                         "group_norm --algo.kl.init_coef 0.01 --train.colocate_actor_ref"),
+                           "H100-80GB").fields
+    assert (grpo["placement"], grpo["processes_per_gpu"], grpo["gpus"]) == ("colocated", 2, "8xH100-80GB")
+    assert "split_groups" not in grpo
 
 
 def test_colocated_grpo_counts_its_processes():

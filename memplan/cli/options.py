@@ -129,6 +129,8 @@ SHARED: dict[str, tuple[Any, Any]] = {
     "tp": (_option("tp", _SHARD), None),
     "placement": (_option("placement", _SHARD), None),
     "processes_per_gpu": (_option("processes_per_gpu", _SHARD), None),
+    "split_groups": (_option("split_groups", _SHARD, tp=str, extra="Comma-separated groups of '+'-joined roles: "
+                             "actor+reference,critic+reward"), None),
     "deepspeed_config": (_file_option(
         "Read zero stage, offload, bf16/fp16, micro-batch and hybrid engine from a DeepSpeed JSON config; explicit "
         "flags override it", _SHARD), None),
@@ -159,7 +161,7 @@ SHARED: dict[str, tuple[Any, Any]] = {
     "weight_sync_bucket_mb": (_option("weight_sync_bucket_mb", _ROLL), None),
 }
 
-_NOT_FIELDS = {"host_ram_gib", "deepspeed_config", "verl", "trl", "accelerate_config", "openrlhf"}
+_NOT_FIELDS = {"host_ram_gib", "deepspeed_config", "verl", "trl", "accelerate_config", "openrlhf", "split_groups"}
 
 
 def option_name(field: str) -> str:
@@ -278,6 +280,9 @@ def build_request(options: dict[str, Any]) -> EstimateRequest:
     fields.update({k: v for k, v in options.items() if v is not None and k not in _NOT_FIELDS})
     if options.get("host_ram_gib") is not None:
         fields["host_ram_bytes_per_node"] = _host_ram_bytes(options["host_ram_gib"])
+    if options.get("split_groups") is not None:  # 'actor+reference,critic+reward'; the roles checked as the field's
+        fields["split_groups"] = tuple(tuple(group.split("+")) for group in options["split_groups"].split(",")
+                                       if group)
     return EstimateRequest(**fields)
 
 

@@ -32,6 +32,9 @@ Known limitations:
 * ``logprob_kernel='fused'`` (flash-attn's cross-entropy as verl calls it, Liger's) is read from the kernels'
   sources and traced with a stand-in that makes the same allocations, not measured; the LM head's backward
   (the input's gradient beside the logits' in-place one) is not counted: −2 to −3 % on tiny models.
+* Split placement gives every GPU group the same share of the GPUs (OpenRLHF sizes each model's group by its own
+  ``num_gpus_per_node``); a group holding several roles (``split_groups``) runs them one after another, a
+  process (and a runtime) each.
 * ``processes_per_gpu`` repeats the runtime (CUDA context, cuBLAS workspace, NCCL buffers) per process; a vLLM
   worker at tensor-parallel size 1 synced over CUDA IPC (OpenRLHF's colocate_all) has no NCCL communicator
   (256 MiB over), and OpenRLHF's IPC sync clones each gathered parameter (one parameter under).
@@ -129,8 +132,8 @@ class _Residents(NamedTuple):
     states: dict[str, States]
     """Each role's states (read-only by convention: shared by the requests with the same roles)."""
     everything: Resident
-    groups: dict[str, Resident]
-    """Split placement: each role's GPUs (the runtime and that role); empty when colocated."""
+    groups: dict[tuple[str, ...], Resident]
+    """Split placement: each GPU group's (a runtime per role, and those roles'); empty when colocated."""
     models: tuple[ModelReport, ...]
     host_per_gpu: int
     fixed_bytes: int
@@ -138,14 +141,18 @@ class _Residents(NamedTuple):
 
 @lru_cache(maxsize=1024)
 def _residents(roles: tuple[RoleSetup, ...], e: int, lora_rank: int, cuda_context_bytes: int, multi_gpu: bool,
-               split: bool, processes: int = 1) -> _Residents:
+               split_groups: tuple[tuple[str, ...], ...], processes: int = 1) -> _Residents:
     """By value: the same roles recur across the batch sizes and lengths of a sweep's or a plan's requests."""
     parts = {r.role: _role_parts(r, e, lora_rank) for r in roles}
     fixed, fixed_lines = _fixed(cuda_context_bytes, multi_gpu, processes)
     everything = resident(fixed + tuple(item for part in parts.values() for item in part.items),
                           fixed_lines + tuple(li for part in parts.values() for li in part.lines))
-    groups = {role: resident(fixed + part.items, fixed_lines + part.lines) for role, part in parts.items()} \
-        if split else {}
+    groups = {}
+    own = {r.role for r in roles if not r.shares_weights_with}
+    for group in split_groups:  # one process per role holding its own weights: each with its runtime
+        group_fixed, group_lines = _fixed(cuda_context_bytes, multi_gpu, len(own.intersection(group)))
+        groups[group] = resident(group_fixed + tuple(item for role in group for item in parts[role].items),
+                                 group_lines + tuple(li for role in group for li in parts[role].lines))
     return _Residents({role: part.states for role, part in parts.items()}, everything, groups,
                       tuple(part.model for part in parts.values()),
                       sum(part.host for part in parts.values()), sum(item.bytes for item in fixed))
@@ -153,8 +160,8 @@ def _residents(roles: tuple[RoleSetup, ...], e: int, lora_rank: int, cuda_contex
 
 def _compute(request: EstimateRequest) -> Report:
     run = resolve(request)
-    split = run.placement == "split"  # each role on its own GPUs: the busiest group sets the phase
-    res = _residents(run.roles, run.e, run.lora_rank, run.cuda_context_bytes, run.num_gpus > 1, split,
+    split = run.placement == "split"  # each group of roles on its own GPUs: the busiest group sets the phase
+    res = _residents(run.roles, run.e, run.lora_rank, run.cuda_context_bytes, run.num_gpus > 1, run.groups,
                      run.processes_per_gpu)
     states, everything, groups = res.states, res.everything, res.groups
     recipe = phases(run, states)
@@ -168,14 +175,14 @@ def _compute(request: EstimateRequest) -> Report:
         if split:  # the group with the largest total (the first of equals); only its report is built
             extra_bytes = sum(item.bytes for item in extra)  # the actor's GPUs keep the experience
             best = None
-            for role, group in groups.items():
-                own = [act for act in activities if act.role == role]
+            for roles, group in groups.items():
+                own = [act for act in activities if act.role in roles]
                 largest, transient = largest_activity(own)
-                total = group.total + transient + (extra_bytes if role == "actor" else 0)
+                total = group.total + transient + (extra_bytes if "actor" in roles else 0)
                 if best is None or total > best[0]:
-                    best = (total, role, group, own, largest)
-            _total, role, group, own, largest = best
-            reports.append(phase_report(phase, group, own, extra if role == "actor" else [], group=role,
+                    best = (total, roles, group, own, largest)
+            _total, roles, group, own, largest = best
+            reports.append(phase_report(phase, group, own, extra if "actor" in roles else [], group="+".join(roles),
                                         largest=largest))
             residents.append(group)
         else:
@@ -199,10 +206,12 @@ def _compute(request: EstimateRequest) -> Report:
     elif run.rollout_engine == "remote" and run.rollout_seqs:
         notes.append("generation runs on other GPUs (rollout_engine 'remote'): those GPUs are not in this estimate")
     total = peak.total_bytes
+    fixed = res.fixed_bytes if not split else sum(  # the peak group's runtimes, one per role
+        li.bytes for li in residents[peak_index].line_items if li.role == "runtime")
     return trusted(Report, dict(
         request=request, gpu=run.gpu_name, num_gpus=run.num_gpus, fits=total <= run.capacity_bytes,
         peak_bytes_per_gpu=total, capacity_bytes=run.capacity_bytes, headroom_bytes=run.capacity_bytes - total,
-        peak_phase=peak.phase, fixed_bytes=res.fixed_bytes, resident_items=everything.line_items,
+        peak_phase=peak.phase, fixed_bytes=fixed, resident_items=everything.line_items,
         phases=tuple(reports), models=res.models, deciding_terms=tuple(terms), host_bytes_per_node=host_per_node,
         host_fits=host_per_node <= run.host_ram_bytes_per_node, notes=tuple(notes),
     ))

@@ -416,11 +416,10 @@ def fsdp_backward(run: Run, r: RoleSetup, st: States, setup: TrainSetup | None =
 def _fsdp_persisting_layers(run: Run, recipe: dict[str, list[Activity]], states: dict[str, States]) -> None:
     """FSDP2 at stage 2 (``reshard_after_forward=False``): a trained model's layers stay unsharded from its first
     forward in a step to its backward; add them to the other models' activities in between."""
-    if run.placement == "split":
-        return
     for role, st in states.items():
         if st.fsdp is None or not st.fsdp.persists:
             continue
+        gpus = run.gpus_of(role)  # split placement: the other roles on its GPUs only
         started = False
         kept = (Item(role, "parameter", st.fsdp.persists,
                      "FSDP2 reshard_after_forward=False: layers unsharded until its backward"),)
@@ -430,7 +429,7 @@ def _fsdp_persisting_layers(run: Run, recipe: dict[str, list[Activity]], states:
             for act in activities:
                 own = act.role == role
                 started = started or own
-                if started and not own:
+                if started and not own and (gpus is None or act.role in gpus):
                     act.shared += kept
 
 
@@ -460,17 +459,16 @@ def _vllm_awake(run: Run, recipe: dict[str, list[Activity]]) -> None:
     """Colocated vLLM without sleep mode (TRL's default): its reservation stays through every phase."""
     if run.rollout_engine == "vllm" and not run.vllm_sleep and run.rollout_seqs:
         kept = (Item("actor", "other", _vllm_bytes(run), "vLLM's reservation, awake (no sleep mode)"),)
-        keep_alive(recipe, kept, "actor", run.placement == "split")
+        keep_alive(recipe, kept, run.gpus_of("actor"))
 
 
 def _persisting_gradients(run: Run, recipe: dict[str, list[Activity]], states: dict[str, States]) -> None:
     """Gradients kept between steps, shared by every activity (of the same role's GPUs under split placement)."""
-    split = run.placement == "split"
     for role, st in states.items():
         if not (st.gradient_persists and st.gradient):
             continue
         kept = (Item(role, "gradient", int(st.gradient), "16-bit gradients, zeroed but kept between steps"),)
-        keep_alive(recipe, kept, role, split)
+        keep_alive(recipe, kept, run.gpus_of(role))
 
 
 def phases(run: Run, states: dict[str, States]) -> dict[str, list[Activity]]:

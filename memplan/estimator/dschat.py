@@ -149,4 +149,4 @@ def hybrid_engine_workspace(run: Run, recipe: dict[str, list[Activity]], actor: 
          "(cudaMalloc, kept between generations)"),
         ("actor", "activation", total - cache, "hybrid-engine workspace: inference activations and attention scratch"),
     )
-    keep_alive(recipe, tuple(item for item in workspace if item[2] > 0), "actor", run.placement == "split")
+    keep_alive(recipe, tuple(item for item in workspace if item[2] > 0), run.gpus_of("actor"))

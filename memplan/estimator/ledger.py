@@ -98,12 +98,13 @@ def resident(items: list[Item], line_items: list[LineItem]) -> Resident:
     return Resident(tuple(items), tuple(line_items), sums, sum(sums.values()))
 
 
-def keep_alive(recipe: dict[str, list[Activity]], items: tuple[Item, ...], role: str, split: bool) -> None:
-    """Give ``items`` (kept across steps by ``role``) to every activity of ``recipe`` as shared items; under split
-    placement only to the activities on that role's GPUs (its own, and those holding nothing of their own)."""
+def keep_alive(recipe: dict[str, list[Activity]], items: tuple[Item, ...], gpus: tuple[str, ...] | None) -> None:
+    """Give ``items`` (kept across steps by a role) to every activity of ``recipe`` as shared items; under split
+    placement (``gpus``: the roles on that role's GPUs) only to the activities there (those roles', and those
+    holding nothing of their own)."""
     for activities in recipe.values():
         for act in activities:
-            if split and act.role not in (None, role):
+            if gpus is not None and act.role is not None and act.role not in gpus:
                 continue
             act.shared += items
 

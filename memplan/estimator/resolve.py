@@ -103,7 +103,16 @@ class Run(NamedTuple):
     """The buffer the actor's weights are packed into for the sync to vLLM or a remote engine (0: none)."""
     tp: int
     placement: str
+    groups: tuple[tuple[str, ...], ...]
+    """Split placement: the roles of each GPU group (one process each, but a LoRA-shared reference's, the actor's),
+    in role order; empty when colocated."""
     host_ram_bytes_per_node: int
+
+    def gpus_of(self, role: str) -> tuple[str, ...] | None:
+        """The roles sharing ``role``'s GPUs under split placement; None when every role is on every GPU."""
+        if not self.groups:
+            return None
+        return next(group for group in self.groups if role in group)
 
 
 def _lookup(model: str | ArchConfig, field: str) -> ModelSpec:
@@ -150,6 +159,25 @@ _lora_params = lru_cache(maxsize=1024)(lora_params)  # a loop over the layer's l
 STAGE_FIELD = {"actor": "actor_zero_stage", "critic": "critic_zero_stage", "reference": "ref_zero_stage",
                "reward": "reward_zero_stage"}
 OFFLOAD_FIELD = {"actor": "offload", "critic": "offload", "reference": "offload_ref", "reward": "offload_reward"}
+
+
+def _split_groups(given: tuple[tuple[str, ...], ...], active: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    """The GPU groups of a split run: the given groups of ``active`` roles, every other role alone; each group's
+    roles, and the groups by their first role, in role order."""
+    seen: set[str] = set()
+    for group in given:
+        if not group:
+            raise InputError("split_groups", "a group names at least one role", given)
+        for role in group:
+            if role not in active:
+                raise InputError("split_groups", f"{role} is not one of this run's models ({', '.join(active)})",
+                                 role)
+            if role in seen:
+                raise InputError("split_groups", f"{role} is in two groups", role)
+            seen.add(role)
+    groups = [tuple(role for role in active if role in group) for group in given]
+    groups += [(role,) for role in active if role not in seen]
+    return tuple(sorted(groups, key=lambda group: active.index(group[0])))
 
 
 @lru_cache(maxsize=1024)
@@ -206,15 +234,26 @@ def resolve(req: EstimateRequest) -> Run:
     actor_spec = _lookup(req.model, "model")
     if actor_spec.num_heads % req.tp:
         raise InputError("tp", f"must divide the attention heads ({actor_spec.num_heads})", req.tp)
-    group_gpus = n
+    group_gpus, groups = n, ()
+    if req.placement != "split" and req.split_groups:
+        raise InputError("split_groups", "groups the roles' GPUs under placement 'split': set placement 'split', "
+                         "or leave it empty", req.split_groups)
     if req.placement == "split":
+        if req.processes_per_gpu > 1:
+            raise InputError("processes_per_gpu", "under placement 'split' each GPU group runs one process per role "
+                             "it holds (split_groups): leave it 1", req.processes_per_gpu)
         active = tuple(role for role in ROLES_BY_ALGO[algo]
                        if not (role == "reference" and ref_mode in ("none", "lora-shared"))
                        and not (role == "reward" and reward_mode == "rule"))
-        group_gpus = n // len(active)
+        groups = _split_groups(req.split_groups, active)
+        group_gpus = n // len(groups)
+        if ref_mode == "lora-shared":  # the actor with its adapter off: on the actor's GPUs, in its process
+            groups = tuple(group + ("reference",) if "actor" in group else group for group in groups)
         if group_gpus < req.tp or group_gpus % req.tp:
-            raise InputError("placement", f"'split' puts each of {len(active)} models ({', '.join(active)}) on "
-                             f"its own GPUs: needs at least {len(active) * req.tp} GPUs, got {n}", req.placement)
+            what = (f"each of {len(active)} models ({', '.join(active)}) on its own GPUs" if len(groups) == len(active)
+                    else f"{len(groups)} groups of models ({', '.join('+'.join(g) for g in groups)}) on their own GPUs")
+            raise InputError("placement", f"'split' puts {what}: needs at least {len(groups) * req.tp} GPUs, got {n}",
+                             req.placement)
     dp = group_gpus // req.tp
     shard_dp = min(dp, cluster.gpus_per_node // req.tp) if req.hybrid_shard else dp
     critic_spec = (_lookup(req.critic_model, "critic_model") if req.critic_model is not None and algo == "ppo"
@@ -274,7 +313,7 @@ def resolve(req: EstimateRequest) -> Run:
         vllm_utilization=req.vllm_gpu_memory_utilization, vllm_sleep=req.vllm_sleep_mode,
         vllm_tp=req.vllm_tensor_parallel_size,
         gather_for_generation=req.gather_for_generation, sync_bucket_bytes=req.weight_sync_bucket_mb << 20,
-        tp=req.tp, placement=req.placement,
+        tp=req.tp, placement=req.placement, groups=groups,
         host_ram_bytes_per_node=req.host_ram_bytes_per_node,
     )
 

@@ -20,6 +20,8 @@ What is read:
                                       (placement 'split') and the vLLM engines theirs (rollout_engine 'remote')
     actor.num_nodes × num_gpus_per_node
                                       the GPUs of each model (split: one group per model, of the actor's size)
+    train.colocate_actor_ref, train.colocate_critic_reward
+                                      split_groups: the pair shares one group, a Ray actor (process) each
     ds.zero_stage                     zero_stage; frozen models at stage 3 only under ZeRO-3 (get_ds_eval_config)
     ds.adam_offload, ref.offload, reward.offload
                                       offload 'optimizer'; the frozen models' parameters on the CPU (ZeRO-3)
@@ -203,14 +205,19 @@ def fields(args: dict[str, Any], gpu: str | None = None) -> OpenRLHFRun:
         # one Ray actor (a process: its own CUDA context) per model on every GPU, and the GPU's vLLM worker
         # (num_engines × tensor_parallel_size = the actor's GPUs)
         out["processes_per_gpu"] = active + vllm
-    else:
-        out["placement"], gpus = ("split", actor_gpus * active) if active > 1 else ("colocated", actor_gpus)
-        if active > 1:
-            notes.append(f"each of the {active} models on its own {actor_gpus} GPUs (the actor's count; OpenRLHF "
+    else:  # each model's Ray actors on their own GPUs; colocate_actor_ref / colocate_critic_reward pair them
+        pairs = [pair for pair, on in ((("actor", "reference"), reference and flag("train.colocate_actor_ref")),
+                                       (("critic", "reward"), algo == "ppo" and bool(reward)
+                                        and flag("train.colocate_critic_reward"))) if on]
+        groups = active - len(pairs)
+        out["placement"], gpus = ("split", actor_gpus * groups) if groups > 1 else ("colocated", actor_gpus)
+        if groups > 1:
+            if pairs:
+                out["split_groups"] = tuple(pairs)
+            notes.append(f"each of the {groups} GPU groups with {actor_gpus} GPUs (the actor's count; OpenRLHF "
                          "sizes each model's group by its own num_gpus_per_node)")
-        if flag("train.colocate_actor_ref") or flag("train.colocate_critic_reward"):
-            notes.append("colocate_actor_ref / colocate_critic_reward: the paired models estimated on separate GPUs "
-                         "(a lower bound for their GPUs)")
+        elif pairs:  # the actor and its reference, alone: every GPU holds both, a process each
+            out["processes_per_gpu"] = 2
         if vllm:
             out["rollout_engine"] = "remote"
     if not vllm:
