@@ -77,6 +77,8 @@ def test_cli_and_api():
     ok = CliRunner().invoke(app, [*args, "--split-groups", "actor+reference,critic+reward", "--json"])
     assert ok.exit_code == 0, ok.output
     assert memplan.Report.model_validate_json(ok.stdout) == memplan.estimate(**PPO, split_groups=PAIRS)
+    table = CliRunner().invoke(app, [*args, "--split-groups", "actor+reference,critic+reward"], env={"COLUMNS": "200"})
+    assert "actor_update on the actor+reference GPUs; critic_update on the critic+reward GPUs" in table.stdout
     bad = CliRunner().invoke(app, [*args, "--split-groups", "actor+ref"])
     assert bad.exit_code == 2 and "--split-groups" in bad.output
     client = TestClient(create_app())

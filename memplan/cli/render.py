@@ -88,6 +88,13 @@ def estimate(report: Report) -> None:
         phases.add_row("fixed (context, reserve)", *(gib(ph.total_bytes - t) for ph, t in zip(report.phases, listed)))
     phases.add_row("total", *(gib(ph.total_bytes) for ph in report.phases), style="bold")
     out.print(phases)
+    groups: dict[str, list[str]] = {}  # split placement: the GPU group that sets each phase
+    for ph in report.phases:
+        if ph.group:
+            groups.setdefault(ph.group, []).append(ph.phase)
+    if groups:
+        out.print("Split placement, each phase on its busiest GPU group: " + "; ".join(
+            f"{', '.join(phases_)} on the {group} GPUs" for group, phases_ in groups.items()), highlight=False)
 
     roles = Table(title="Resident models (per GPU, between phases)", title_justify="left")
     for col, just in [("role", "left"), ("model", "left"), ("params", "right"), ("trained", "left"),
