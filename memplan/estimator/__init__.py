@@ -136,7 +136,6 @@ class _Residents(NamedTuple):
     """Split placement: each GPU group's (a runtime per role, and those roles'); empty when colocated."""
     models: tuple[ModelReport, ...]
     host_per_gpu: int
-    fixed_bytes: int
 
 
 @lru_cache(maxsize=1024)
@@ -155,7 +154,7 @@ def _residents(roles: tuple[RoleSetup, ...], e: int, lora_rank: int, cuda_contex
                                  group_lines + tuple(li for role in group for li in parts[role].lines))
     return _Residents({role: part.states for role, part in parts.items()}, everything, groups,
                       tuple(part.model for part in parts.values()),
-                      sum(part.host for part in parts.values()), sum(item.bytes for item in fixed))
+                      sum(part.host for part in parts.values()))
 
 
 def _compute(request: EstimateRequest) -> Report:
@@ -206,12 +205,10 @@ def _compute(request: EstimateRequest) -> Report:
     elif run.rollout_engine == "remote" and run.rollout_seqs:
         notes.append("generation runs on other GPUs (rollout_engine 'remote'): those GPUs are not in this estimate")
     total = peak.total_bytes
-    fixed = res.fixed_bytes if not split else sum(  # the peak group's runtimes, one per role
-        li.bytes for li in residents[peak_index].line_items if li.role == "runtime")
     return trusted(Report, dict(
         request=request, gpu=run.gpu_name, num_gpus=run.num_gpus, fits=total <= run.capacity_bytes,
         peak_bytes_per_gpu=total, capacity_bytes=run.capacity_bytes, headroom_bytes=run.capacity_bytes - total,
-        peak_phase=peak.phase, fixed_bytes=fixed, resident_items=everything.line_items,
+        peak_phase=peak.phase, fixed_bytes=residents[peak_index].fixed, resident_items=everything.line_items,
         phases=tuple(reports), models=res.models, deciding_terms=tuple(terms), host_bytes_per_node=host_per_node,
         host_fits=host_per_node <= run.host_ram_bytes_per_node, notes=tuple(notes),
     ))

@@ -88,14 +88,19 @@ class Resident(NamedTuple):
     sums: dict[str, int]
     """Bytes by category (read-only by convention: shared by every phase of the group)."""
     total: int
+    fixed: int
+    """The runtime's bytes among them (role 'runtime': CUDA contexts, cuBLAS workspaces, NCCL buffers)."""
 
 
 def resident(items: list[Item], line_items: list[LineItem]) -> Resident:
     """Sum resident ``items`` (with their already built ``line_items``) once for all phases."""
     sums = dict.fromkeys(CATEGORIES, 0)
+    fixed = 0
     for item in items:
         sums[item.category] += item.bytes
-    return Resident(tuple(items), tuple(line_items), sums, sum(sums.values()))
+        if item.role == "runtime":
+            fixed += item.bytes
+    return Resident(tuple(items), tuple(line_items), sums, sum(sums.values()), fixed)
 
 
 def keep_alive(recipe: dict[str, list[Activity]], items: tuple[Item, ...], gpus: tuple[str, ...] | None) -> None:

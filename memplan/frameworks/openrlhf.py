@@ -186,8 +186,8 @@ def fields(args: dict[str, Any], gpu: str | None = None) -> OpenRLHFRun:
         if flag("ds.load_in_4bit"):
             out["quantize_base"] = "int4"
 
-    actor_gpus = num("actor.num_nodes") * num("actor.num_gpus_per_node")
     per_node = num("actor.num_gpus_per_node")
+    actor_gpus = num("actor.num_nodes") * per_node
     colocated = flag("train.colocate_all")
     engines = get("vllm.num_engines")
     vllm = engines is not None and integer(engines, "vllm.num_engines", FIELD, 0) > 0

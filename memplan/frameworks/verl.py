@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from memplan.errors import InputError
-from memplan.frameworks.common import catalog_model, integer, launch_text, typed
+from memplan.frameworks.common import catalog_model, integer, launch_text, number, typed
 
 FIELD = "verl"
 A = "actor_rollout_ref"
@@ -267,11 +267,8 @@ def fields(overrides: dict[str, Any], gpu: str | None = None) -> VerlRun:
     name = get(f"{A}.rollout.name")
     if name in ("vllm", "sglang"):
         out["rollout_engine"] = "vllm"
-        utilization = get(f"{A}.rollout.gpu_memory_utilization")
-        if isinstance(utilization, bool) or not isinstance(utilization, (int, float)):
-            raise InputError(FIELD, f"{A}.rollout.gpu_memory_utilization must be a number, got {utilization!r}",
-                             utilization)
-        out["vllm_gpu_memory_utilization"] = float(utilization)
+        out["vllm_gpu_memory_utilization"] = number(get(f"{A}.rollout.gpu_memory_utilization"),
+                                                    f"{A}.rollout.gpu_memory_utilization", FIELD, 0.0, 1.0)
         out["vllm_tensor_parallel_size"] = num(f"{A}.rollout.tensor_model_parallel_size")
         # async rollout (verl 0.9's only mode): the engine's GPU workers are processes of their own beside the
         # FSDP worker, sent the weights through a bucket over CUDA IPC (BucketedWeightSender)
