@@ -16,11 +16,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import memplan
 from memplan import catalog
-from memplan.errors import InputError, UnknownModelError
+from memplan.errors import InputError, UnknownModelError, shown
 from memplan.estimator import cache_key, request_of
 from memplan.report import EstimateRequest, Report
 
 MODEL_FIELDS = ("model", "critic_model", "reward_model")
+
+
+def models_in(field: str) -> dict[str, str]:
+    """The request's model fields located at the body field their names came from (a launch file)."""
+    return dict.fromkeys(MODEL_FIELDS, field)
 
 
 class Settings(BaseModel):
@@ -63,7 +68,7 @@ def check_names(request: EstimateRequest) -> None:
         if isinstance(value, str) and value.lower() not in catalog_names():
             hint = "paths are not accepted; " if value.startswith((".", "~", "/", "\\")) else ""
             raise UnknownModelError(
-                field, f"{value!r} is not a catalog model: {hint}use a name from GET /v1/models "
+                field, f"{shown(value)} is not a catalog model: {hint}use a name from GET /v1/models "
                 "or give the architecture inline", value)
 
 

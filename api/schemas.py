@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
 
+from memplan.estimator import for_algorithm
 from memplan.planner import KNOBS, Knob
-from memplan.report import Algo, EstimateRequest, Report, Role
+from memplan.report import Algo, EstimateRequest, Report, Role, whole_number
 
 HEADLINE = {
     "model": "meta-llama/Llama-2-7b-hf",
@@ -108,8 +109,8 @@ class CompareRequest(BaseModel):
         if self.requests is not None:
             return list(self.requests)
         assert self.base is not None and self.algos is not None
-        fields = self.base.model_dump(exclude_unset=True)
-        return [EstimateRequest.model_validate({**fields, "algo": a}) for a in dict.fromkeys(self.algos)]
+        # each algorithm's request: the options it has no use for back at their defaults (``for_algorithm``)
+        return [for_algorithm(self.base, a) for a in dict.fromkeys(self.algos)]
 
 
 class PlanRequest(BaseModel):
@@ -124,7 +125,11 @@ class PlanRequest(BaseModel):
     request: EstimateRequest
     allow: list[Knob] | None = Field(None, max_length=len(KNOBS), description="Knobs to search (default: all)",
                                      examples=[["zero_stage", "offload", "gradient_checkpointing"]])
-    max_results: int = Field(20, ge=1, le=100, description="Configurations to return, cheapest first")
+    max_results: StrictInt = Field(20, ge=1, le=100, description="Configurations to return, cheapest first")
+    allow_tight: StrictBool = Field(False, description="Count a TIGHT configuration (its peak within memplan's "
+                                    "error band of capacity) as fitting when its point estimate fits")
+
+    _whole_numbers = field_validator("max_results", mode="before")(whole_number)
 
 
 class LimitRequest(BaseModel):
@@ -135,6 +140,8 @@ class LimitRequest(BaseModel):
     )
 
     request: EstimateRequest
+    allow_tight: StrictBool = Field(False, description="Count a TIGHT configuration (its peak within memplan's "
+                                    "error band of capacity) as fitting when its point estimate fits")
 
 
 class BatchLimitRequest(LimitRequest):
@@ -192,8 +199,10 @@ class TrlRecipe(BaseModel):
     gpu: str = Field(min_length=1, max_length=64, description="GPU kind (GET /v1/gpus), the count being the "
                      "accelerate config's num_processes; or the cluster ('8xH100-80GB')", examples=["H100-80GB"])
     algo: Literal["grpo", "rloo", "dpo", "sft"] = Field("grpo", description="The TRL trainer the recipe runs")
-    prompt_len: int | None = Field(None, ge=1, le=1 << 20, description="Longest prompt in tokens (TRL 1.16 does "
+    prompt_len: StrictInt | None = Field(None, ge=1, le=1 << 20, description="Longest prompt in tokens (TRL 1.16 does "
                                    "not truncate prompts); default: the recipe's max_prompt_length, else 256")
+
+    _whole_numbers = field_validator("prompt_len", mode="before")(whole_number)
 
 
 class TrlEstimate(VerlEstimate):

@@ -7,6 +7,7 @@ measuring; typer and rich by the CLI; FastAPI by ``api``.
 from memplan.errors import EnvironmentProblem, InputError, MemplanError, UnknownGPUError, UnknownModelError
 from memplan.estimator import compare, estimate
 from memplan.report import ArchConfig, Breakdown, EstimateRequest, LineItem, ModelReport, PhaseReport, Report
+from memplan.timing import StepTime, step_time
 
 __version__ = "0.1.0"
 
@@ -21,8 +22,10 @@ __all__ = [
     "ModelReport",
     "PhaseReport",
     "Report",
+    "StepTime",
     "UnknownGPUError",
     "UnknownModelError",
     "compare",
     "estimate",
+    "step_time",
 ]

@@ -18,13 +18,36 @@ class MemplanError(Exception):
     """Base of every error memplan raises on purpose."""
 
 
+MAX_MESSAGE = 1_000  # characters of an error message: its head and its tail (the allowed range) survive
+MAX_SHOWN = 80  # characters of a user's value quoted in a message
+
+
+def shown(value: object, limit: int = MAX_SHOWN) -> str:
+    """``repr(value)`` for a message, cut to ``limit`` characters with the length said: errors never echo
+    unbounded input (a 60 KB model name) and never carry a lone surrogate (``repr`` escapes it)."""
+    text = repr(value) if len(str(value)) <= 4 * limit else repr(str(value)[: 4 * limit])
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 1]}… ({len(str(value)):,} characters)"
+
+
+def bounded(message: str, limit: int = MAX_MESSAGE) -> str:
+    """``message`` at most ``limit`` characters: the middle elided, since the tail says what is allowed."""
+    if len(message) <= limit:
+        return message
+    tail = limit // 3
+    return f"{message[: limit - tail - 3]} … {message[-tail:]}"
+
+
 class InputError(MemplanError, ValueError):
-    """Bad input. ``field`` names the request field (or CLI option) to change."""
+    """Bad input. ``field`` names the request field (or CLI option) to change; ``value`` is what was given.
+
+    The message is bounded (``MAX_MESSAGE``), whatever the caller quoted into it."""
 
     def __init__(self, field: str, message: str, value: object = None) -> None:
         self.field = field
         self.value = value
-        super().__init__(f"{field}: {message}")
+        super().__init__(bounded(f"{field}: {message}"))
 
 
 class UnknownModelError(InputError):

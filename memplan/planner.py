@@ -21,10 +21,37 @@ cheapest to run to the most memory-saving:
                                   (TRL 1.16's own LM head) or fp32-fused (OpenRLHF's path) is kept
     micro_batch_size              the largest that fits, at most the given one (bisection at each leaf)
 
+A knob the run's framework cannot apply is never proposed (marked IMPOSSIBLE in the code); each combination
+below is also refused by ``resolve`` when given, naming the field:
+
+    knob                          impossible with                 why (the framework's behaviour)
+    tp                            rollout_engine 'hybrid-engine'  DeepSpeed-Chat trains with ZeRO data parallelism
+                                                                  only; its --inference_tp_size shards generation
+                                  engine 'torch'                  plain PyTorch / DDP has no tensor parallelism
+    placement 'split'             rollout_engine 'hybrid-engine'  DeepSpeedRLHFEngine initializes the actor,
+                                                                  reference, critic and reward on every rank
+                                                                  (planner only: a given split is still estimated)
+    engine ≠ 'deepspeed'          rollout_engine 'hybrid-engine'  the hybrid engine is a DeepSpeed engine
+    ZeRO stage 1                  engine 'fsdp'                   FSDP shards all (3), gradients and states (2) or
+                                                                  nothing (0): no optimizer-only stage (planner only)
+    offload, ZeRO stages          engine 'torch'                  nothing to shard or offload
+    idle_offload                  rollout_engine 'hybrid-engine'  DeepSpeed-Chat keeps its models on the GPU;
+                                  'params' under deepspeed        DeepSpeed's offload_states keeps the 16-bit
+                                                                  weights (OpenRLHF's ds.enable_sleep); proposed
+                                                                  under FSDP (verl), or when given
+    vllm_gpu_memory_utilization,  rollout_engine ≠ 'vllm'         vLLM's own settings; a fraction at which vLLM's
+    vllm_sleep_mode                                               KV cache cannot hold one sequence of the run
+                                                                  (``algorithms.vllm_pool``) is never proposed
+    logprob_kernel                rollout_engine 'hybrid-engine'  DeepSpeed-Chat's trainer takes log_softmax
+    score_micro_batch_size        rollout_engine 'hybrid-engine'  DeepSpeed-Chat scores each generation batch whole
+
 When the request does not fit the GPU, each dimension runs from the user's value toward the saving end
 (changes that save memory); when it fits, from the cheap end up to the user's value (relaxations that still
 fit); when it exceeds the host's RAM (``host_ram_bytes_per_node``), over every option, since undoing an
-offload saves host RAM and costs GPU memory. "Fits" always means GPU memory and host RAM.
+offload saves host RAM and costs GPU memory. "Fits" always means GPU memory and host RAM, and the verdict
+FITS (``Report.verdict``: the peak's error band within capacity); a TIGHT configuration counts only with
+``allow_tight`` (every search takes it), and then only where its point estimate fits (``Report.fits``): the planner
+never proposes a run its own estimate puts over capacity. One helper, ``_ok``, decides for every search.
 Best first, cheapest subtree first; at each node the remaining dimensions take their last option (micro
 batch 1): if that does not fit, the subtree is pruned. A configuration at least as far along every
 dimension as a feasible one that keeps the given micro batch (a superset of its changes; a changed placement
@@ -53,8 +80,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from memplan.errors import InputError
 from memplan.estimator import estimate
-from memplan.estimator.resolve import resolve
-from memplan.report import MAX_BATCH, EstimateRequest, Report
+from memplan.estimator.resolve import for_algorithm, resolve
+from memplan.report import MAX_BATCH, EstimateRequest, Report, Verdict
 from memplan.units import GiB
 
 Knob = Literal["zero_stage", "offload", "offload_ref", "offload_reward", "gradient_checkpointing", "lora",
@@ -93,7 +120,10 @@ class PlanCandidate(BaseModel):
 
     changes: dict[str, tuple[Any, Any]] = Field(description="field → (given value, new value)")
     request: EstimateRequest
-    fits: bool = Field(description="GPU memory and host RAM both fit")
+    fits: bool = Field(description="GPU memory, host RAM and vLLM's KV cache all fit (the report's point-estimate "
+                       "verdict, Report.fits)")
+    verdict: Verdict = Field(description="The report's verdict with memplan's error band: fits, tight, does_not_fit")
+    reasons: list[str] = Field(default_factory=list, description="Why it does not fit (the report's reasons)")
     host_fits: bool
     peak_bytes_per_gpu: int
     headroom_bytes: int
@@ -115,7 +145,9 @@ class PlanReport(BaseModel):
     mode: Literal["fix", "relax"] = Field(
         description="'fix': the request does not fit (GPU or host), candidates are the changes that make it "
         "fit; 'relax': it fits, candidates are cheaper settings that still fit")
-    fits_any: bool
+    fits_any: bool = Field(description="Some candidate is FITS (or TIGHT, its point estimate fitting, under "
+                           "allow_tight)")
+    allow_tight: bool = Field(False, description="TIGHT configurations whose point estimate fits were accepted")
     candidates: list[PlanCandidate] = Field(description="Cheapest first; when nothing fits, the smallest peak")
     knobs: list[str] = Field(description="Knobs that had more than one option")
     cost_order: list[str] = Field(default=list(COST_ORDER))
@@ -129,7 +161,10 @@ class CompareRow(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     algo: str
-    fits: bool
+    fits: bool = Field(description="The report's point-estimate verdict (Report.fits)")
+    verdict: Verdict | None = Field(None, description="The report's verdict with memplan's error band; None when "
+                                    "the algorithm cannot run")
+    reasons: list[str] = Field(default_factory=list, description="Why it does not fit (the report's reasons)")
     peak_bytes_per_gpu: int | None = None
     headroom_bytes: int | None = None
     peak_phase: str | None = None
@@ -148,8 +183,11 @@ class CompareReport(BaseModel):
     ppo_peak_bytes_per_gpu: int | None = None
 
 
-def _ok(report: Report | None) -> bool:
-    return report is not None and report.fits and report.host_fits
+def _ok(report: Report | PlanCandidate | None, allow_tight: bool = False) -> bool:
+    """The planner's one test of a configuration: the verdict is FITS, or, with ``allow_tight``, TIGHT with the
+    point estimate fitting (GPU memory, host RAM and vLLM's KV cache: ``Report.fits``). A FITS verdict implies
+    ``fits``; a DOES NOT FIT one implies not."""
+    return report is not None and (report.verdict == "fits" or allow_tight and report.fits)
 
 
 def _try(request: EstimateRequest) -> Report | None:
@@ -209,7 +247,9 @@ def _candidate(given: EstimateRequest, report: Report) -> PlanCandidate:
     req = report.request
     roles = [m.role for m in report.models if not m.shares_weights_with]
     return PlanCandidate(
-        changes=_changes(given, req), request=req, fits=_ok(report), host_fits=report.host_fits,
+        changes=_changes(given, req), request=req, fits=report.fits, verdict=report.verdict,
+        reasons=list(report.reasons),
+        host_fits=report.host_fits,
         peak_bytes_per_gpu=report.peak_bytes_per_gpu, headroom_bytes=report.headroom_bytes,
         peak_phase=report.peak_phase, host_bytes_per_node=report.host_bytes_per_node,
         cost=candidate_cost(given, req, roles),
@@ -269,9 +309,14 @@ def _dimensions(given: EstimateRequest, base: Report, allow: set[str], side: str
     n, per_node, _ = _cluster(given)
     heads = _actor_heads(given)
     tps = [d for d in range(1, per_node + 1) if per_node % d == 0 and heads % d == 0 and n % d == 0]
+    dschat = given.rollout_engine == "hybrid-engine" and given.algo in GENERATES
+    if dschat or given.engine == "torch":  # IMPOSSIBLE: DeepSpeed-Chat trains with ZeRO only; plain DDP has no TP
+        tps = []
+    placements = (given.placement, "split" if given.placement == "colocated" else "colocated")
+    if "placement" not in allow or dschat:  # IMPOSSIBLE: DeepSpeed-Chat's engine holds every model on every GPU
+        placements = (given.placement,)
     dims = [
-        _Dim("placement", (given.placement, "split" if given.placement == "colocated" else "colocated")
-             if "placement" in allow else (given.placement,)),
+        _Dim("placement", placements),
         dim("lora_rank", (0, *LORA_RANKS) if "lora" in allow and given.lora_rank == 0 else (), given.lora_rank,
             key=lambda r: (r > 0, -r)),
         _offload_dim(given, allow, dim, side, shards),
@@ -283,6 +328,8 @@ def _dimensions(given: EstimateRequest, base: Report, allow: set[str], side: str
         explicit = getattr(given, ZERO_FIELDS[role])
         stage = explicit if explicit is not None else given.zero_stage
         stages = (0, 1, 2, 3) if "zero_stage" in allow and shards else (stage,)
+        if given.engine == "fsdp":  # IMPOSSIBLE: FSDP has no stage 1 (NO_SHARD 0, SHARD_GRAD_OP 2, FULL_SHARD 3)
+            stages = tuple(s for s in stages if s != 1 or s == stage)
         if role in ("actor", "critic"):
             dims.append(dim(role, stages, stage))
             continue
@@ -294,21 +341,41 @@ def _dimensions(given: EstimateRequest, base: Report, allow: set[str], side: str
         dims.append(dim(role, pairs, (stage, offloaded), key=lambda p: (p[1], p[0]),
                         host_least=max(unloaded, key=lambda p: p[0]) if unloaded else None, undo=(stage, False)))
     if given.rollout_engine == "vllm" and given.algo in GENERATES:
-        dims.append(dim("vllm_gpu_memory_utilization", VLLM_FRACTIONS if "vllm_gpu_memory_utilization" in allow
-                        else (), given.vllm_gpu_memory_utilization, key=lambda u: -u))
+        dims.append(_vllm_dim(given, allow, dim, side))
         dims.append(dim("vllm_sleep_mode", (False, True) if "vllm_sleep_mode" in allow else (),
                         given.vllm_sleep_mode))
     if not (given.rollout_engine == "hybrid-engine" and given.algo in GENERATES):  # DeepSpeed-Chat: its own path
-        own = given.logprob_kernel in ("chunked", "fp32-fused")  # TRL's LM head, OpenRLHF's path: kept
+        own = given.logprob_kernel in ("chunked", "fp32-fused", "row-chunked")  # TRL's, OpenRLHF's, AgileRL's: kept
         kernels = ("log-softmax", "fused") if "logprob_kernel" in allow and not own else ()
         dims.append(dim("logprob_kernel", kernels, given.logprob_kernel,
-                        key=("log-softmax", "fused", "fp32-fused", "chunked").index))
+                        key=("log-softmax", "fused", "fp32-fused", "chunked", "row-chunked").index))
     score = given.score_micro_batch_size
     if score is not None and given.algo != "sft":
         halvings = tuple(sorted({score >> k for k in range(score.bit_length())}, reverse=True))  # score … 1
         dims.append(dim("score_micro_batch_size", halvings if "score_micro_batch_size" in allow else (), score,
                         key=lambda v: -v))
     return dims
+
+
+def _vllm_dim(given: EstimateRequest, allow: set[str], dim, side: str) -> _Dim:  # noqa: ANN001
+    """vLLM's memory fraction, only the fractions at which vLLM starts (its KV cache holds a sequence of the run:
+    ``algorithms.vllm_pool``; no other knob of the plan changes that). When the given fraction is too small for
+    vLLM to start, every fraction that starts is an option, the smallest last."""
+    fractions = VLLM_FRACTIONS if "vllm_gpu_memory_utilization" in allow else ()
+    starts = [u for u in fractions if _vllm_starts(given, u)]
+    if _vllm_starts(given, given.vllm_gpu_memory_utilization) or not starts:
+        return dim("vllm_gpu_memory_utilization", starts, given.vllm_gpu_memory_utilization, key=lambda u: -u)
+    return _Dim("vllm_gpu_memory_utilization", tuple(sorted(starts, reverse=True)))
+
+
+def _vllm_starts(given: EstimateRequest, fraction: float) -> bool:
+    from memplan.estimator.algorithms import vllm_pool
+
+    try:
+        run = resolve(given.model_copy(update={"vllm_gpu_memory_utilization": fraction}))
+    except InputError:
+        return False
+    return vllm_pool(run, run.roles[0]).sequences >= 1
 
 
 def _offload_dim(given: EstimateRequest, allow: set[str], dim, side: str, shards: bool) -> _Dim:  # noqa: ANN001
@@ -324,6 +391,8 @@ def _offload_dim(given: EstimateRequest, allow: set[str], dim, side: str, shards
                  given.offload if given.offload != "none" else "optimizer+params")
     elif given.engine == "deepspeed" and given.idle_offload != "none":
         chain = ("none", IDLE + given.idle_offload, "optimizer", "optimizer+params")
+    elif given.idle_offload != "none":  # engine 'torch': its parked parameters, kept as given (no CPU offload)
+        chain = ("none", IDLE + given.idle_offload)
     else:
         return dim("offload", cpu, given.offload, key=OFFLOAD_LEVEL.get,
                    host_least=given.offload if side == "fix" else "none", undo="none")
@@ -347,7 +416,8 @@ class _Exhausted(Exception):
     pass
 
 
-def plan(request: EstimateRequest, *, allow: set[str] | None = None, max_results: int = 20) -> PlanReport:
+def plan(request: EstimateRequest, *, allow: set[str] | None = None, max_results: int = 20,
+         allow_tight: bool = False) -> PlanReport:
     """Configurations that fit (GPU memory and host RAM), reached by changing only the ``allow``-ed knobs
     (default: all of ``KNOBS``), cheapest first by ``candidate_cost``: LoRA instead of the asked-for full
     fine-tuning ranks last; then fewer CPU offloads, no recomputation, lower TP, lower ZeRO stages, colocated
@@ -356,7 +426,7 @@ def plan(request: EstimateRequest, *, allow: set[str] | None = None, max_results
     If the request does not fit, the candidates are its minimal memory-saving changes ('fix'; past the host's
     RAM, undoing offloads too); if it fits, the cheapest relaxations that still fit ('relax'; the request
     itself is ``as_given``). When nothing fits, ``fits_any`` is False and ``candidates`` holds the
-    configuration with the smallest peak found.
+    configuration with the smallest peak found. A TIGHT configuration fits only with ``allow_tight`` (``_ok``).
     Raises ``InputError`` for an unknown knob or an invalid request.
     """
     start = time.perf_counter()
@@ -366,7 +436,7 @@ def plan(request: EstimateRequest, *, allow: set[str] | None = None, max_results
     if max_results < 1:
         raise InputError("max_results", "must be at least 1", max_results)
     base = estimate(request)
-    fix = not _ok(base)
+    fix = not _ok(base, allow_tight)
     side = "both" if not base.host_fits else "fix" if fix else "relax"
     dims = _dimensions(request, base, allow, side)
     roles = [d.name for d in dims if d.name in ZERO_FIELDS]
@@ -450,8 +520,8 @@ def plan(request: EstimateRequest, *, allow: set[str] | None = None, max_results
         """Some completion may fit: the most saving one fits the GPU, the least offloaded one the host."""
         k = len(prefix)
         saving = complete(prefix, last[k:])
-        if saving is None or not saving.fits or saving.host_fits:
-            return saving is not None and saving.fits
+        if saving is None or not saving.gpu_fits or saving.host_fits:
+            return saving is not None and saving.gpu_fits
         least = complete(prefix, [dims[i].host_least % len(dims[i].options) for i in range(k, n)])
         return least is None or least.host_fits
 
@@ -462,7 +532,7 @@ def plan(request: EstimateRequest, *, allow: set[str] | None = None, max_results
         while hi - lo > 1:
             mid = max_mb if hi == max_mb + 1 else (lo + hi) // 2  # the given batch first
             report = evaluate(levels, mid)
-            lo, hi, best = (mid, hi, report) if _ok(report) else (lo, mid, best)
+            lo, hi, best = (mid, hi, report) if _ok(report, allow_tight) else (lo, mid, best)
         return best
 
     # best first: pop the subtree whose cheapest completion costs least; a popped leaf that fits is pushed
@@ -490,7 +560,7 @@ def plan(request: EstimateRequest, *, allow: set[str] | None = None, max_results
                 low = MIN_STAGE.get(dims[offload_at].options[prefix[offload_at]], 0) if d.name in TRAINED else 0
                 for i in (i for i, option in enumerate(d.options) if d.name not in TRAINED or option >= low):
                     heapq.heappush(heap, (lower_cost(prefix + [i]), next(tie), prefix + [i], None))
-            elif _ok(evaluate(prefix)):
+            elif _ok(evaluate(prefix), allow_tight):
                 report = largest_fitting(prefix)
                 if report.request.micro_batch_size >= max_mb:  # else a superset may keep a larger micro batch
                     found[tuple(prefix)] = max((i + 1 for i, level in enumerate(prefix) if level), default=0)
@@ -507,6 +577,11 @@ def plan(request: EstimateRequest, *, allow: set[str] | None = None, max_results
         notes.append(f"as given, host RAM per node ({base.host_bytes_per_node / GiB:.1f} GiB) exceeds "
                      f"host_ram_bytes_per_node ({request.host_ram_bytes_per_node / GiB:.1f} GiB): offloads "
                      "may be undone")
+    if (request.rollout_engine == "vllm" and request.algo in GENERATES
+            and not any(_vllm_starts(request, u) for u in (*VLLM_FRACTIONS, request.vllm_gpu_memory_utilization))):
+        notes.append(f"vLLM cannot start at any vllm_gpu_memory_utilization with vllm_tensor_parallel_size "
+                     f"{request.vllm_tensor_parallel_size}: its weights and one sequence's KV cache need more of a GPU; "
+                     "raise vllm_tensor_parallel_size (not a knob of the plan)")
     if not candidates:
         candidates = [_candidate(request, closest[0])]
         notes.append("nothing fits with the allowed knobs; the candidate is the smallest peak found")
@@ -514,7 +589,8 @@ def plan(request: EstimateRequest, *, allow: set[str] | None = None, max_results
         ["micro_batch_size"] if max_mb > 1 else [])
     return PlanReport(
         request=request, as_given=_candidate(request, base), mode="fix" if fix else "relax",
-        fits_any=any(c.fits for c in candidates), candidates=candidates, knobs=knobs, evaluations=len(memo),
+        fits_any=any(_ok(c, allow_tight) for c in candidates), allow_tight=allow_tight, candidates=candidates,
+        knobs=knobs, evaluations=len(memo),
         exhaustive=exhaustive, elapsed_ms=round((time.perf_counter() - start) * 1e3, 3), notes=notes,
     )
 
@@ -527,12 +603,12 @@ def _minimal(candidates: list[PlanCandidate]) -> list[PlanCandidate]:
     return [c for c, d in zip(candidates, diffs) if not any(other < d for other in diffs)]
 
 
-def _largest(request: EstimateRequest, field: str, limit: int = MAX_BATCH) -> int | None:
-    """Largest value of ``field`` up to ``limit`` that fits: doubling from 1, then bisection. None if 1 does not
-    fit."""
+def _largest(request: EstimateRequest, field: str, limit: int = MAX_BATCH, allow_tight: bool = False) -> int | None:
+    """Largest value of ``field`` up to ``limit`` that fits (``_ok``): doubling from 1, then bisection. None if 1
+    does not fit."""
 
     def fits(value: int) -> bool:
-        return _ok(_try(request.model_copy(update={field: value})))
+        return _ok(_try(request.model_copy(update={field: value})), allow_tight)
 
     if not fits(1):
         return None
@@ -548,19 +624,20 @@ def _largest(request: EstimateRequest, field: str, limit: int = MAX_BATCH) -> in
     return lo
 
 
-def max_micro_batch_size(request: EstimateRequest) -> int | None:
-    """The largest ``micro_batch_size`` that fits (GPU and host), or None if 1 does not.
+def max_micro_batch_size(request: EstimateRequest, *, allow_tight: bool = False) -> int | None:
+    """The largest ``micro_batch_size`` that fits (GPU and host; TIGHT only with ``allow_tight``), or None if 1
+    does not.
 
     The rollout batch follows the micro batch unless ``rollout_batch_size`` is set.
     """
-    return _largest(request, "micro_batch_size")
+    return _largest(request, "micro_batch_size", allow_tight=allow_tight)
 
 
-def max_rollout_batch_size(request: EstimateRequest) -> int | None:
+def max_rollout_batch_size(request: EstimateRequest, *, allow_tight: bool = False) -> int | None:
     """The largest ``rollout_batch_size`` (prompts per GPU per generation) that fits, the micro batch as given."""
     if request.algo not in GENERATES:
         raise InputError("algo", f"{request.algo!r} generates no rollouts; use max_micro_batch_size", request.algo)
-    return _largest(request, "rollout_batch_size")
+    return _largest(request, "rollout_batch_size", allow_tight=allow_tight)
 
 
 def scored_sequences(request: EstimateRequest) -> int:
@@ -578,22 +655,23 @@ def scored_sequences(request: EstimateRequest) -> int:
     return run.rollout_seqs
 
 
-def max_score_micro_batch_size(request: EstimateRequest) -> int | None:
+def max_score_micro_batch_size(request: EstimateRequest, *, allow_tight: bool = False) -> int | None:
     """The largest ``score_micro_batch_size`` that fits, at most ``scored_sequences``, the other batches as
     given (verl's ``log_prob_micro_batch_size_per_gpu``); None if 1 does not fit."""
-    return _largest(request, "score_micro_batch_size", scored_sequences(request))
+    return _largest(request, "score_micro_batch_size", scored_sequences(request), allow_tight)
 
 
 def _gpu_counts(request: EstimateRequest) -> list[str]:
     """The clusters ``min_gpus`` tries, smallest first, as ``gpus`` strings: 1, 2, 4, 8, then multiples of 8.
 
     Up to one node the cluster is ``'N x GPU'``; beyond, whole nodes. A node holds the request's GPUs per
-    node when it names several nodes, else max(its GPUs, 8) (a one-GPU request still means 8-GPU nodes).
+    node when it names several nodes, else max(its GPUs, the GPU's ``gpus_per_node``) (a one-GPU request still
+    means full nodes: 8 for SXM boards).
     """
     from memplan.catalog import parse_cluster
 
     cluster = parse_cluster(request.gpus)
-    node = cluster.gpus_per_node if cluster.num_nodes > 1 else max(cluster.gpus_per_node, 8)
+    node = cluster.gpus_per_node if cluster.num_nodes > 1 else max(cluster.gpus_per_node, cluster.gpu.gpus_per_node)
     name = cluster.gpu.name
     counts = [n for n in (1, 2, 4, 8, *range(16, MAX_GPUS + 1, 8)) if n <= node or n % node == 0]
     return [f"{n}x{name}" if n <= node else f"{n // node}x{node}x{name}" for n in counts]
@@ -605,22 +683,22 @@ def _num_gpus(gpus: str) -> int:
     return parse_cluster(gpus).num_gpus
 
 
-def min_gpus(request: EstimateRequest) -> int | None:
+def min_gpus(request: EstimateRequest, *, allow_tight: bool = False) -> int | None:
     """The smallest number of the request's GPU that fits (GPU and host), or None up to 4096.
 
     Tries the clusters of ``_gpu_counts``: 1, 2, 4, 8 in turn, then doubling and bisection over the multiples
     of 8 (memory per GPU falls as GPUs are added). The answer fits and the count before it does not.
     """
     clusters = _gpu_counts(request)
-    i = _fewest(request, clusters)
+    i = _fewest(request, clusters, allow_tight)
     return None if i is None else _num_gpus(clusters[i])
 
 
-def _fewest(request: EstimateRequest, clusters: list[str]) -> int | None:
-    """Index of the first cluster that fits, searched as ``min_gpus`` says."""
+def _fewest(request: EstimateRequest, clusters: list[str], allow_tight: bool = False) -> int | None:
+    """Index of the first cluster that fits (``_ok``), searched as ``min_gpus`` says."""
 
     def fits(i: int) -> bool:
-        return _ok(_try(request.model_copy(update={"gpus": clusters[i]})))
+        return _ok(_try(request.model_copy(update={"gpus": clusters[i]})), allow_tight)
 
     small = [i for i, c in enumerate(clusters) if _num_gpus(c) <= 8]
     first = next((i for i in small if fits(i)), None)
@@ -652,6 +730,7 @@ class LimitReport(BaseModel):
         None, description="Largest scoring micro batch per GPU that fits, at most the sequences a GPU scores")
     min_gpus: int | None = Field(None, description="Fewest GPUs of the request's kind that fit")
     found: bool = Field(description="False: even the smallest batch (or the largest cluster) does not fit")
+    allow_tight: bool = Field(False, description="TIGHT configurations whose point estimate fits were accepted")
     at_limit: PlanCandidate | None = Field(None, description="The request at the limit (fits)")
     past_limit: PlanCandidate | None = Field(
         None, description="One step past the limit: one more sequence, or the next smaller GPU count (does not "
@@ -667,38 +746,42 @@ def _limit_candidate(given: EstimateRequest, field: str, value: Any) -> PlanCand
 BATCH_FIELDS = ("micro_batch_size", "rollout_batch_size", "score_micro_batch_size")
 
 
-def batch_limit(request: EstimateRequest, field: str = "micro_batch_size") -> LimitReport:
+def batch_limit(request: EstimateRequest, field: str = "micro_batch_size", *,
+                allow_tight: bool = False) -> LimitReport:
     """``max_micro_batch_size`` (or ``max_rollout_batch_size``, ``max_score_micro_batch_size``) with the
     estimates at it and at one more."""
     start = time.perf_counter()
     if field not in BATCH_FIELDS:
         raise InputError("field", f"must be one of {', '.join(BATCH_FIELDS)}", field)
+    if field == "rollout_batch_size" and request.algo not in GENERATES:  # before the options it then refuses
+        raise InputError("algo", f"{request.algo!r} generates no rollouts; use max_micro_batch_size", request.algo)
+    if field == "score_micro_batch_size" and request.algo == "sft":
+        raise InputError("algo", "SFT has no scoring phase", request.algo)
     estimate(request)  # bad input raises here, naming its field
     if field == "score_micro_batch_size":
         limit = scored_sequences(request)
-        n = _largest(request, field, limit)
     else:
         limit = MAX_BATCH
-        n = max_micro_batch_size(request) if field == "micro_batch_size" else max_rollout_batch_size(request)
+    n = _largest(request, field, limit, allow_tight)
     past = (n or 0) + 1
     return LimitReport(
-        request=request, search=f"max_{field}", **{f"max_{field}": n}, found=n is not None,
+        request=request, search=f"max_{field}", **{f"max_{field}": n}, found=n is not None, allow_tight=allow_tight,
         at_limit=_limit_candidate(request, field, n) if n else None,
         past_limit=_limit_candidate(request, field, past) if past <= limit else None,
         elapsed_ms=round((time.perf_counter() - start) * 1e3, 3),
     )
 
 
-def gpu_limit(request: EstimateRequest) -> LimitReport:
+def gpu_limit(request: EstimateRequest, *, allow_tight: bool = False) -> LimitReport:
     """``min_gpus`` with the estimates at it and at the next smaller GPU count of ``_gpu_counts``."""
     start = time.perf_counter()
     estimate(request)  # bad input raises here, naming its field
     clusters = _gpu_counts(request)
-    i = _fewest(request, clusters)
+    i = _fewest(request, clusters, allow_tight)
     past = i - 1 if i is not None else len(clusters) - 1
     return LimitReport(
         request=request, search="min_gpus", min_gpus=None if i is None else _num_gpus(clusters[i]),
-        found=i is not None, at_limit=None if i is None else _limit_candidate(request, "gpus", clusters[i]),
+        found=i is not None, allow_tight=allow_tight, at_limit=None if i is None else _limit_candidate(request, "gpus", clusters[i]),
         past_limit=_limit_candidate(request, "gpus", clusters[past]) if past >= 0 else None,
         elapsed_ms=round((time.perf_counter() - start) * 1e3, 3),
     )
@@ -710,7 +793,7 @@ def compare_algorithms(request: EstimateRequest, algos=("ppo", "grpo", "remax", 
     reports: dict[str, Report | str] = {}
     for algo in dict.fromkeys(("ppo", *algos)):
         try:
-            reports[algo] = estimate(request.model_copy(update={"algo": algo}))
+            reports[algo] = estimate(for_algorithm(request, algo))
         except InputError as err:
             reports[algo] = str(err)
     ppo = reports["ppo"]
@@ -723,7 +806,9 @@ def compare_algorithms(request: EstimateRequest, algos=("ppo", "grpo", "remax", 
             continue
         saving = ppo_peak - r.peak_bytes_per_gpu if ppo_peak is not None else None
         rows.append(CompareRow(
-            algo=algo, fits=_ok(r), peak_bytes_per_gpu=r.peak_bytes_per_gpu, headroom_bytes=r.headroom_bytes,
+            algo=algo, fits=r.fits, verdict=r.verdict, reasons=list(r.reasons),
+            peak_bytes_per_gpu=r.peak_bytes_per_gpu,
+            headroom_bytes=r.headroom_bytes,
             peak_phase=r.peak_phase, host_bytes_per_node=r.host_bytes_per_node,
             roles=[m.role + (f"={m.shares_weights_with}" if m.shares_weights_with else "") for m in r.models],
             saving_vs_ppo_bytes=saving,

@@ -20,9 +20,9 @@ Batch semantics (the frameworks disagree, so memplan states its own):
 
 from __future__ import annotations
 
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictBool, StrictFloat, StrictInt, StringConstraints, Tag, computed_field, field_validator
 
 Algo = Literal["ppo", "grpo", "remax", "rloo", "dpo", "sft"]
 Role = Literal["actor", "critic", "reference", "reward"]
@@ -32,20 +32,29 @@ Optimizer = Literal["adamw", "adamw-8bit", "sgd", "adafactor"]
 OptimizerImpl = Literal["auto", "foreach", "fused", "for-loop"]
 Offload = Literal["none", "optimizer", "optimizer+params"]
 IdleOffload = Literal["none", "params", "optimizer", "params+optimizer"]
-RefMode = Literal["separate", "lora-shared", "none"]
+RefMode = Literal["separate", "lora-shared", "lora-adapter", "none"]
 RolloutEngine = Literal["hf", "hybrid-engine", "vllm", "remote"]
 Attention = Literal["sdpa", "flash", "eager"]
 Engine = Literal["deepspeed", "fsdp", "torch"]
 Placement = Literal["colocated", "split"]
 Quantization = Literal["none", "int8", "int4"]
 LoraTargets = Literal["all-linear", "attention"]
-LogprobKernel = Literal["log-softmax", "fused", "fp32-fused", "chunked"]
+LogprobKernel = Literal["log-softmax", "fused", "fp32-fused", "chunked", "row-chunked"]
+Verdict = Literal["fits", "tight", "does_not_fit"]
 
 M = TypeVar("M", bound=BaseModel)
 _new = object.__new__  # BaseModel defines no __new__; object's, called directly, skips a lookup
 
 MAX_TOKENS = 1 << 20  # 1M tokens per sequence: longer is not a run anyone launches today
 MAX_BATCH = 1 << 16
+MAX_NAME = 256  # a catalog name or a local config path; longer is no model's name
+
+
+def whole_number(value: object) -> object:
+    """JSON Schema's integer is 256 or 256.0 (the same number): an integral float is that int; the fields stay
+    strict otherwise — never true, "256", 2.5 or NaN (pydantic's lax int takes the first two, and a request
+    must not mean what it does not say)."""
+    return int(value) if value.__class__ is float and value.is_integer() else value  # type: ignore[attr-defined]
 
 
 class ArchConfig(BaseModel):
@@ -54,41 +63,56 @@ class ArchConfig(BaseModel):
     Field names follow transformers' ``LlamaConfig``; ``model_type`` picks the family's parameter layout.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     model_type: Literal[
-        "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "opt", "gpt_neox", "gpt2", "mixtral"
+        "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "opt", "gpt_neox", "gpt2", "mixtral"
     ] = Field("llama", description="transformers model_type; selects the parameter layout")
-    hidden_size: int = Field(ge=8, le=65_536, examples=[4096])
-    num_hidden_layers: int = Field(ge=1, le=1_024, examples=[32])
-    num_attention_heads: int = Field(ge=1, le=1_024, examples=[32])
-    num_key_value_heads: int | None = Field(None, ge=1, le=1_024, description="GQA key/value heads")
-    head_dim: int | None = Field(None, ge=1, le=4_096)
-    intermediate_size: int = Field(ge=1, le=1_048_576, examples=[11008])
-    vocab_size: int = Field(ge=2, le=4_194_304, examples=[32000])
-    tie_word_embeddings: bool = False
-    max_position_embeddings: int = Field(4096, ge=1, le=MAX_TOKENS)
-    num_local_experts: int = Field(0, ge=0, le=1_024, description="MoE experts (0: dense)")
-    num_experts_per_tok: int = Field(0, ge=0, le=1_024)
+    hidden_size: StrictInt = Field(ge=8, le=65_536, examples=[4096])
+    num_hidden_layers: StrictInt = Field(ge=1, le=1_024, examples=[32])
+    num_attention_heads: StrictInt = Field(ge=1, le=1_024, examples=[32])
+    num_key_value_heads: StrictInt | None = Field(None, ge=1, le=1_024, description="GQA key/value heads")
+    head_dim: StrictInt | None = Field(None, ge=1, le=4_096)
+    intermediate_size: StrictInt = Field(ge=1, le=1_048_576, examples=[11008])
+    vocab_size: StrictInt = Field(ge=2, le=4_194_304, examples=[32000])
+    tie_word_embeddings: StrictBool = False
+    max_position_embeddings: StrictInt = Field(4096, ge=1, le=MAX_TOKENS)
+    num_local_experts: StrictInt = Field(0, ge=0, le=1_024, description="MoE experts (0: dense)")
+    num_experts_per_tok: StrictInt = Field(0, ge=0, le=1_024)
+
+    _whole_numbers = field_validator("*", mode="before")(whole_number)
+
+
+def _model_form(value: object) -> str:
+    return "architecture" if isinstance(value, (dict, ArchConfig)) else "name"
+
+
+# A model by name (catalog name, alias or, in the library and CLI, a local config path) or inline architecture:
+# a JSON object is an architecture, anything else a name, so a bad value gets the one error of its form
+ModelRef = Annotated[
+    Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME), Tag("name")]
+    | Annotated[ArchConfig, Tag("architecture")],
+    Discriminator(_model_form),
+]
 
 
 class EstimateRequest(BaseModel):
     """One planned run: model, algorithm, cluster and the knobs users know from DeepSpeed-Chat, TRL, verl."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    model: str | ArchConfig = Field(
+    model: ModelRef = Field(
         description="Actor (policy) model: catalog name or alias, or an inline architecture",
         examples=["meta-llama/Llama-2-7b-hf"],
     )
     algo: Algo = Field("ppo", description="RL (or SFT/DPO) algorithm", examples=["ppo"])
     gpus: str = Field(
-        "1xA100-80GB",
+        "1xA100-80GB", min_length=1, max_length=128,
         description="Cluster: 'N x GPU' ('8xA100-40GB') or 'nodes x gpus-per-node x GPU' ('2x8xH100-80GB')",
         examples=["8xA100-40GB"],
     )
-    critic_model: str | ArchConfig | None = Field(None, description="Critic architecture (PPO); default: the actor's")
-    reward_model: str | ArchConfig | None = Field(None, description="Reward model architecture; default: the actor's")
+    critic_model: ModelRef | None = Field(None, description="Critic architecture (PPO); default: the actor's")
+    reward_model: ModelRef | None = Field(None, description="Reward model architecture; default: the actor's")
     reward: Literal["model", "rule"] | None = Field(
         None, description="'rule' drops the reward model (default: rule for GRPO, model otherwise)"
     )
@@ -97,22 +121,23 @@ class EstimateRequest(BaseModel):
     engine: Engine = Field(
         "deepspeed", description="Training engine: DeepSpeed ZeRO, PyTorch FSDP2, or plain PyTorch (one GPU / DDP)"
     )
-    zero_stage: int = Field(0, ge=0, le=3, description="ZeRO stage for every role (FSDP: 3 full, 2 grad-op, 0 none)")
-    actor_zero_stage: int | None = Field(None, ge=0, le=3)
-    critic_zero_stage: int | None = Field(None, ge=0, le=3)
-    ref_zero_stage: int | None = Field(None, ge=0, le=3)
-    reward_zero_stage: int | None = Field(None, ge=0, le=3)
-    hybrid_shard: bool = Field(False, description="Shard within a node only (FSDP HYBRID_SHARD, ZeRO++ hpZ)")
+    zero_stage: StrictInt = Field(0, ge=0, le=3, description="ZeRO stage for every role (FSDP: 3 full, 2 grad-op, 0 none)")
+    actor_zero_stage: StrictInt | None = Field(None, ge=0, le=3)
+    critic_zero_stage: StrictInt | None = Field(None, ge=0, le=3)
+    ref_zero_stage: StrictInt | None = Field(None, ge=0, le=3)
+    reward_zero_stage: StrictInt | None = Field(None, ge=0, le=3)
+    hybrid_shard: StrictBool = Field(False, description="Shard within a node only (FSDP HYBRID_SHARD, ZeRO++ hpZ)")
     offload: Offload = Field("none", description="CPU offload for trainable roles (actor, critic)")
     idle_offload: IdleOffload = Field(
         "none", description="verl's param_offload / optimizer_offload (engine 'fsdp'), OpenRLHF's ds.enable_sleep "
-        "(engine 'deepspeed': 'optimizer' only): the trained roles' weight shards and/or optimizer states wait on "
-        "the CPU while their role is idle, and come back for its own forwards (weights) and updates (weights and "
-        "optimizer states)"
+        "(engine 'deepspeed': 'optimizer' only), AgileRL's use_memory_efficient_params (engine 'torch': 'params' "
+        "only, Module.to('cpu') while a colocated vLLM generates): the trained roles' weight shards and/or "
+        "optimizer states wait on the CPU while their role is idle, and come back for its own forwards (weights) "
+        "and updates (weights and optimizer states)"
     )
-    offload_ref: bool = Field(False, description="Reference parameters on the CPU (ZeRO-3 param offload)")
-    offload_reward: bool = Field(False, description="Reward model parameters on the CPU (ZeRO-3 param offload)")
-    tp: int = Field(1, ge=1, le=512, description="Tensor-parallel degree")
+    offload_ref: StrictBool = Field(False, description="Reference parameters on the CPU (ZeRO-3 param offload)")
+    offload_reward: StrictBool = Field(False, description="Reward model parameters on the CPU (ZeRO-3 param offload)")
+    tp: StrictInt = Field(1, ge=1, le=512, description="Tensor-parallel degree")
     placement: Placement = Field("colocated", description="All roles on every GPU, or each role on its own GPUs")
     split_groups: tuple[tuple[Role, ...], ...] = Field(
         (), max_length=4, description="Under placement 'split': roles that share one GPU group, each its own "
@@ -122,7 +147,7 @@ class EstimateRequest(BaseModel):
 
     # training knobs
     dtype: DType = Field("bf16", description="Weights and activations dtype (mixed precision keeps fp32 masters)")
-    master_weights: bool | None = Field(
+    master_weights: StrictBool | None = Field(
         None, description="fp32 master weights and fp32 optimizer states under bf16/fp16 (DeepSpeed, FSDP "
         "MixedPrecision). False: pure low-precision training, states in the weights' dtype (torch AdamW on a bf16 "
         "model). Default: True for deepspeed and fsdp, False for torch"
@@ -132,7 +157,7 @@ class EstimateRequest(BaseModel):
         "auto", description="AdamW kernel: 'foreach' allocates a parameter-sized temporary; auto = fused under "
         "DeepSpeed ZeRO, foreach under FSDP/DDP (torch's CUDA default)"
     )
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: StrictBool = False
     attention: Attention = Field("sdpa", description="eager keeps b·a·s² fp32 scores per layer")
     logprob_kernel: LogprobKernel = Field(
         "log-softmax", description="Log-probs and cross-entropy: 'log-softmax' of the fp32-cast logits of the "
@@ -140,27 +165,33 @@ class EstimateRequest(BaseModel):
         "16-bit logits only and writes their gradient in place (verl: flash-attn's cross-entropy; Liger); "
         "'fp32-fused', every position's logits cast to fp32 and flash-attn's cross-entropy with its fp32 gradient "
         "(OpenRLHF); 'chunked', an LM head that never holds the logits, projecting 4,096 × 32,768 tiles (TRL 1.16's "
-        "fused LM head)"
+        "fused LM head); 'row-chunked', an LM head over every position in tiles of logprob_chunk_rows rows × the "
+        "whole vocabulary, recomputed in backward (AgileRL's fused_linear_logprobs_chunked)"
     )
-    lora_rank: int = Field(0, ge=0, le=65_536, description="LoRA rank (0: full fine-tuning)")
+    logprob_chunk_rows: StrictInt | None = Field(
+        None, ge=1, le=1 << 20, description="Rows per tile of logprob_kernel 'row-chunked' (AgileRL's chunk_rows); "
+        "default: a 256 MiB fp32 tile, 2^28 / (4 × vocabulary) rows clamped to [128, 4096] (AgileRL's auto-tune)"
+    )
+    lora_rank: StrictInt = Field(0, ge=0, le=65_536, description="LoRA rank (0: full fine-tuning)")
     lora_targets: LoraTargets = "all-linear"
     quantize_base: Quantization = Field("none", description="QLoRA: frozen base weights in int8/int4")
     ref: RefMode | None = Field(
-        None, description="Reference model: separate copy, the LoRA-disabled actor, or none (beta=0). "
+        None, description="Reference model: separate copy, the LoRA-disabled actor, a second frozen LoRA adapter "
+        "on the actor's base ('lora-adapter': AgileRL's use_separate_reference_adapter), or none (beta=0). "
         "Default: lora-shared with LoRA, none for SFT, separate otherwise"
     )
 
     # batch and lengths
-    micro_batch_size: int = Field(1, ge=1, le=MAX_BATCH, description="Sequences per GPU per forward/backward")
-    rollout_batch_size: int | None = Field(None, ge=1, le=MAX_BATCH, description="Prompts per GPU per generation")
-    score_micro_batch_size: int | None = Field(
+    micro_batch_size: StrictInt = Field(1, ge=1, le=MAX_BATCH, description="Sequences per GPU per forward/backward")
+    rollout_batch_size: StrictInt | None = Field(None, ge=1, le=MAX_BATCH, description="Prompts per GPU per generation")
+    score_micro_batch_size: StrictInt | None = Field(
         None, ge=1, le=MAX_BATCH, description="Sequences per GPU per scoring forward (log-probs, rewards, values); "
         "default: micro_batch_size"
     )
-    prompt_len: int = Field(256, ge=1, le=MAX_TOKENS)
-    gen_len: int = Field(256, ge=1, le=MAX_TOKENS)
-    seq_len: int | None = Field(None, ge=1, le=MAX_TOKENS, description="SFT/DPO sequence length")
-    group_size: int | None = Field(None, ge=1, le=4096, description="Completions per prompt (GRPO 8, RLOO 4)")
+    prompt_len: StrictInt = Field(256, ge=1, le=MAX_TOKENS)
+    gen_len: StrictInt = Field(256, ge=1, le=MAX_TOKENS)
+    seq_len: StrictInt | None = Field(None, ge=1, le=MAX_TOKENS, description="SFT/DPO sequence length")
+    group_size: StrictInt | None = Field(None, ge=1, le=4096, description="Completions per prompt (GRPO 8, RLOO 4)")
 
     # rollout engine
     rollout_engine: RolloutEngine = Field(
@@ -168,35 +199,43 @@ class EstimateRequest(BaseModel):
         "vLLM, or 'remote' — an inference server on other GPUs (TRL's vllm_mode='server', OpenRLHF's vLLM "
         "engines): the training GPUs only send it their weights"
     )
-    vllm_gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)
-    gather_for_generation: bool = Field(
+    vllm_gpu_memory_utilization: StrictFloat = Field(0.5, gt=0.0, le=1.0)
+    gather_for_generation: StrictBool = Field(
         False, description="Under ZeRO-3 / FSDP, gather the whole actor to generate (rollout_engine 'hf') or to "
         "send its weights to vLLM or a remote engine, instead of one unit at a time (TRL's "
         "ds3_gather_for_generation, on by default; TRL syncs a PEFT actor under ZeRO-3 to vLLM whole)"
     )
-    vllm_tensor_parallel_size: int = Field(
+    vllm_tensor_parallel_size: StrictInt = Field(
         1, ge=1, le=64, description="GPUs one colocated vLLM engine spreads its weights over (verl's "
         "rollout.tensor_model_parallel_size, 2 by default; TRL's and OpenRLHF's 1): its weights per GPU, woken "
         "alone for the weight sync in sleep mode"
     )
-    weight_sync_bucket_mb: int = Field(
+    weight_sync_bucket_mb: StrictInt = Field(
         0, ge=0, le=65_536, description="A buffer the trainer packs the actor's weights into to send them to vLLM "
         "or a remote engine (verl 0.9's checkpoint_engine.update_weights_bucket_megabytes, 2048 MiB); 0: one "
         "tensor at a time (TRL, OpenRLHF)"
     )
-    vllm_sleep_mode: bool = Field(
+    vllm_sleep_mode: StrictBool = Field(
         True, description="Colocated vLLM frees its memory outside rollout (verl; TRL's vllm_enable_sleep_mode, "
         "off by default: then its reservation stays through scoring and training)"
     )
+    vllm_max_num_batched_tokens: StrictInt | None = Field(
+        None, ge=1, le=MAX_TOKENS * 64, description="Colocated vLLM's max_num_batched_tokens: tokens of its "
+        "start-up profile run, whose activations it sizes the KV cache around and then frees, and of its "
+        "persistent input buffers (default 8192: vLLM's LLM class on GPUs under 70 GiB, verl's "
+        "rollout.max_num_batched_tokens)"
+    )
 
     # fixed costs and host
-    cuda_context_bytes: int | None = Field(None, ge=0, le=1 << 40, description="Override the GPU's CUDA context")
-    processes_per_gpu: int = Field(
+    cuda_context_bytes: StrictInt | None = Field(None, ge=0, le=1 << 40, description="Override the GPU's CUDA context")
+    processes_per_gpu: StrictInt = Field(
         1, ge=1, le=16, description="Processes sharing each GPU, each with its own CUDA context, cuBLAS workspace "
         "and (multi-GPU) NCCL buffers: OpenRLHF's Ray actors under colocate_all, one per model and one per vLLM "
         "worker (verl, TRL and DeepSpeed-Chat run one process per GPU)"
     )
-    host_ram_bytes_per_node: int = Field(1 << 40, ge=1, le=1 << 50, description="Host RAM per node (default 1 TiB)")
+    host_ram_bytes_per_node: StrictInt = Field(1 << 40, ge=1, le=1 << 50, description="Host RAM per node (default 1 TiB)")
+
+    _whole_numbers = field_validator("*", mode="before")(whole_number)
 
 
 class Breakdown(BaseModel):
@@ -269,6 +308,21 @@ class ModelReport(BaseModel):
     shares_weights_with: str | None = None
 
 
+class PhaseBand(BaseModel):
+    """Where one phase's total per GPU has fallen on real GPUs around memplan's estimate of it: memplan's error
+    band (``memplan.estimator.band``, from the corpus' residuals; never added to the estimate)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    phase: Phase
+    low_bytes: int = Field(description="total_bytes × (1 + lower)")
+    high_bytes: int = Field(description="total_bytes × (1 + upper)")
+    lower: float = Field(description="Low quantile of (measured − estimated) / estimated over the corpus")
+    upper: float = Field(description="High quantile of (measured − estimated) / estimated over the corpus")
+    basis: str = Field(description="'rollout' or 'training': the corpus points of that phase kind; "
+                       "'extrapolated: …': the widest band measured, where the corpus has no points like this run")
+
+
 class Report(BaseModel):
     """What memplan answers: the peak per GPU, where it goes, and whether it fits.
 
@@ -281,8 +335,21 @@ class Report(BaseModel):
     request: EstimateRequest
     gpu: str
     num_gpus: int
-    fits: bool
+    fits: bool = Field(description="The run can start and fits: GPU memory (gpu_fits), host RAM (host_fits) and "
+                       "colocated vLLM's KV cache; reasons says which failed. The point estimate's verdict: "
+                       "a TIGHT run may have either (see verdict)")
+    verdict: Verdict = Field(description="The verdict with memplan's error band: 'fits' — every check passes "
+                             "and the peak's band (peak_band_bytes) ends within capacity; 'does_not_fit' — host "
+                             "RAM or vLLM fail, or the peak and its band's low end are both over capacity; "
+                             "'tight' — otherwise: the peak lies within memplan's error band of capacity, memplan "
+                             "cannot say (the planner skips it unless allow_tight). fits is true for every "
+                             "'fits', false for every 'does_not_fit'")
+    gpu_fits: bool = Field(description="The peak per GPU is within the GPU's memory")
+    reasons: tuple[str, ...] = Field(description="Why the verdict is not 'fits', one per failed check (a TIGHT "
+                                     "run's starts 'tight:'); empty when it is")
     peak_bytes_per_gpu: int
+    peak_band_bytes: tuple[int, int] = Field(description="Where the real peak per GPU may lie (low, high): the "
+                                             "largest low end and the largest high end over phase_bands")
     capacity_bytes: int
     headroom_bytes: int
     peak_phase: Phase
@@ -290,6 +357,7 @@ class Report(BaseModel):
     resident_items: tuple[LineItem, ...] = Field(description="Terms present in every phase: fixed costs, weights, "
                                            "optimizer states, engine buffers")
     phases: tuple[PhaseReport, ...]
+    phase_bands: tuple[PhaseBand, ...] = Field(description="Each phase's error band, in the order of phases")
     models: tuple[ModelReport, ...]
     deciding_terms: tuple[LineItem, ...] = Field(description="Largest terms of the peak phase, largest first")
     host_bytes_per_node: int

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -139,17 +139,33 @@ class ModelSpec:
 # Building a ModelSpec from a config.json dictionary (pure Python).
 #
 # Each family's parameter layout mirrors the transformers module that AutoModelForCausalLM builds:
-#   llama/mistral/qwen2/qwen3/gemma/gemma2/phi3/mixtral/qwen2_moe/qwen3_moe  (modeling_<type>.py)
+#   llama/mistral/qwen2/qwen3/gemma/gemma2/gemma3_text/phi3/mixtral/qwen2_moe/qwen3_moe/olmoe (modeling_<type>.py)
+#   gemma3 (Gemma3ForConditionalGeneration: gemma3_text decoder + SigLIP vision tower + projector),
 #   opt (OPTDecoder), gpt_neox (GPTNeoXModel + untied lm_head), gpt2 (Conv1D blocks, tied head).
 # Absent optional keys take the default of transformers' config class for that family.
 # --------------------------------------------------------------------------------------------------
 
-_LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "mixtral", "qwen2_moe", "qwen3_moe")
-SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted((*_LLAMA_LIKE, "opt", "gpt_neox", "gpt2")))
+_LLAMA_LIKE = (
+    "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "mixtral", "qwen2_moe", "qwen3_moe",
+    "olmoe",
+)
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted((*_LLAMA_LIKE, "gemma3", "opt", "gpt_neox", "gpt2")))
 
 # transformers' config-class defaults that change the parameter layout when a key is absent
-_TIED_BY_DEFAULT = {"gemma", "gemma2", "opt", "gpt2"}
-_DEFAULT_HEAD_DIM = {"qwen3": 128, "gemma": 256, "gemma2": 256}
+_TIED_BY_DEFAULT = {"gemma", "gemma2", "gemma3_text", "opt", "gpt2"}
+_DEFAULT_HEAD_DIM = {"qwen3": 128, "gemma": 256, "gemma2": 256, "gemma3_text": 256}
+# Gemma3TextConfig and OlmoeConfig (transformers 5.25) give every shape a default: Gemma-3's published
+# multimodal configs leave the text model's vocabulary, heads and head_dim to them.
+_DEFAULTS = {
+    "gemma3_text": {"vocab_size": 262_208, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
+                    "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+                    "max_position_embeddings": 131_072},
+    "olmoe": {"vocab_size": 50304, "hidden_size": 2048, "intermediate_size": 2048, "num_hidden_layers": 16,
+              "num_attention_heads": 16, "num_experts": 64, "num_experts_per_tok": 8, "max_position_embeddings": 4096},
+}
+# SiglipVisionConfig's defaults (Gemma-3's vision tower, built by AutoModel from ``vision_config``)
+_SIGLIP_DEFAULTS = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+                    "num_channels": 3, "image_size": 224, "patch_size": 16}
 _DEFAULT_MAX_POSITIONS = {"opt": 2048, "gpt2": 1024, "gpt_neox": 2048}
 
 
@@ -195,6 +211,8 @@ def spec_from_config(config: dict, name: str) -> ModelSpec:
             "model_type", f"unsupported model_type {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}",
             model_type,
         )
+    if model_type == "gemma3":
+        return _gemma3(config, name)
     if model_type in _LLAMA_LIKE:
         return _llama_like(config, name, model_type)
     return {"opt": _opt, "gpt_neox": _gpt_neox, "gpt2": _gpt2}[model_type](config, name)
@@ -218,6 +236,8 @@ def _heads(config: dict, model_type: str, h: int) -> tuple[int, int, int]:
 
 
 def _llama_like(config: dict, name: str, model_type: str) -> ModelSpec:
+    if model_type in _DEFAULTS:  # absent (or null) keys take the config class's defaults
+        config = {**_DEFAULTS[model_type], **{k: v for k, v in config.items() if v is not None}}
     h = _read_int(config, "hidden_size")
     L = _read_int(config, "num_hidden_layers")
     V = _read_int(config, "vocab_size")
@@ -239,14 +259,16 @@ def _llama_like(config: dict, name: str, model_type: str) -> ModelSpec:
     elif model_type == "qwen2_moe":
         qkv = _read_bool(config, "qkv_bias", True)
         attn_bias = [qkv, qkv, qkv, False]
-    elif model_type in ("llama", "qwen3", "qwen3_moe", "gemma", "gemma2"):
+    elif model_type in ("llama", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3_text", "olmoe"):
         attn_bias = [_read_bool(config, "attention_bias", False)] * len(attn)
     else:
         attn_bias = [False] * len(attn)
     layer = sum(_linear_params(lin, b) for lin, b in zip(attn, attn_bias))
-    if model_type in ("qwen3", "qwen3_moe"):
+    if model_type in ("qwen3", "qwen3_moe", "gemma3_text"):
         layer += 2 * d  # q_norm, k_norm over the head dimension
-    layer += (4 if model_type == "gemma2" else 2) * h  # RMSNorm weights (gemma2: pre/post attn and MLP)
+    elif model_type == "olmoe":
+        layer += h + (h // a) * k  # q_norm over all query heads, k_norm over the key heads (h/a wide each)
+    layer += (4 if model_type in ("gemma2", "gemma3_text") else 2) * h  # RMSNorms (gemma2/3: pre/post attn and MLP)
 
     # MLP: dense gated, or routed experts
     num_experts = top_k = 0
@@ -260,6 +282,16 @@ def _llama_like(config: dict, name: str, model_type: str) -> ModelSpec:
             Linear(name="w1", in_features=h, out_features=f, count=num_experts),
             Linear(name="w3", in_features=h, out_features=f, count=num_experts),
             Linear(name="w2", in_features=f, out_features=h, count=num_experts),
+        ]
+    elif model_type == "olmoe":  # every layer routed: top-k of num_experts SwiGLU experts, no shared expert
+        f = _read_int(config, "intermediate_size")
+        num_experts = _read_int(config, "num_experts")
+        top_k = _read_int(config, "num_experts_per_tok")
+        mlp = [
+            Linear(name="gate", in_features=h, out_features=num_experts),  # router
+            Linear(name="gate_proj", in_features=h, out_features=f, count=num_experts),
+            Linear(name="up_proj", in_features=h, out_features=f, count=num_experts),
+            Linear(name="down_proj", in_features=f, out_features=h, count=num_experts),
         ]
     elif model_type in ("qwen2_moe", "qwen3_moe"):
         if config.get("mlp_only_layers") or _read_int(config, "decoder_sparse_step", default=1) != 1:
@@ -307,6 +339,39 @@ def _llama_like(config: dict, name: str, model_type: str) -> ModelSpec:
         num_params=embedding + L * layer + h + lm_head,  # + final RMSNorm
         embedding_params=embedding, lm_head_params=lm_head, layer_params=layer, linears=tuple(attn + mlp),
     )
+
+
+def _gemma3(config: dict, name: str) -> ModelSpec:
+    """Gemma-3 as published (4B, 12B, 27B): ``Gemma3ForConditionalGeneration``, which AutoModelForCausalLM
+    builds for model_type 'gemma3' — the text decoder of ``text_config`` plus a SigLIP vision tower
+    (``vision_config``) and the multimodal projector. The decoder's shapes describe the model; the tower's
+    and projector's weights count in ``num_params`` outside the decoder layers (resident, like the embedding).
+    The top-level ``tie_word_embeddings`` (default true) ties the LM head."""
+    text, vision = config.get("text_config") or {}, config.get("vision_config") or {}
+    for key, sub in (("text_config", text), ("vision_config", vision)):
+        if not isinstance(sub, dict):
+            raise InputError(key, f"must be a JSON object, got {type(sub).__name__}", None)
+    tied = _read_bool(config, "tie_word_embeddings", True)
+    spec = _llama_like({**text, "tie_word_embeddings": tied}, name, "gemma3_text")
+    vision = {**_SIGLIP_DEFAULTS, **{k: v for k, v in vision.items() if v is not None}}
+    vh = _read_int(vision, "hidden_size")
+    projector = vh * spec.hidden_size + vh  # mm_input_projection_weight, mm_soft_emb_norm
+    return replace(spec, model_type="gemma3", num_params=spec.num_params + _siglip_vision_params(vision) + projector)
+
+
+def _siglip_vision_params(vision: dict) -> int:
+    """Parameters of transformers' ``SiglipVisionModel`` for a vision_config (defaults already applied): patch
+    convolution and learned positions, L encoder layers (LayerNorms, biased attention and GELU MLP), the final
+    LayerNorm, and the attention-pooling head when ``vision_use_head`` (SiglipVisionConfig's default: true)."""
+    h, f = _read_int(vision, "hidden_size"), _read_int(vision, "intermediate_size")
+    L, channels = _read_int(vision, "num_hidden_layers"), _read_int(vision, "num_channels")
+    image, patch = _read_int(vision, "image_size"), _read_int(vision, "patch_size")
+    _read_int(vision, "num_attention_heads")  # validated only: heads split h without changing the count
+    embeddings = channels * patch * patch * h + h + (image // patch) ** 2 * h
+    mlp = (h * f + f) + (f * h + h)
+    layer = 4 * (h * h + h) + mlp + 2 * 2 * h
+    head = h + (3 * h * h + 3 * h) + (h * h + h) + 2 * h + mlp if _read_bool(vision, "vision_use_head", True) else 0
+    return embeddings + L * layer + 2 * h + head
 
 
 def _opt(config: dict, name: str) -> ModelSpec:
@@ -418,6 +483,9 @@ def spec_from_arch(arch: ArchConfig, name: str = "inline") -> ModelSpec:
     return spec_from_config(config, name)
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def spec_from_path(path: str | Path) -> ModelSpec:
     """Read a local config.json (file, or a model folder holding one) with transformers' config classes."""
     path = Path(path).expanduser()
@@ -425,6 +493,8 @@ def spec_from_path(path: str | Path) -> ModelSpec:
     if not file.is_file():
         raise InputError("model", f"no config.json at {str(path)!r}", str(path))
     try:
+        if file.stat().st_size > MAX_CONFIG_BYTES:  # a config.json is a few KB
+            raise InputError("model", f"{str(file)!r} is over {MAX_CONFIG_BYTES >> 20} MiB: not a config.json", str(path))
         raw = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError("model", f"cannot read {str(file)!r} as JSON: {exc}", str(path)) from exc

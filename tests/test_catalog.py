@@ -140,7 +140,8 @@ def test_every_model_entry(name):
 def test_get_gpu():
     gpu = get_gpu("a100-40gb")
     assert gpu.name == "A100-40GB"
-    assert gpu is get_gpu("A100")
+    with pytest.raises(UnknownGPUError, match="A100-40GB or A100-80GB"):  # two memory sizes: refused, not guessed
+        get_gpu("A100")
     assert gpu.memory_bytes == 40536 * 1024**2  # torch total_memory of an A100-SXM4-40GB (39.59 GiB)
     assert get_gpu("h100").name == "H100-80GB"
     assert get_gpu("RTX 4090").name == "RTX-4090"

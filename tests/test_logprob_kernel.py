@@ -141,7 +141,7 @@ def test_plan_offers_a_fused_kernel_first_when_logits_overflow():
                               rollout_batch_size=16, group_size=8, prompt_len=1024, gen_len=4096,
                               score_micro_batch_size=32)
     assert not memplan.estimate(request).fits
-    result = plan(request, allow={"logprob_kernel", "score_micro_batch_size", "tp"})
+    result = plan(request, allow={"logprob_kernel", "score_micro_batch_size", "tp"}, allow_tight=True)
     assert result.candidates[0].changes == {"logprob_kernel": ("log-softmax", "fused")}
     assert memplan.estimate(request.model_copy(update={"logprob_kernel": "fused"})).fits
     dschat = plan(EstimateRequest(**{**GRPO, "score_micro_batch_size": None, "rollout_engine": "hybrid-engine"}),

@@ -30,6 +30,7 @@ def test_grpo_script():
         "score_micro_batch_size": 32, "rollout_batch_size": 64, "group_size": 5, "rollout_engine": "vllm",
         "vllm_gpu_memory_utilization": 0.6, "vllm_tensor_parallel_size": 2, "logprob_kernel": "fused",
         "processes_per_gpu": 2, "weight_sync_bucket_mb": 2048,
+        "vllm_max_num_batched_tokens": 8192,  # verl 0.9.1's default (the script leaves it)
     }
     assert not any("Qwen2.5-7B-Instruct" in n for n in run.notes)  # in the catalog: no note
     assert any("fused cross-entropy" in n and "upper bound" in n for n in run.notes)

@@ -53,7 +53,7 @@ def test_plan_offers_sleep_mode_before_starving_vllm():
                                  "logprob_kernel": "chunked"})
     given = memplan.estimate(request)
     assert not given.fits and given.peak_phase == "actor_update"
-    first = plan(request, allow=set(KNOBS) - {"micro_batch_size"}).candidates[0]
+    first = plan(request, allow=set(KNOBS) - {"micro_batch_size"}, allow_tight=True).candidates[0]
     assert first.changes == {"vllm_sleep_mode": (False, True)}
     asleep = memplan.estimate(request.model_copy(update={"vllm_sleep_mode": True}))
     assert given.peak_bytes_per_gpu - asleep.peak_bytes_per_gpu == int(0.5 * get_gpu("H100-80GB").memory_bytes)
@@ -68,6 +68,6 @@ def test_a_smaller_micro_batch_does_not_hide_the_other_fixes():
     request = EstimateRequest(**{**RUN, "micro_batch_size": 16, "rollout_batch_size": 4, "prompt_len": 1024,
                                  "gen_len": 4096, "vllm_gpu_memory_utilization": 0.5, "vllm_sleep_mode": False,
                                  "logprob_kernel": "chunked"})
-    changes = [c.changes for c in plan(request).candidates]
+    changes = [c.changes for c in plan(request, allow_tight=True).candidates]
     assert changes[0] == {"micro_batch_size": (16, 8)}
     assert {"vllm_sleep_mode": (False, True)} in changes

@@ -35,7 +35,7 @@ ALGORITHMS = [
 
 @lru_cache(maxsize=1)
 def _models() -> list[ModelInfo]:
-    return [ModelInfo.model_validate(m, from_attributes=True) for m in catalog.list_models()]
+    return [ModelInfo.model_validate(m, from_attributes=True) for m in catalog.list_models(fixtures=False)]
 
 
 @lru_cache(maxsize=1)
@@ -45,7 +45,8 @@ def _gpus() -> list[GPUInfo]:
 
 @router.get("/models", response_model=list[ModelInfo], summary="Catalog models")
 async def models() -> list[ModelInfo]:
-    """Every catalog model: name, aliases, parameter count (as transformers builds it), family, source."""
+    """Every catalog model: name, aliases, parameter count (as transformers builds it), family, source. The
+    synthetic test models (`memplan/tiny-*`) are not listed."""
     return _models()
 
 

@@ -40,21 +40,22 @@ def _run(search: Callable, request: EstimateRequest, *args, **kwargs):
 
 @router.post("", response_model=PlanReport, summary="What to change so the run fits")
 def plan(body: PlanRequest) -> PlanReport:
-    """The knobs in ``allow`` (default: all) searched for configurations that fit (GPU memory and host RAM),
-    cheapest first by ``cost_order``; each with its peak, headroom and the changes from the request. When
-    nothing fits, ``fits_any`` is false and the one candidate is the closest (smallest peak) found."""
+    """The knobs in ``allow`` (default: all) searched for configurations that fit (GPU memory and host RAM, the
+    verdict FITS; TIGHT too, its point estimate fitting, with ``allow_tight``), cheapest first by ``cost_order``;
+    each with its peak, headroom and the changes from the request. When nothing fits, ``fits_any`` is false and the one candidate is the closest (smallest peak) found."""
     allow = None if body.allow is None else set(body.allow)
-    return _run(plan_search, body.request, allow=allow, max_results=body.max_results)
+    return _run(plan_search, body.request, allow=allow, max_results=body.max_results,
+                allow_tight=body.allow_tight)
 
 
 @router.post("/max-batch", response_model=LimitReport, summary="Largest batch per GPU that fits")
 def max_batch(body: BatchLimitRequest) -> LimitReport:
     """``max_micro_batch_size`` (or ``max_rollout_batch_size``, ``max_score_micro_batch_size``), with the estimates
     at it and at one more."""
-    return _run(batch_limit, body.request, body.field)
+    return _run(batch_limit, body.request, body.field, allow_tight=body.allow_tight)
 
 
 @router.post("/min-gpus", response_model=LimitReport, summary="Fewest GPUs that fit")
 def min_gpus(body: LimitRequest) -> LimitReport:
     """``min_gpus`` of the request's GPU kind, with the estimates at it and at the next smaller count."""
-    return _run(gpu_limit, body.request)
+    return _run(gpu_limit, body.request, allow_tight=body.allow_tight)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.deps import body_fields
+from api.deps import body_fields, check_names, models_in
 from api.schemas import TrlEstimate, TrlRecipe
 from memplan import estimate
 from memplan.frameworks import trl
@@ -19,10 +19,11 @@ def trl_estimate(body: TrlRecipe) -> TrlEstimate:
     """The recipe's settings on TRL 1.16's defaults, the accelerate config's engine and GPU count, on ``gpu``
     GPUs; the request read, the notes on what was read differently or not at all, and the report."""
     given = frozenset({"prompt_len"}) if body.prompt_len is not None else frozenset()
-    with body_fields({"trl": "recipe", "gpus": "gpu"}):
+    with body_fields({"trl": "recipe", "gpus": "gpu", **models_in("recipe")}):
         accelerate = trl.read_accelerate(body.accelerate_config) if body.accelerate_config is not None else None
         run = trl.fields(trl.read(body.recipe), accelerate, body.gpu, body.algo, given)
         fields = run.fields if body.prompt_len is None else {**run.fields, "prompt_len": body.prompt_len}
         request = EstimateRequest(**fields)
+        check_names(request)  # a path in the script is no catalog name: refused, never read
         report = estimate(request)
     return TrlEstimate(request=request, notes=run.notes, report=report)

@@ -6,6 +6,7 @@ import typer
 
 from memplan.cli import compare, estimate, gpus, measure, models, plan, serve, trace
 from memplan.cli.options import BATCH_SEMANTICS
+from memplan.cli.usage import Group, version_option
 
 app = typer.Typer(
     name="memplan",
@@ -14,7 +15,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=Group,  # usage errors as one `error: --flag: …` line, like memplan's own
 )
+app.callback()(version_option)
 
 app.command("estimate")(estimate.estimate)
 app.command("compare")(compare.compare)
@@ -24,3 +27,5 @@ app.command("measure")(measure.measure)
 app.command("models")(models.models)
 app.command("gpus")(gpus.gpus)
 app.command("serve")(serve.serve)
+app.command("validate")(__import__("memplan.cli.validate", fromlist=["validate"]).validate)
+app.command("time")(__import__("memplan.cli.time", fromlist=["time"]).time)

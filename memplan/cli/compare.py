@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, get_args
+from typing import Annotated, Any, get_args
 
 import typer
 
 import memplan
+from memplan import plot as plots
 from memplan.cli import render
-from memplan.cli.options import BATCH_SEMANTICS, JsonOption, request_command
+from memplan.cli.options import BATCH_SEMANTICS, JsonOption, PlotOption, command_line, request_command, write_plot
+from memplan.cli.plan import next_steps
 from memplan.errors import InputError
+from memplan.estimator import for_algorithm
 from memplan.planner import compare_algorithms
 from memplan.report import Algo, EstimateRequest
 
@@ -29,14 +32,19 @@ def parse_algos(text: str) -> list[str]:
 @request_command
 def compare(
     request: EstimateRequest,
-    algos: Annotated[str, typer.Option(help="Comma-separated algorithms to compare (overrides --algo)")] = (
+    algos: Annotated[str, typer.Option(help="Comma-separated algorithms to compare (overrides --algo)",
+                                       rich_help_panel="Algorithm")] = (
         "ppo,grpo,remax,rloo,dpo"),
     json: JsonOption = False,
+    plot: PlotOption = None,
+    given: dict[str, Any] | None = None,
 ) -> None:
     names = parse_algos(algos)
-    requests = [request.model_copy(update={"algo": a}) for a in names]
-    # model_copy skips validation; re-validate so an algorithm's own checks run on its request
-    requests = [EstimateRequest.model_validate(r.model_dump()) for r in requests]
+    # each algorithm's request: the options it has no use for back at their defaults, then validated
+    requests = [for_algorithm(request, a) for a in names]
+    if plot is not None:  # one panel per algorithm that runs (the table says why the others do not)
+        reports = [report for r in requests if (report := _try(r)) is not None] or [memplan.estimate(requests[0])]
+        write_plot(plots.phase_bars, reports, plot)
     if json:
         render.json_out(memplan.compare(requests))  # one Report per algorithm: any that cannot run is an error
         return
@@ -44,6 +52,18 @@ def compare(
     if all(row.error for row in result.rows):
         memplan.estimate(requests[0])  # raises the error, naming the option
     render.compare(result)
+    short = [row.algo for row in result.rows if row.error is None and row.verdict != "fits"]
+    if short:  # the planner only for those that do not fit (tens of estimates each)
+        render.compare_next_steps(
+            {algo: next_steps(next(r for r in requests if r.algo == algo), max_results=1) for algo in short},
+            {algo: command_line("plan", given or {}, algo=algo) for algo in short})
+
+
+def _try(request: EstimateRequest) -> memplan.Report | None:
+    try:
+        return memplan.estimate(request)
+    except InputError:
+        return None
 
 
 compare.__doc__ = f"""Compare algorithms on the same model and cluster: peak per GPU, resident models, the phase that sets the peak, host RAM, and the saving relative to PPO (estimated even when PPO is not listed).

@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import memplan
+from memplan import plot as plots
 from memplan.cli import render
-from memplan.cli.options import BATCH_SEMANTICS, JsonOption, request_command
+from memplan.cli.options import (BATCH_SEMANTICS, JsonOption, PlotOption, command_line, request_command,
+                                  write_plot)
+from memplan.cli.plan import next_steps
 from memplan.report import EstimateRequest
 
 
 @request_command
-def estimate(request: EstimateRequest, json: JsonOption = False) -> None:
+def estimate(request: EstimateRequest, json: JsonOption = False, plot: PlotOption = None,
+             given: dict[str, Any] | None = None) -> None:
     report = memplan.estimate(request)
+    if plot is not None:
+        write_plot(plots.phase_bars, report, plot)
     if json:
         render.json_out(report)
-    else:
-        render.estimate(report)
+        return
+    render.estimate(report)
+    if report.verdict != "fits":  # only then (TIGHT too): the planner runs tens of estimates (~60 ms)
+        found = next_steps(request)
+        command = command_line("plan", given or {})
+        if found is not None and not found.fits_any:  # the fewest GPUs, with the closest setting's changes
+            closest = {field: new for field, (_, new) in found.candidates[0].changes.items()}
+            command = command_line("plan", given or {}, **closest) + " --min-gpus"
+        render.next_steps(found, command)
 
 
 estimate.__doc__ = f"""Estimate the peak memory per GPU of one run, phase by phase, and say whether it fits.

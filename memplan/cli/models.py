@@ -10,7 +10,7 @@ from memplan.cli.options import JsonOption, cli_errors
 def models(json: JsonOption = False) -> None:
     """List the catalog's models: name, aliases, parameter count, family."""
     with cli_errors():
-        items = catalog.list_models()
+        items = catalog.list_models(fixtures=False)  # memplan/tiny-*: test fixtures, not models users have
     if json:
         render.json_out(items)
     else:

@@ -13,18 +13,19 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
+import shlex
 import sys
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import annotated_types
 import typer
 from pydantic import ValidationError
 
 from memplan import report as report_module
+from memplan.cli.files import FILE_OPTIONS, SCRIPT_COUNTS, check_file, deepspeed_overrides, script_fields, trl_fields
 from memplan.errors import EnvironmentProblem, InputError
 from memplan.report import EstimateRequest
 from memplan.units import GiB
@@ -43,20 +44,30 @@ BATCH_SEMANTICS = _batch_semantics()
 _FIELDS = EstimateRequest.model_fields
 
 
-def _help(field: str, extra: str = "") -> str:
+def _help(field: str, extra: str = "", choices: tuple[Any, ...] = ()) -> str:
     info = _FIELDS[field]
     text = ". ".join(t for t in (info.description, extra) if t) or field.replace("_", " ").capitalize()
-    if not info.is_required() and info.default is not None:
+    if choices:
+        text += f" (one of: {', '.join(map(str, choices))})"
+    if not info.is_required() and info.default not in (None, (), ""):
         default = str(info.default).lower() if isinstance(info.default, bool) else info.default
-        text += f" (default: {default})"  # not [default: …]: rich would read it as markup
-    return text
+        text += f" (default: {default})"
+    return escape(text)
+
+
+def escape(text: str) -> str:
+    """Help text as typer's rich markup shows it literally: '[x]' would be read as a style tag and vanish."""
+    return text.replace("[", "\\[")
 
 
 def _cli_type(tp: Any) -> Any:
-    """The option's type: the field's, without ``None``; ``str | ArchConfig`` becomes ``str`` (a name)."""
+    """The option's type: the field's, without ``None`` or its constraints (``StrictInt`` → ``int``: the command
+    line is text, typer converts it); ``str | ArchConfig`` becomes ``str`` (a name)."""
     if get_origin(tp) in (Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
-        return args[0] if len(args) == 1 else str
+        return _cli_type(args[0]) if len(args) == 1 else str
+    if get_origin(tp) is Annotated:
+        return _cli_type(get_args(tp)[0])
     return tp
 
 
@@ -64,7 +75,10 @@ def _option(field: str, panel: str, *, tp: Any = None, extra: str = "", decls: t
     """``Annotated[<type> | None, typer.Option(...)]`` for one request field; the type is the field's own."""
     if tp is None:
         tp = _cli_type(_FIELDS[field].annotation)
-    option = typer.Option(*decls, help=_help(field, extra), show_default=False, rich_help_panel=panel)
+    choices = get_args(tp) if get_origin(tp) is Literal else ()
+    long = len("|".join(map(str, choices))) > 16  # a long <a|b|c> squeezes the help column: list them in the help
+    option = typer.Option(*decls, help=_help(field, extra, choices if long else ()), show_default=False,
+                          rich_help_panel=panel, metavar="<choice>" if long else None)
     return Annotated[tp | None, option]
 
 
@@ -74,11 +88,16 @@ def _file_option(help: str, panel: str) -> Any:
                                                dir_okay=False)]
 
 
-_MODEL = "Model and cluster"
-_SHARD = "Sharding and placement"
+# --help panels, in this order (typer's rich_help_panel)
+_MODEL = "Model"
+_FILES = "Read the run from a framework's files"
+_CLUSTER = "Cluster"
+_ALGO = "Algorithm"
 _TRAIN = "Training"
+_SHARD = "Sharding and placement"
 _BATCH = "Batch and lengths"
 _ROLL = "Rollout"
+OUTPUT = "Output"
 
 # name → (annotation, default). Order is the order --help lists them in.
 SHARED: dict[str, tuple[Any, Any]] = {
@@ -88,33 +107,48 @@ SHARED: dict[str, tuple[Any, Any]] = {
             "unless --verl, --trl or --openrlhf names it)", rich_help_panel=_MODEL, show_default=False)],
         None,
     ),
+    "critic_model": (_option("critic_model", _MODEL), None),
+    "reward_model": (_option("reward_model", _MODEL), None),
     "verl": (_file_option(
         "Read the run from a verl launch script (python3 -m verl.trainer.main_ppo key=value ...): model, algorithm, "
         "GPU count, batches, lengths, offloads, rollout; --gpus then names the GPU kind (H100-80GB); explicit "
-        "flags override it", _MODEL), None),
+        "flags override it", _FILES), None),
     "openrlhf": (_file_option(
         "Read the run from an OpenRLHF launch command (python3 -m openrlhf.cli.train_ppo_ray --key value ...; "
         "0.11's dotted or earlier flat names): model, algorithm, placement, batches, lengths, offloads; --gpus "
-        "then names the GPU kind; explicit flags override it", _MODEL), None),
+        "then names the GPU kind; explicit flags override it", _FILES), None),
     "trl": (_file_option(
         "Read a TRL run from its recipe YAML (--config) or launch command: model, batches, lengths, beta, PEFT, "
         "vLLM; --accelerate-config adds engine, sharding and GPU count; GRPO unless --algo says rloo, dpo or sft; "
-        "explicit flags override it", _MODEL), None),
+        "explicit flags override it", _FILES), None),
     "accelerate_config": (_file_option(
         "accelerate's config YAML for --trl (distributed_type, deepspeed_config / fsdp_config, num_processes); "
-        "--gpus then names the GPU kind", _MODEL), None),
-    "algo": (_option("algo", _MODEL), None),
-    "gpus": (_option("gpus", _MODEL), None),
-    "critic_model": (_option("critic_model", _MODEL), None),
-    "reward_model": (_option("reward_model", _MODEL), None),
-    "reward": (_option("reward", _MODEL), None),
-    "ref": (_option("ref", _MODEL), None),
+        "--gpus then names the GPU kind", _FILES), None),
+    "deepspeed_config": (_file_option(
+        "Read zero stage, offload, bf16/fp16, micro-batch and hybrid engine from a DeepSpeed JSON config; explicit "
+        "flags override it", _FILES), None),
+    "gpus": (_option("gpus", _CLUSTER), None),
     "host_ram_gib": (
         Annotated[float | None, typer.Option(
             help="Host RAM per node in GiB, for CPU offload (default: 1024)",
-            rich_help_panel=_MODEL, show_default=False)],
+            rich_help_panel=_CLUSTER, show_default=False)],
         None,
     ),
+    "algo": (_option("algo", _ALGO), None),
+    "reward": (_option("reward", _ALGO), None),
+    "ref": (_option("ref", _ALGO), None),
+    "group_size": (_option("group_size", _ALGO), None),
+    "dtype": (_option("dtype", _TRAIN), None),
+    "master_weights": (_option("master_weights", _TRAIN), None),
+    "optimizer": (_option("optimizer", _TRAIN, extra="Optimizer of the trained roles"), None),
+    "optimizer_impl": (_option("optimizer_impl", _TRAIN), None),
+    "gradient_checkpointing": (_option("gradient_checkpointing", _TRAIN, extra="Recompute activations in the backward (actor, critic)"), None),
+    "attention": (_option("attention", _TRAIN), None),
+    "logprob_kernel": (_option("logprob_kernel", _TRAIN), None),
+    "logprob_chunk_rows": (_option("logprob_chunk_rows", _TRAIN), None),
+    "lora_rank": (_option("lora_rank", _TRAIN), None),
+    "lora_targets": (_option("lora_targets", _TRAIN, extra="Linear layers LoRA adapts"), None),
+    "quantize_base": (_option("quantize_base", _TRAIN), None),
     "engine": (_option("engine", _SHARD), None),
     "zero_stage": (_option("zero_stage", _SHARD), None),
     "actor_zero_stage": (_option("actor_zero_stage", _SHARD, extra="Overrides --zero-stage"), None),
@@ -131,19 +165,6 @@ SHARED: dict[str, tuple[Any, Any]] = {
     "processes_per_gpu": (_option("processes_per_gpu", _SHARD), None),
     "split_groups": (_option("split_groups", _SHARD, tp=str, extra="Comma-separated groups of '+'-joined roles: "
                              "actor+reference,critic+reward"), None),
-    "deepspeed_config": (_file_option(
-        "Read zero stage, offload, bf16/fp16, micro-batch and hybrid engine from a DeepSpeed JSON config; explicit "
-        "flags override it", _SHARD), None),
-    "dtype": (_option("dtype", _TRAIN), None),
-    "master_weights": (_option("master_weights", _TRAIN), None),
-    "optimizer": (_option("optimizer", _TRAIN, extra="Optimizer of the trained roles"), None),
-    "optimizer_impl": (_option("optimizer_impl", _TRAIN), None),
-    "gradient_checkpointing": (_option("gradient_checkpointing", _TRAIN, extra="Recompute activations in the backward (actor, critic)"), None),
-    "attention": (_option("attention", _TRAIN), None),
-    "logprob_kernel": (_option("logprob_kernel", _TRAIN), None),
-    "lora_rank": (_option("lora_rank", _TRAIN), None),
-    "lora_targets": (_option("lora_targets", _TRAIN, extra="Linear layers LoRA adapts"), None),
-    "quantize_base": (_option("quantize_base", _TRAIN), None),
     "micro_batch_size": (_option("micro_batch_size", _BATCH), None),
     "rollout_batch_size": (_option("rollout_batch_size", _BATCH, extra="Each prompt yields --group-size "
                                    "completions"), None),
@@ -152,11 +173,12 @@ SHARED: dict[str, tuple[Any, Any]] = {
     "prompt_len": (_option("prompt_len", _BATCH, extra="Prompt tokens; RL trains on prompt + generated tokens"), None),
     "gen_len": (_option("gen_len", _BATCH, extra="Generated tokens per completion"), None),
     "seq_len": (_option("seq_len", _BATCH, extra="The full sequence, prompt included"), None),
-    "group_size": (_option("group_size", _BATCH), None),
     "rollout_engine": (_option("rollout_engine", _ROLL, extra="Generation: HF generate, DeepSpeed hybrid engine, or vLLM"), None),
     "vllm_gpu_memory_utilization": (_option("vllm_gpu_memory_utilization", _ROLL, extra="Fraction of GPU memory vLLM reserves for weights + KV cache (verl 0.5, TRL 0.3, OpenRLHF 0.95)"), None),
     "vllm_sleep_mode": (_option("vllm_sleep_mode", _ROLL), None),
     "vllm_tensor_parallel_size": (_option("vllm_tensor_parallel_size", _ROLL), None),
+    "vllm_max_num_batched_tokens": (_option("vllm_max_num_batched_tokens", _ROLL), None),
+    "vllm_max_num_batched_tokens": (_option("vllm_max_num_batched_tokens", _ROLL), None),
     "gather_for_generation": (_option("gather_for_generation", _ROLL), None),
     "weight_sync_bucket_mb": (_option("weight_sync_bucket_mb", _ROLL), None),
 }
@@ -174,85 +196,12 @@ def option_name(field: str) -> str:
     return field
 
 
-def deepspeed_overrides(path: Path) -> dict[str, Any]:
-    """Request fields read from a DeepSpeed JSON config (the file users already pass to deepspeed).
-
-    Read: ``zero_optimization.stage``, ``zero_optimization.offload_optimizer.device`` and
-    ``offload_param.device`` (cpu/nvme), ``bf16.enabled`` / ``fp16.enabled``,
-    ``train_micro_batch_size_per_gpu`` and DeepSpeed-Chat's ``hybrid_engine.enabled``. Values of
-    ``"auto"`` (the HF Trainer integration) are skipped. Gradient checkpointing is not a DeepSpeed setting.
-    """
-    field = "deepspeed_config"
-    try:
-        config = json.loads(Path(path).expanduser().read_text())
-    except OSError as exc:
-        raise InputError(field, f"cannot read {str(path)!r}: {exc.strerror}", str(path)) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(field, f"{str(path)!r} is not JSON: {exc}", str(path)) from None
-    if not isinstance(config, dict):
-        raise InputError(field, f"{str(path)!r} must hold a JSON object", str(path))
-
-    out: dict[str, Any] = {}
-    zero = config.get("zero_optimization") or {}
-    if isinstance(zero, dict):
-        if isinstance(zero.get("stage"), int):
-            out["zero_stage"] = zero["stage"]
-        opt_dev = (zero.get("offload_optimizer") or {}).get("device", "none")
-        param_dev = (zero.get("offload_param") or {}).get("device", "none")
-        if param_dev in ("cpu", "nvme"):
-            if opt_dev not in ("cpu", "nvme"):
-                raise InputError(field, "offload_param without offload_optimizer is not modelled; "
-                                 "use --offload optimizer+params or --offload optimizer", str(path))
-            out["offload"] = "optimizer+params"
-        elif opt_dev in ("cpu", "nvme"):
-            out["offload"] = "optimizer"
-    if (config.get("bf16") or {}).get("enabled") is True:
-        out["dtype"] = "bf16"
-    elif (config.get("fp16") or {}).get("enabled") is True:
-        out["dtype"] = "fp16"
-    elif "bf16" in config or "fp16" in config:
-        out["dtype"] = "fp32"
-    micro = config.get("train_micro_batch_size_per_gpu")
-    if isinstance(micro, int):
-        out["micro_batch_size"] = micro
-    if (config.get("hybrid_engine") or {}).get("enabled") is True:
-        out["rollout_engine"] = "hybrid-engine"
-    return out
-
-
-SCRIPT_COUNTS = {"verl": "the script's trainer.nnodes × n_gpus_per_node",
-                 "openrlhf": "its models' num_nodes × num_gpus_per_node"}
-
-
-def script_fields(framework: str, path: Path, gpus: str | None) -> tuple[dict[str, Any], list[str]]:
-    """Request fields of a verl or OpenRLHF launch script (``memplan.frameworks.<framework>``) and its notes;
-    ``gpus`` names the GPU kind ('H100-80GB', the count is the script's) or, with a count, the whole cluster
-    (it wins)."""
-    import importlib
-
-    if gpus is None:
-        raise InputError("gpus", f"name the GPU kind for the {framework} script (the count is "
-                         f"{SCRIPT_COUNTS[framework]}), e.g. --gpus H100-80GB", None)
-    kind = None if gpus.strip()[:1].isdigit() else gpus
-    run = importlib.import_module(f"memplan.frameworks.{framework}").load(path, kind)
-    return run.fields, run.notes
-
-
-def trl_fields(recipe: Path, accelerate: Path | None, gpus: str | None, algo: str | None,
-               given: frozenset[str] = frozenset()) -> tuple[dict[str, Any], list[str]]:
-    """Request fields of a TRL recipe and accelerate config (``memplan.frameworks.trl``) and its notes."""
-    from memplan.frameworks import trl
-
-    if gpus is None:
-        raise InputError("gpus", "name the GPU kind for the TRL run (the count is the accelerate config's "
-                         "num_processes), e.g. --gpus H100-80GB, or the cluster, e.g. --gpus 8xH100-80GB", None)
-    run = trl.load(recipe, accelerate, gpus, algo, given)
-    return run.fields, run.notes
-
-
 def build_request(options: dict[str, Any]) -> EstimateRequest:
     """The request from the shared options: TRL recipe, DeepSpeed file, verl script, then every flag given."""
     fields: dict[str, Any] = {}
+    for name in FILE_OPTIONS:
+        if options.get(name) is not None:
+            check_file(name, Path(options[name]))
     if options.get("accelerate_config") is not None and options.get("trl") is None:
         raise InputError("accelerate_config", "goes with --trl (the recipe it launches)",
                          str(options["accelerate_config"]))
@@ -336,10 +285,17 @@ def describe(exc: ValidationError | InputError) -> list[str]:
     for err in exc.errors(include_url=False):
         field = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("str", "ArchConfig")))
         rng = allowed(field)
+        if err["type"] == "missing":
+            lines.append(f"{option_name(field)}: missing" + (f"; allowed: {rng}" if rng else MISSING.get(field, "")))
+            continue
         value = err.get("input")
         got = "" if isinstance(value, dict) else f" (got {value!r})"
         lines.append(f"{option_name(field)}: {err['msg']}{got}" + (f"; allowed: {rng}" if rng else ""))
     return lines
+
+
+MISSING = {"model": "; allowed: a catalog name (memplan models) or a config.json path, or name the run's file with "
+                    "--verl, --trl or --openrlhf"}
 
 
 @contextlib.contextmanager
@@ -360,13 +316,16 @@ def request_command(func: Callable[..., Any]) -> Callable[..., Any]:
     """Give a command taking ``request: EstimateRequest`` the shared options, and build the request.
 
     The command's own parameters (``--json``, ``--algos`` …) keep their annotations; the wrapper's
-    signature is the shared options followed by them, which is what typer reads.
+    signature is the shared options followed by them, which is what typer reads. A ``given`` parameter
+    receives the shared options the user gave (name → value), for ``command_line``.
     """
     hints = get_type_hints(func, include_extras=True)
+    params = inspect.signature(func).parameters
+    wants_given = "given" in params  # the shared options as typed, e.g. to print the same question for `plan`
     own = [
         p.replace(annotation=hints.get(p.name, p.annotation), kind=inspect.Parameter.KEYWORD_ONLY)
-        for p in inspect.signature(func).parameters.values()
-        if p.name != "request"
+        for p in params.values()
+        if p.name not in ("request", "given")
     ]
     own_names = {p.name for p in own}
     shared = [
@@ -378,6 +337,8 @@ def request_command(func: Callable[..., Any]) -> Callable[..., Any]:
         mine = {k: kwargs.pop(k) for k in list(kwargs) if k in own_names}
         with cli_errors():
             request = build_request(kwargs)
+            if wants_given:
+                mine["given"] = {k: v for k, v in kwargs.items() if v is not None}
             return func(request=request, **mine)
 
     command.__signature__ = inspect.Signature(shared + own)  # type: ignore[attr-defined]
@@ -388,4 +349,32 @@ def request_command(func: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table")]
+def command_line(command: str, given: dict[str, Any], **changes: Any) -> str:
+    """The ``memplan <command> …`` line that asks the same question: the shared options ``given`` (as typed),
+    with ``changes`` applied; options in ``--help`` order, values shell-quoted."""
+    values = {**given, **changes}
+    parts = ["memplan", command]
+    for name in SHARED:
+        value = values.get(name)
+        if value is None:
+            continue
+        flag = name.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(f"--{flag}" if value else f"--no-{flag}")
+        else:
+            parts += [f"--{flag}", shlex.quote(str(value))]
+    return " ".join(parts)
+
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table",
+                                          rich_help_panel=OUTPUT)]
+PlotOption = Annotated[Path | None, typer.Option(
+    "--plot", help=escape("Also draw the result to this file, .svg or .png: the phases' stacked bars against the "
+    "GPU's capacity (plan --max-batch: the peak against the batch size). Needs matplotlib: pip install "
+    "'memplan[plot]'"),
+    rich_help_panel=OUTPUT, show_default=False, dir_okay=False)]
+
+
+def write_plot(draw: Callable[..., Path], *args: Any) -> None:
+    """``--plot``: draw with a ``memplan.plot`` function (it imports matplotlib) and say where, on stderr."""
+    print(f"plot: wrote {draw(*args)}", file=sys.stderr)

@@ -6,13 +6,15 @@ from typing import Annotated
 
 import typer
 
+from memplan import plot as plots
 from memplan.cli import render
-from memplan.cli.options import BATCH_SEMANTICS, JsonOption, request_command
+from memplan.cli.options import BATCH_SEMANTICS, JsonOption, PlotOption, request_command, write_plot
 from memplan.errors import InputError
-from memplan.planner import KNOBS, batch_limit, gpu_limit, plan as plan_search
+from memplan.planner import KNOBS, PlanReport, batch_limit, gpu_limit, plan as plan_search
 from memplan.report import EstimateRequest
 
 MAX_RESULTS = 100
+SEARCH = "Search"  # --help panel of plan's own options
 
 
 def parse_allow(text: str) -> set[str]:
@@ -28,27 +30,48 @@ def parse_allow(text: str) -> set[str]:
     return set(names)
 
 
+NEXT_STEPS = 3  # changes an estimate that does not fit suggests
+
+
+def next_steps(request: EstimateRequest, max_results: int = NEXT_STEPS) -> PlanReport | None:
+    """The planner's cheapest changes that make ``request`` fit (``memplan.planner.plan``, every knob), for a
+    command whose run does not fit to end with; None when the planner cannot search this request."""
+    try:
+        return plan_search(request, allow=set(KNOBS), max_results=max_results)
+    except InputError:
+        return None
+
+
 @request_command
 def plan(
     request: EstimateRequest,
     allow: Annotated[str, typer.Option(
         help=f"Comma-separated knobs the search may change: {', '.join(KNOBS)} (default: all)",
-        show_default=False)] = "all",
+        show_default=False, rich_help_panel=SEARCH)] = "all",
     max_batch: Annotated[bool, typer.Option(
-        "--max-batch", help="Instead: the largest micro batch per GPU that fits (JSON: max_micro_batch_size)")] = False,
+        "--max-batch", help="Instead: the largest micro batch per GPU that fits (JSON: max_micro_batch_size)",
+        rich_help_panel=SEARCH)] = False,
     max_rollout_batch: Annotated[bool, typer.Option(
         "--max-rollout-batch", help="Instead: the largest rollout batch (prompts per GPU per generation) that "
-        "fits, the micro batch as given (JSON: max_rollout_batch_size)")] = False,
+        "fits, the micro batch as given (JSON: max_rollout_batch_size)", rich_help_panel=SEARCH)] = False,
     max_score_batch: Annotated[bool, typer.Option(
         "--max-score-batch", help="Instead: the largest scoring micro batch (sequences per log-prob, reward or "
         "value forward; verl's log_prob_micro_batch_size_per_gpu) that fits, at most the sequences a GPU scores "
-        "(JSON: max_score_micro_batch_size)")] = False,
+        "(JSON: max_score_micro_batch_size)", rich_help_panel=SEARCH)] = False,
     min_gpus: Annotated[bool, typer.Option(
-        "--min-gpus", help="Instead: the fewest GPUs of the --gpus kind that fit, the knobs as given")] = False,
+        "--min-gpus", help="Instead: the fewest GPUs of the --gpus kind that fit, the knobs as given",
+        rich_help_panel=SEARCH)] = False,
     max_results: Annotated[int, typer.Option(
-        help=f"Configurations to list, 1..{MAX_RESULTS}")] = 10,
+        help=f"Configurations to list, 1..{MAX_RESULTS}", rich_help_panel=SEARCH)] = 10,
+    allow_tight: Annotated[bool, typer.Option(
+        "--allow-tight", help="Count a TIGHT configuration (its peak within memplan's error band of capacity) as "
+        "fitting when its point estimate fits; by default the search takes FITS only", rich_help_panel=SEARCH)] = False,
     json: JsonOption = False,
+    plot: PlotOption = None,
 ) -> None:
+    if plot is not None and not any((max_batch, max_rollout_batch, max_score_batch)):
+        raise InputError("plot", "draws a batch search: add --max-batch, --max-rollout-batch or --max-score-batch "
+                         "(memplan estimate --plot draws one configuration)", str(plot))
     modes = [name for name, on in (("max_batch", max_batch), ("max_rollout_batch", max_rollout_batch),
                                    ("max_score_batch", max_score_batch), ("min_gpus", min_gpus)) if on]
     if len(modes) > 1:
@@ -57,13 +80,15 @@ def plan(
     if not 1 <= max_results <= MAX_RESULTS:
         raise InputError("max_results", f"must be 1..{MAX_RESULTS}, got {max_results}", max_results)
     if modes == ["min_gpus"]:
-        result = gpu_limit(request)
+        result = gpu_limit(request, allow_tight=allow_tight)
     elif modes:
         field = {"max_batch": "micro_batch_size", "max_rollout_batch": "rollout_batch_size",
                  "max_score_batch": "score_micro_batch_size"}[modes[0]]
-        result = batch_limit(request, field)
+        result = batch_limit(request, field, allow_tight=allow_tight)
     else:
-        result = plan_search(request, allow=parse_allow(allow), max_results=max_results)
+        result = plan_search(request, allow=parse_allow(allow), max_results=max_results, allow_tight=allow_tight)
+    if plot is not None:
+        write_plot(plots.batch_curve, result, plot)
     if json:
         render.json_out(result)
     elif modes:
@@ -74,7 +99,7 @@ def plan(
 
 plan.__doc__ = f"""Search the knobs you allow (ZeRO stage, CPU offload, gradient checkpointing, LoRA, micro batch, tensor parallel, placement, vLLM memory fraction, idle offload, log-prob kernel, scoring micro batch) for configurations that fit, cheapest first; or, with --max-batch / --max-rollout-batch / --max-score-batch / --min-gpus, the largest batch or the fewest GPUs that fit.
 
-Cost, compared in order (lower first): LoRA instead of full fine-tuning, CPU offloads, recomputation, tensor-parallel degree, sum of ZeRO stages, split placement, smaller vLLM fraction, smaller LoRA rank, smaller micro batch, smaller scoring micro batch, a new log-prob kernel, number of changed settings. Fits means GPU memory and host RAM (--host-ram-gib).
+Cost, compared in order (lower first): LoRA instead of full fine-tuning, CPU offloads, recomputation, tensor-parallel degree, sum of ZeRO stages, split placement, smaller vLLM fraction, smaller LoRA rank, smaller micro batch, smaller scoring micro batch, a new log-prob kernel, number of changed settings. Fits means GPU memory and host RAM (--host-ram-gib), with the verdict FITS: a TIGHT configuration (its peak within memplan's error band of capacity) counts only with --allow-tight.
 
 Example: memplan plan --model meta-llama/Llama-2-7b-hf --algo ppo --gpus 8xA100-40GB --allow zero_stage,offload,gradient_checkpointing
 

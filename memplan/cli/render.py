@@ -23,10 +23,21 @@ from memplan.report import Breakdown, Report
 from memplan.units import GiB
 
 CATEGORIES = [f for f in Breakdown.model_fields]  # parameter … other, in torch's order
+UNBOUNDED = 10_000  # columns when stdout is not a terminal: wider than any table memplan prints
 
 
 def _console() -> Console:
-    return Console(highlight=False)  # made per call: CliRunner swaps sys.stdout
+    """A console on the current stdout (made per call: CliRunner swaps sys.stdout). A file, pipe or CI log has
+    no width to fit: rich would assume 80 columns and cut cells ('headro…') or wrap them, so tables take the
+    width they need and lines are never wrapped."""
+    out = Console(highlight=False, markup=False)  # no markup: names, paths and notes print as they are ('[s, V]')
+    try:
+        tty = out.file.isatty()
+    except (AttributeError, ValueError):  # a closed or odd stream
+        tty = False
+    if not tty:  # also under FORCE_COLOR (CI logs), which rich treats as a terminal 80 columns wide
+        out = Console(highlight=False, markup=False, width=UNBOUNDED, soft_wrap=True)
+    return out
 
 
 def gib(n_bytes: int | float) -> str:
@@ -53,13 +64,28 @@ def json_out(obj: Any) -> None:
         print(json.dumps(as_data(obj), indent=2))
 
 
+def _failed(reasons: Any) -> str:
+    """The failed checks of a verdict, by the first words of each reason: 'GPU memory', 'host RAM', 'vLLM'."""
+    return ", ".join(reason.split(":", 1)[0] for reason in reasons)
+
+
+VERDICTS = {"fits": ("FITS", "green"), "tight": ("TIGHT", "yellow"), "does_not_fit": ("DOES NOT FIT", "red")}
+"""How each verdict (``Report.verdict``) is written and coloured."""
+
+
+def verdict_word(verdict: str) -> str:
+    return VERDICTS[verdict][0]
+
+
 def _verdict(report: Report) -> Text:
-    word, style = ("FITS", "bold green") if report.fits else ("DOES NOT FIT", "bold red")
-    text = Text(word, style=style)
+    word, colour = VERDICTS[report.verdict]
+    text = Text(word, style=f"bold {colour}")
     peak = next((p for p in report.phases if p.phase == report.peak_phase), None)
     activity = f" ({peak.activity})" if peak is not None and peak.activity else ""
+    low, high = report.peak_band_bytes
     text.append(
         f"  peak {gib(report.peak_bytes_per_gpu)} GiB per GPU in {report.peak_phase}{activity}"
+        f" (on a real GPU {gib(low)}–{gib(high)}: memplan's error band)"
         f" · capacity {gib(report.capacity_bytes)} GiB · headroom {gib(report.headroom_bytes)} GiB"
     )
     return text
@@ -120,8 +146,53 @@ def estimate(report: Report) -> None:
         for item in report.deciding_terms:
             terms.add_row(item.role, item.category, gib(item.bytes), item.note)
         out.print(terms)
+    for reason in report.reasons:
+        tight = reason.startswith("tight:")  # a TIGHT verdict's reason: a warning, not a failed check
+        out.print(f"{'!' if tight else '✗'} {reason}", style="yellow" if tight else "red")
     for note in report.notes:
         out.print(f"• {note}")
+
+
+def next_steps(found: PlanReport | None, command: str) -> None:
+    """What to try when a run does not fit: the planner's cheapest changes that fit (``found``, from
+    ``memplan.planner.plan``) and the ``memplan plan`` line that lists them all."""
+    out = _console()
+    if found is not None and found.fits_any:
+        out.print(Text("What to try next", style="bold").append(
+            " — the cheapest changes that fit, from memplan plan (given→new):", style="not bold"))
+        for i, c in enumerate(found.candidates, 1):
+            out.print(f"  {i}. {changes(c.changes) or '(as given)'}: peak {gib(c.peak_bytes_per_gpu)} GiB per GPU, "
+                      f"headroom {gib(c.headroom_bytes)} GiB")
+        out.print(f"Every option, its cost and why: {command}", soft_wrap=True)
+        return
+    if found is not None:  # nothing the planner may change fits: `command` asks for the fewest GPUs
+        closest = found.candidates[0]
+        short = "; ".join(getattr(closest, "reasons", ()) or ()) or (
+            f"{gib(-closest.headroom_bytes)} GiB per GPU over" if closest.headroom_bytes < 0
+            else f"host RAM {gib(closest.host_bytes_per_node)} GiB per node, over --host-ram-gib")
+        out.print(Text("What to try next", style="bold").append(
+            f": no setting the planner may change fits on these GPUs (closest: {changes(closest.changes) or 'as given'}"
+            f"; {short}). More GPUs, or a larger GPU (memplan gpus):", style="not bold"))
+        out.print(f"  {command}", soft_wrap=True)
+        return
+    out.print(Text("What to try next", style="bold").append(": what to change so it fits, cheapest first:",
+                                                            style="not bold"))
+    out.print(f"  {command}", soft_wrap=True)
+
+
+def compare_next_steps(found: dict[str, PlanReport | None], commands: dict[str, str]) -> None:
+    """For each algorithm that does not fit: the planner's cheapest change that fits, and its ``memplan plan`` line."""
+    out = _console()
+    out.print(Text("What to try next", style="bold").append(
+        " — for each algorithm that does not fit, the cheapest change that fits (memplan plan):", style="not bold"))
+    for algo, plan_report in found.items():
+        if plan_report is not None and plan_report.fits_any:
+            best = plan_report.candidates[0]
+            what = f"{changes(best.changes) or '(as given)'} (peak {gib(best.peak_bytes_per_gpu)} GiB per GPU)"
+        else:
+            what = "nothing the planner may change fits: more GPUs (--min-gpus) or a larger GPU"
+        out.print(f"  {algo}: {what}")
+        out.print(f"      {commands[algo]}", soft_wrap=True)
 
 
 def compare(result: CompareReport) -> None:
@@ -140,8 +211,9 @@ def compare(result: CompareReport) -> None:
             table.add_row(row.algo, Text("CANNOT RUN", style="red"), "", "", "", row.error, "", "")
             continue
         assert row.peak_bytes_per_gpu is not None and row.headroom_bytes is not None
-        verdict = Text("FITS", style="green") if row.fits else Text(
-            "DOES NOT FIT" if row.headroom_bytes < 0 else "HOST RAM", style="red")
+        word, colour = VERDICTS[row.verdict or ("fits" if row.fits else "does_not_fit")]
+        verdict = Text(word if row.verdict != "does_not_fit" or row.headroom_bytes < 0
+                       else _failed(row.reasons).upper() or word, style=colour)
         saving = ""
         if row.saving_vs_ppo_pct is not None and row.algo != "ppo":
             pct = row.saving_vs_ppo_pct
@@ -169,11 +241,12 @@ def changes(diff: dict[str, tuple[Any, Any]]) -> str:
 
 
 def _candidate_line(word: str, c: PlanCandidate, capacity: int) -> Text:
-    ok = c.fits
-    text = Text(word, style="bold green" if ok else "bold red")
+    text = Text(word, style=f"bold {VERDICTS[c.verdict][1]}")
     text.append(f"  peak {gib(c.peak_bytes_per_gpu)} GiB per GPU in {c.peak_phase} · capacity {gib(capacity)} GiB"
                 f" · headroom {gib(c.headroom_bytes)} GiB · host {gib(c.host_bytes_per_node)} GiB/node"
                 + ("" if c.host_fits else " (EXCEEDS the node's RAM)"))
+    if c.reasons and c.host_fits:
+        text.append(f" ({_failed(c.reasons)})")
     return text
 
 
@@ -184,7 +257,7 @@ def plan(report: PlanReport) -> None:
     given = report.as_given
     capacity = given.peak_bytes_per_gpu + given.headroom_bytes
     out.print(f"Plan: {_title_of(req)}")
-    out.print(_candidate_line("As given: " + ("FITS" if given.fits else "DOES NOT FIT"), given, capacity))
+    out.print(_candidate_line("As given: " + verdict_word(given.verdict), given, capacity))
     if report.fits_any:
         what = ("Changes that make it fit" if report.mode == "fix"
                 else "Cheaper settings that still fit (the request fits as given)")
@@ -210,6 +283,8 @@ def plan(report: PlanReport) -> None:
         if over > 0:
             out.print(f"still {gib(over)} GiB per GPU over; allow more knobs (--allow), more GPUs (--min-gpus), "
                       "or a larger GPU")
+        elif closest.verdict == "tight" and not report.allow_tight:
+            out.print("the closest is TIGHT (within memplan's error band of capacity): --allow-tight counts it")
     out.print(f"cost order: {', '.join(report.cost_order)} (lower first) · searched: {', '.join(report.knobs)} · "
               f"{report.evaluations} estimates in {report.elapsed_ms:.0f} ms")
     for note in report.notes:
@@ -231,6 +306,8 @@ def limit(report: LimitReport) -> None:
         out.print(Text(f"{what}: NONE", style="bold red").append(
             "  (even the smallest batch does not fit)" if report.search != "min_gpus"
             else "  (not even 4096 GPUs with these knobs: shard or offload, see memplan plan)"))
+        if not report.allow_tight:
+            out.print("FITS only: --allow-tight also counts a TIGHT run (within memplan's error band of capacity)")
     else:
         out.print(Text(f"{what}: {value}", style="bold green"))
     field = {"max_micro_batch_size": "micro_batch_size", "max_rollout_batch_size": "rollout_batch_size",
@@ -239,7 +316,7 @@ def limit(report: LimitReport) -> None:
         if c is not None:
             capacity = c.peak_bytes_per_gpu + c.headroom_bytes
             setting = getattr(c.request, field)
-            out.print(_candidate_line(f"  {field} {setting}: " + ("FITS" if c.fits else "DOES NOT FIT"), c, capacity))
+            out.print(_candidate_line(f"  {field} {setting}: " + verdict_word(c.verdict), c, capacity))
     out.print(f"{report.elapsed_ms:.0f} ms")
 
 

@@ -22,9 +22,16 @@ Known limitations:
   forward prefetch, LoRA or tensor parallelism under FSDP2, and FSDP at stage 1 or on one GPU are
   approximations.
 * MoE activations assume a perfectly balanced router (top-k experts per token).
-* ``idle_offload`` (verl's ``param_offload`` / ``optimizer_offload``; OpenRLHF's ``ds.enable_sleep``) is read
-  from verl 0.9's engine contexts and OpenRLHF 0.11's ``offload_deepspeed_states``, not traced (the tracer keeps
-  every state on the device) nor measured.
+* ``idle_offload`` (verl's ``param_offload`` / ``optimizer_offload``; OpenRLHF's ``ds.enable_sleep``; AgileRL's
+  ``use_memory_efficient_params`` under engine 'torch') is read from verl 0.9's engine contexts, OpenRLHF 0.11's
+  ``offload_deepspeed_states`` and AgileRL 0151c660's ``move_params_to_cpu``, not traced (the tracer keeps every
+  state on the device); only the 'torch' one is measured (AgileRL's corpus).
+* ``ref='lora-adapter'`` (a second frozen adapter on the actor's base), ``logprob_kernel='row-chunked'`` (AgileRL's
+  compiled LM head, read from its source: the compiled chunk is taken to fuse its fp32 cast) and bitsandbytes'
+  dequantization workspace are not traced: the harness refuses them (it runs no second adapter, no compiled kernel
+  and no quantized weights).
+* Every phase is the steady state (optimizer states exist from the second step): a rollout measured before the
+  first update (AgileRL's corpus) holds no AdamW states, 8 B per trained parameter less than the estimate.
 * The weight sync to colocated vLLM (shards back under idle offload, vLLM's weights woken alone in sleep mode,
   one tensor gathered at a time or the whole actor, and verl 0.9's bucket the tensors are packed into:
   ``weight_sync_bucket_mb``) is read from verl 0.9, TRL 1.16 and OpenRLHF 0.11, not traced; vLLM's weights are
@@ -41,9 +48,30 @@ Known limitations:
 * ``logprob_kernel='fp32-fused'`` (OpenRLHF 0.11's ``Actor.forward``: every position's logits cast to fp32, flash-attn's
   cross-entropy with its out-of-place backward) is read from openrlhf's and flash-attn's sources and traced with
   the same stand-in (within 0.01 % on Qwen2.5-0.5B GRPO), not measured.
+* Colocated vLLM's start-up check (``algorithms.vllm_pool``, from vLLM v1's ``Worker.determine_available_memory``
+  and ``check_enough_kv_cache_memory``): its KV cache is the reservation less its weights and its profile run's
+  activations, counted as one layer's intermediates over ``vllm_max_num_batched_tokens`` (default 8,192; HF's
+  formula); the sampler's dummy pass, non-torch memory and CUDA graphs are not counted, so the KV cache is an
+  upper bound and a marginal run may still fail to start. vLLM's ``max_model_len`` is taken as prompt + answer
+  (verl's setting). In rollout the engine holds its reservation less that profile run's activations (freed after
+  it) plus its own prefill's, and its persistent input buffers in every phase (vllm 0.23 sources).
+* What colocated vLLM holds beyond that cannot be read from sources: its CUDA-graph pool (vLLM measures it at
+  capture), the kernels it and torch.compile load, and its non-torch allocations, which stay when sleep mode frees
+  its CuMem pool. Measured on AgileRL's corpus (benchmarks/corpus/, vLLM 0.23/0.26, torch 2.11, in-process engine):
+  a sleeping engine's device floor lies a median 735–810 MiB (A100-40GB) and 385–490 MiB (L4) above memplan's
+  CUDA context + cuBLAS workspace + vLLM's input buffers; awake, the rollout peak lies −80 to +470 MiB (median
+  per fixture) from the estimate. The trainer above that floor is under-estimated by a median 160–430 MiB per
+  fixture on bf16 bases (the caching allocator's reserve, which NVML sees, kernels loaded by the first update's
+  compilation) and 510 MiB on a 4-bit base, where a term of about 60 B per token of a micro batch is not
+  accounted for (measured nf4 − bf16 pairs with the same knobs: −0.1 GiB at 512 tokens, +1.8 GiB at 32,768;
+  memplan's difference is a constant −0.24 GiB).
 * ``logprob_kernel='chunked'`` (TRL 1.16's fused LM head) is read from trl's ``kernels/chunked_logprob.py`` and
   traced with a stand-in that makes the same allocations (within 1 % on tiny-llama, 0.05 % on Qwen2.5-0.5B GRPO),
   not measured; the stand-in folds its tiles in small fp32 blocks where the GPU folds them in registers.
+* The error band beside every estimate (``band``: the verdict TIGHT) comes from one public corpus — AgileRL's
+  single-GPU LoRA GRPO runs with a colocated vLLM — and is an extrapolation for every other configuration (more
+  GPUs, DeepSpeed or FSDP, full fine-tuning, other algorithms and rollout engines) and for phases it never
+  measured (critic_update); the report's notes say so.
 """
 
 from __future__ import annotations
@@ -52,11 +80,13 @@ from functools import lru_cache
 from operator import attrgetter
 from typing import NamedTuple
 
-from memplan.estimator.algorithms import EXPERIENCE_BYTES_PER_TOKEN, model_states, phases
+from memplan.estimator.algorithms import EXPERIENCE_BYTES_PER_TOKEN, VllmPool, model_states, phases, vllm_pool
+from memplan.estimator.band import judge
 from memplan.estimator.ledger import Item, Resident, largest_activity, line_item, phase_report, resident
 from memplan.estimator.parallel import States
-from memplan.estimator.resolve import RoleSetup, resolve
+from memplan.estimator.resolve import RoleSetup, Run, for_algorithm, resolve
 from memplan.report import ArchConfig, Breakdown, EstimateRequest, LineItem, ModelReport, PhaseReport, Report, trusted
+from memplan.units import GiB
 
 CUBLAS_WORKSPACE_BYTES = 32 * 1024**2
 """cuBLAS workspace torch keeps per stream on Hopper/Ampere (CUBLAS_WORKSPACE_CONFIG default, 4 MiB × 8)."""
@@ -195,23 +225,61 @@ def _compute(request: EstimateRequest) -> Report:
     peak = reports[peak_index]
     terms = sorted(residents[peak_index].line_items + peak.items, key=_line_bytes, reverse=True)[:TOP_TERMS]
     host_per_node = res.host_per_gpu * run.gpus_per_node
-    notes = []
+    total = peak.total_bytes
+    reasons = []  # one per failed check: GPU memory, host RAM, vLLM's KV cache
+    if total > run.capacity_bytes:
+        reasons.append(f"GPU memory: the peak ({total / GiB:.2f} GiB per GPU, {peak.phase}) exceeds the GPU's "
+                       f"{run.capacity_bytes / GiB:.2f} GiB")
     if host_per_node > run.host_ram_bytes_per_node:
-        notes.append(f"CPU offload needs {host_per_node / 2**30:.0f} GiB of host RAM per node, more than the "
-                     f"{run.host_ram_bytes_per_node / 2**30:.0f} GiB given (host_ram_bytes_per_node)")
-    if run.rollout_engine == "vllm":
+        reasons.append(f"host RAM: CPU offload needs {host_per_node / GiB:.1f} GiB per node, more than the "
+                       f"{run.host_ram_bytes_per_node / GiB:.1f} GiB given (host_ram_bytes_per_node)")
+    notes = list(run.notes)
+    if run.rollout_engine == "vllm" and run.rollout_seqs:
         notes.append(("vLLM assumed in sleep mode outside rollout" if run.vllm_sleep else "vLLM awake in every "
                       "phase (no sleep mode)") + "; its CUDA graphs are not counted (enforce_eager avoids them)")
+        _vllm_verdict(run, vllm_pool(run, run.roles[0]), reasons, notes)
     elif run.rollout_engine == "remote" and run.rollout_seqs:
         notes.append("generation runs on other GPUs (rollout_engine 'remote'): those GPUs are not in this estimate")
-    total = peak.total_bytes
+    fits = not reasons  # the point estimate's verdict; the error band's (band.judge) may add a TIGHT reason
+    verdict, peak_band, phase_bands = judge(request, run, reports, total,
+                                            len(reasons) > (total > run.capacity_bytes), reasons, notes)
     return trusted(Report, dict(
-        request=request, gpu=run.gpu_name, num_gpus=run.num_gpus, fits=total <= run.capacity_bytes,
-        peak_bytes_per_gpu=total, capacity_bytes=run.capacity_bytes, headroom_bytes=run.capacity_bytes - total,
+        request=request, gpu=run.gpu_name, num_gpus=run.num_gpus, fits=fits, verdict=verdict,
+        gpu_fits=total <= run.capacity_bytes, reasons=tuple(reasons), peak_bytes_per_gpu=total,
+        peak_band_bytes=peak_band,
+        capacity_bytes=run.capacity_bytes, headroom_bytes=run.capacity_bytes - total,
         peak_phase=peak.phase, fixed_bytes=residents[peak_index].fixed, resident_items=everything.line_items,
-        phases=tuple(reports), models=res.models, deciding_terms=tuple(terms), host_bytes_per_node=host_per_node,
+        phases=tuple(reports), phase_bands=phase_bands, models=res.models, deciding_terms=tuple(terms),
+        host_bytes_per_node=host_per_node,
         host_fits=host_per_node <= run.host_ram_bytes_per_node, notes=tuple(notes),
     ))
+
+
+def _vllm_verdict(run: Run, pool: VllmPool, reasons: list[str], notes: list[str]) -> None:
+    """vLLM's own start-up checks on the KV cache its reservation leaves (``algorithms.vllm_pool``): a reason
+    when it cannot start, a note on how many of a generation call's sequences its KV cache holds."""
+    def gib(n: int) -> str:
+        return f"{n / GiB:.2f} GiB"
+
+    tokens = run.prompt_len + run.gen_len
+    left = (f"vLLM reserves {gib(pool.reserved)} per GPU (vllm_gpu_memory_utilization {run.vllm_utilization:g} × "
+            f"{gib(run.capacity_bytes)}); its weights take {gib(pool.weights)} (vllm_tensor_parallel_size "
+            f"{run.vllm_tp}) and its profile run's activations {gib(pool.activations)}")
+    if pool.kv_cache <= 0:
+        reasons.append(f"vLLM cannot start: {left}, leaving no KV cache (vLLM: 'No available memory for the cache "
+                       "blocks'); raise vllm_gpu_memory_utilization or vllm_tensor_parallel_size")
+    elif pool.sequences < 1:
+        reasons.append(f"vLLM cannot start: {left}, leaving {gib(pool.kv_cache)} of KV cache, less than one "
+                       f"sequence of {tokens} tokens needs ({gib(pool.per_sequence)}; vLLM: 'To serve at least one "
+                       "request with the model's max seq len'); raise vllm_gpu_memory_utilization or "
+                       "vllm_tensor_parallel_size")
+    elif pool.sequences < pool.wanted:
+        notes.append(f"vLLM's KV cache ({gib(pool.kv_cache)} per GPU) holds {pool.sequences} sequences of {tokens} "
+                     f"tokens, fewer than the {pool.wanted} a generation call runs on one engine: vLLM preempts and "
+                     "recomputes the rest (slower; the memory stays the same)")
+    else:
+        notes.append(f"vLLM's KV cache: {gib(pool.kv_cache)} per GPU, room for {pool.sequences} sequences of {tokens} "
+                     f"tokens (a generation call runs {pool.wanted} per engine)")
 
 
 @lru_cache(maxsize=CACHE_SIZE)
@@ -255,4 +323,4 @@ def compare(requests: list[EstimateRequest]) -> list[Report]:
     return [estimate(req) for req in requests]
 
 
-__all__ = ["compare", "estimate"]
+__all__ = ["compare", "estimate", "for_algorithm"]

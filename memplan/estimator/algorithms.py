@@ -24,7 +24,9 @@ with the transient bytes it adds on top of the resident models. Knobs and their 
 * ``idle_offload`` — verl's ``param_offload`` / ``optimizer_offload`` (its FSDP engine's train and eval contexts,
   ``BaseEngineCtx._context_switch``, verl 0.9): a trained role's weight shards come back to the GPU for its own
   forwards and updates, its optimizer states for its updates; both wait on the CPU otherwise (during a vLLM
-  rollout, the actor's weights sync to vLLM and go back).
+  rollout, the actor's weights sync to vLLM and go back). Under engine 'torch' it is ``Module.to('cpu')`` of the
+  whole module (AgileRL's ``use_memory_efficient_params``: base and adapters; the optimizer's states stay): back
+  for the role's forwards and updates, and read on the host to sync an engine that keeps its own weights.
 
 An activity is one moment: things alive at the same time. A step of the recipe whose peak can fall at two
 different moments (a generation's prefill or its last decode step; a forward's layers or its log-softmax)
@@ -50,6 +52,7 @@ from memplan.estimator.formulas import (
     LayerActivation,
     backward_transient_per_token,
     chunked_logprob_bytes,
+    dequantized_weight_bytes,
     final_norm_bytes_per_token,
     fp32_fused_logprob_bytes,
     fused_logprob_bytes,
@@ -58,6 +61,8 @@ from memplan.estimator.formulas import (
     logprob_logits_bytes,
     norm_backward_transient_per_token,
     norm_input_bytes_per_token,
+    row_chunk_rows,
+    row_chunked_logprob_bytes,
     saved_bytes_per_token,
     tied_embedding_gradient_sum_bytes,
 )
@@ -141,8 +146,11 @@ def role_states(r: RoleSetup, run: Run) -> States:
 def model_states(r: RoleSetup, e: int, lora_rank: int) -> States:
     """``role_states`` on the only fields of the run it reads (cached: roles recur across a sweep's or a plan's
     requests, and ``resolve`` makes one ``RoleSetup`` per distinct role)."""
-    if r.shares_weights_with:
-        return States()
+    if r.shares_weights_with:  # the base is the other role's; a frozen adapter of its own (ref 'lora-adapter')
+        if not r.adapter_params:
+            return States()
+        return frozen_states(r.adapter_params, _adapter_bytes(r, e), lora_rank * r.spec.hidden_size, 0, e,
+                             r.sharding)
     largest_param, largest_unit, units = r.spec.largest_matrix, r.spec.largest_unit, _fsdp_units(r)
     if not r.trainable:
         return frozen_states(r.num_params, r.base_bytes_per_param, largest_param, largest_unit, e, r.sharding, units)
@@ -176,15 +184,24 @@ def generate(run: Run, actor: RoleSetup, st: States, name: str, first: bool = Tr
         return whole or ("actor", "parameter", _gathered(st, first_), note)
 
     loaded = _loaded(actor, st, False) if run.idle_offload else []  # idle offload: the shards, back to generate
+    # a plain module parked on the host (engine 'torch': ``Module.to('cpu')``) is read where it lies to sync an
+    # engine that keeps its own weights: nothing to gather, so nothing comes back (AgileRL 0151c660
+    # ``_prepare_vllm_for_generation``, base.py:6257, parks it before ``wake_up``; ``_move_lora_to_vllm``,
+    # base.py:5111, exports the adapter from it to disk and ``add_lora`` reads that); shards must be gathered on
+    # the GPU (FSDP, DeepSpeed)
+    sync_loaded = [] if actor.sharding.engine == "torch" else loaded
 
     if run.rollout_engine == "vllm":
         act = Activity(name)
         if run.vllm_sleep:  # else the reservation is kept in every activity (``_vllm_awake``)
-            act.add("actor", "other", _vllm_bytes(run), "vLLM reserves gpu_memory_utilization × GPU memory (its "
-                    "weights + KV cache)")
+            pool = vllm_pool(run, actor)
+            act.add("actor", "other", _vllm_bytes(run) - pool.activations, "vLLM reserves gpu_memory_utilization × "
+                    "GPU memory (its weights + KV cache), less its profile run's activations, freed after it")
+            act.add("actor", "activation", vllm_prefill_activation_bytes(run, actor),
+                    "vLLM's prefill of the generation's prompts (one layer's intermediates)")
         # the weight sync before it: the actor's weights (shards loaded back under idle offload, gathered one
         # unit at a time or whole) beside vLLM's weights, woken alone in sleep mode (its KV cache after)
-        sync = Activity(f"{name}: weight sync to vLLM", list(loaded))
+        sync = Activity(f"{name}: weight sync to vLLM", list(sync_loaded))
         if run.vllm_sleep:
             sync.add("actor", "other", min(-(-actor.num_params * run.e // run.vllm_tp), _vllm_bytes(run)),
                      "vLLM's weights, woken for the sync")
@@ -197,7 +214,7 @@ def generate(run: Run, actor: RoleSetup, st: States, name: str, first: bool = Tr
 
     if run.rollout_engine == "remote":  # generated elsewhere: the weight sync is all that runs here
         sync = Activity(f"{name}: weight sync to the remote engine",
-                        [*loaded, weights(first, "gathered weights, one unit at a time")])
+                        [*sync_loaded, weights(first, "gathered weights, one unit at a time")])
         sync.add("actor", "buffer", run.sync_bucket_bytes, "the bucket the weights are packed into")
         return [sync]
     spec, seqs, tokens, e, tp = actor.spec, run.rollout_seqs, run.prompt_len + run.gen_len, run.e, run.tp
@@ -233,15 +250,17 @@ def forward(run: Run, r: RoleSetup, st: States, name: str, seqs: int, first: boo
     as two moments: inside the layers, and (for an LM head) the vocabulary-wide log-softmax after them.
     ``first``: the model's first forward in the step (FSDP2 at stage 2 unshards its layers there)."""
     role, spec, e, tp, tokens = r.role, r.spec, run.e, run.tp, seqs * run.train_seq_len
-    lora_mlp = _lora_mlp(r, run) and role != "reference"  # the shared reference runs with adapters off
+    lora_mlp = _lora_mlp(r, run)  # a LoRA-shared reference runs with adapters off (its ``lora`` is False)
     layers = Activity(name, [
         (role, "parameter", _gathered(st, first), "gathered weights"),
         (role, "activation", int(tokens * _forward_per_token(spec, e, tp, lora_mlp)), ""),
     ])
+    if r.quantized:
+        layers.items.append((role, "temp", dequantized_weight_bytes(spec, e, tp), DEQUANT_NOTE))
     _fsdp_copy_out(layers, role, st, first)
     if not r.lm_head:
         return [layers]
-    chunked, logits = run.logprob_kernel == "chunked", _logprob_bytes(run, r, seqs, training=False)
+    chunked, logits = run.logprob_kernel in ("chunked", "row-chunked"), _logprob_bytes(run, r, seqs, training=False)
     logprobs = Activity(f"{name}: " + SCORING_LOGPROB_NAMES.get(run.logprob_kernel, "log-softmax"), [
         (role, "parameter", st.fsdp.after_forward if st.fsdp else st.gather, "gathered weights"),
         (role, "logits", logits, "log-probs"),
@@ -274,6 +293,8 @@ def _train_setup(run: Run, r: RoleSetup, st: States) -> TrainSetup:
 
     def moment(name: str, gather: int | None = None) -> Activity:
         items = [(r.role, "parameter", st.gather if gather is None else gather, "gathered weights")]
+        if r.quantized:
+            items.append((r.role, "temp", dequantized_weight_bytes(spec, run.e, run.tp), DEQUANT_NOTE))
         if accumulating:
             items.append((r.role, "gradient", st.gradient, "earlier micro-batches' gradients"))
         return Activity(f"{r.role} {name}", items)
@@ -281,13 +302,16 @@ def _train_setup(run: Run, r: RoleSetup, st: States) -> TrainSetup:
     return TrainSetup(spec, tokens, per, moment)
 
 
-SCORING_LOGPROB_NAMES = {"chunked": "chunked LM head", "fp32-fused": "fp32 logits and cross-entropy"}
+DEQUANT_NOTE = "bitsandbytes dequantizes one 4-bit weight for its matmul"
+SCORING_LOGPROB_NAMES = {"chunked": "chunked LM head", "fp32-fused": "fp32 logits and cross-entropy",
+                         "row-chunked": "row-chunked LM head"}
 """A scoring forward's log-prob moment, by ``logprob_kernel`` (else 'log-softmax')."""
 TRAINING_LOGPROB_NOTES = {
     "log-softmax": "fp32 log-softmax and its backward",
     "fused": "fused cross-entropy: the logits, their gradient in place",
     "chunked": "chunked LM head's backward: a tile, the hidden states' and LM head's gradients in fp32 and 16-bit",
     "fp32-fused": "fused cross-entropy's backward: the fp32 logits it saved and their fp32 gradient",
+    "row-chunked": "row-chunked LM head's backward: a recomputed tile and its gradient, the hidden states' gradient",
 }
 
 
@@ -296,6 +320,10 @@ def _logprob_bytes(run: Run, r: RoleSetup, seqs: int, training: bool) -> int:
     fp32 logits, a fused cross-entropy (of the 16-bit logits, or of their fp32 copy: OpenRLHF), or a chunked LM
     head (no logits; in training, the LM head's gradient accumulators when it trains)."""
     positions, vocab, e, tp = seqs * run.logit_tokens, r.spec.vocab_size, run.e, run.tp
+    if run.logprob_kernel == "row-chunked":
+        return row_chunked_logprob_bytes(positions, seqs, vocab, r.spec.hidden_size, e,
+                                         rows=row_chunk_rows(vocab, run.logprob_chunk_rows), training=training,
+                                         head_trains=training and not r.lora, tp=tp)
     if run.logprob_kernel == "chunked":
         return chunked_logprob_bytes(positions, seqs * run.train_seq_len, vocab, r.spec.hidden_size, e,
                                      training=training, head_trains=training and not r.lora, tp=tp)
@@ -319,7 +347,7 @@ def _checkpointed_inputs(run: Run, r: RoleSetup, tokens: int) -> int:
 def _loss(run: Run, r: RoleSetup, act: Activity, tokens: int) -> None:
     """The final norm's saved tensors and the log-softmax path, alive when backward starts at the loss."""
     dschat = hybrid(run)
-    chunked = run.logprob_kernel == "chunked"  # keeps its own copy of the scored positions' hidden states
+    chunked = run.logprob_kernel in ("chunked", "row-chunked")  # the LM head never runs as a layer
     lm_head_input = not (r.lora or chunked) and (run.logit_tokens == run.train_seq_len or dschat)
     per_token = final_norm_bytes_per_token(r.spec, run.e, weights_trainable=not r.lora, lm_head_input=lm_head_input)
     act.add(r.role, "activation", int(tokens * per_token), "final norm")
@@ -455,6 +483,85 @@ def _vllm_bytes(run: Run) -> int:
     return int(run.vllm_utilization * run.capacity_bytes)
 
 
+VLLM_PROFILE_TOKENS = 8192
+"""Tokens of vLLM's profile run, its ``max_num_batched_tokens``, unless ``vllm_max_num_batched_tokens`` says: verl's
+``rollout.max_num_batched_tokens`` default, and vLLM's own default for the ``LLM`` class
+(``EngineArgs._set_default_args``, GPUs under 70 GiB)."""
+VLLM_BLOCK_TOKENS = 16
+"""vLLM's KV cache block on CUDA (``CacheConfig.block_size``): a sequence holds whole blocks."""
+
+
+class VllmPool(NamedTuple):
+    """What a colocated vLLM engine's reservation holds on one GPU, as vLLM sizes it at start-up (v1
+    ``gpu_worker.py::Worker.determine_available_memory``): the KV cache gets ``requested_memory`` (the GPU's
+    total memory × ``gpu_memory_utilization``) less the non-KV memory its profile run measured — its weights,
+    the peak activations of a ``max_num_batched_tokens`` forward, non-torch allocations."""
+
+    reserved: int
+    weights: int
+    """Its weights per GPU: Ψ·e over ``vllm_tensor_parallel_size``."""
+    activations: int
+    """The profile run's peak: one layer's intermediates over ``VLLM_PROFILE_TOKENS`` tokens (the formula of HF's
+    prefill, ``layer_forward_transient_per_token``). Its sampler pass, non-torch memory and CUDA graphs are not
+    counted: ``kv_cache`` is an upper bound."""
+    kv_cache: int
+    """``reserved − weights − activations``: the KV cache pool (≤ 0: vLLM cannot start)."""
+    per_sequence: int
+    """One sequence of the run (prompt + answer, in whole blocks) on one GPU of the engine."""
+    sequences: int
+    """Sequences the pool holds at once (0 when it holds none)."""
+    wanted: int
+    """Sequences one engine generates at once: its GPUs' rollout prompts × group size."""
+
+
+def vllm_pool(run: Run, actor: RoleSetup) -> VllmPool:
+    """The KV cache left to colocated vLLM on one GPU. vLLM refuses to start when it is not positive ("No available
+    memory for the cache blocks") or holds less than one ``max_model_len`` request (``kv_cache_utils.py::
+    check_enough_kv_cache_memory``: "To serve at least one request with the model's max seq len ..."); verl sets
+    ``max_model_len`` to prompt + response length. Fewer sequences than a generation call runs: vLLM preempts."""
+    spec, e, vtp = actor.spec, run.e, run.vllm_tp
+    reserved = _vllm_bytes(run)
+    weights = -(-actor.num_params * e // vtp)
+    activations = int(run.vllm_batched_tokens * _forward_per_token(spec, e, vtp, False))
+    pool = reserved - weights - activations
+    tokens = -(-(run.prompt_len + run.gen_len) // VLLM_BLOCK_TOKENS) * VLLM_BLOCK_TOKENS
+    per_sequence = kv_cache_bytes(spec, tokens, 1, e, vtp)
+    return VllmPool(reserved, weights, activations, pool, per_sequence, max(pool, 0) // per_sequence,
+                    run.rollout_seqs * vtp)
+
+
+def vllm_prefill_activation_bytes(run: Run, actor: RoleSetup) -> int:
+    """The activations of vLLM's largest forward in a generation call: the prefill of its prompts, one scheduler
+    step of at most ``max_num_batched_tokens`` tokens (chunked prefill), one layer's intermediates per token (the
+    formula of the profile run, ``vllm_pool``). After the profile run vLLM empties torch's cache
+    (``memory_profiling``, vllm 0.23 utils/mem_utils.py:191), so the device holds these, not the profile's."""
+    tokens = min(run.rollout_seqs * run.vllm_tp * run.prompt_len, run.vllm_batched_tokens)
+    return int(tokens * _forward_per_token(actor.spec, run.e, run.vllm_tp, False))
+
+
+VLLM_INPUT_BUFFER_BYTES_PER_TOKEN = 4 + 8 + 8 + 1 + 8
+"""vLLM's persistent input buffers per scheduled token (vllm 0.23 ``GPUModelRunner.__init__``,
+v1/worker/gpu_model_runner.py:718-798): ``input_ids`` int32, ``positions`` int64, ``req_indices`` int64,
+``is_token_ids`` bool, ``query_pos`` int64 — beside ``inputs_embeds``, e·h per token."""
+
+
+def vllm_input_buffer_bytes(run: Run, actor: RoleSetup) -> int:
+    """vLLM's persistent input buffers (the CUDA graphs' static inputs), ``max_num_batched_tokens`` long: allocated by
+    torch after the worker's start-up snapshot and outside its CuMem pool, they are neither subtracted from its
+    budget (``determine_available_memory`` counts weights, the profile's torch peak and non-torch memory) nor
+    freed by sleep (``CuMemAllocator.sleep`` releases only what it allocated: weights and KV cache)."""
+    return run.vllm_batched_tokens * (VLLM_INPUT_BUFFER_BYTES_PER_TOKEN + run.e * actor.spec.hidden_size)
+
+
+def _vllm_resident(run: Run, recipe: dict[str, list[Activity]], actor: RoleSetup) -> None:
+    """What colocated vLLM holds outside its budget for its whole life, awake or asleep
+    (``vllm_input_buffer_bytes``)."""
+    if run.rollout_engine == "vllm" and run.rollout_seqs:
+        kept = (Item("actor", "buffer", vllm_input_buffer_bytes(run, actor),
+                     "vLLM's persistent input buffers (outside its budget, kept asleep)"),)
+        keep_alive(recipe, kept, run.gpus_of("actor"))
+
+
 def _vllm_awake(run: Run, recipe: dict[str, list[Activity]]) -> None:
     """Colocated vLLM without sleep mode (TRL's default): its reservation stays through every phase."""
     if run.rollout_engine == "vllm" and not run.vllm_sleep and run.rollout_seqs:
@@ -476,19 +583,31 @@ def phases(run: Run, states: dict[str, States]) -> dict[str, list[Activity]]:
     roles = {r.role: r for r in run.roles}
     actor = roles["actor"]
 
+    ref = roles.get("reference")
+    one_module = ref is not None and ref.adapter_params > 0  # ref 'lora-adapter': one module, parked as one
+
+    def loaded(role: str, update: bool) -> list[Item]:
+        """Idle offload: what comes back for ``role``'s step — with a second adapter on the actor's base, the
+        whole module (``Module.to`` moves base and both adapters together)."""
+        items = _loaded(roles[role], states[role], update)
+        if one_module and role in ("actor", "reference"):
+            other = "reference" if role == "actor" else "actor"
+            items += _loaded(roles[other], states[other], False)
+        return items
+
     def score(role: str, seqs: int, what: str) -> list[Activity]:
         r = roles.get(role)
         if r is None:
             return []
         st = states[role]
         acts = forward(run, r, st, f"{role} {what}", seqs, first=role != "actor")
-        return _with(_loaded(r, st, False), acts) if run.idle_offload else acts
+        return _with(loaded(role, False), acts) if run.idle_offload else acts
 
     def update(role: str) -> list[Activity]:
         r, st = roles[role], states[role]
         setup = _train_setup(run, r, st)  # the step's geometry, shared by its moments
         acts = train(run, r, st, setup) + checkpointed_loss(run, r, st, setup) + fsdp_backward(run, r, st, setup)
-        return _with(_loaded(r, st, True), acts) if run.idle_offload else acts
+        return _with(loaded(role, True), acts) if run.idle_offload else acts
 
     scoring = run.score_seqs  # sequences per scoring forward
     recipe: dict[str, list[Activity]] = {}
@@ -517,6 +636,7 @@ def phases(run: Run, states: dict[str, States]) -> dict[str, list[Activity]]:
     else:  # sft
         recipe["actor_update"] = update("actor")
     _vllm_awake(run, recipe)
+    _vllm_resident(run, recipe, actor)
     _persisting_gradients(run, recipe, states)
     _fsdp_persisting_layers(run, recipe, states)
     return recipe

@@ -29,8 +29,17 @@ quantization costs 4.127 bits per weight (Dettmers et al. 2023, QLoRA, §2)."""
 ALLOC_BLOCK = 512
 """The CUDA caching allocator rounds every block up to 512 bytes."""
 
-GATED_ACTS = {"llama", "mistral", "qwen2", "qwen3", "mixtral", "phi3", "gemma", "gemma2", "qwen2_moe", "qwen3_moe"}
+GATED_ACTS = {"llama", "mistral", "qwen2", "qwen3", "mixtral", "phi3", "gemma", "gemma2", "gemma3_text", "gemma3",
+              "qwen2_moe", "qwen3_moe", "olmoe"}
+"""Gated MLPs, ``down(act(gate(x)) * up(x))``: SwiGLU, and Gemma's gated GELU (transformers 5.25
+``modeling_gemma3.py::Gemma3MLP``: ``act_fn(gate_proj(x)) * up_proj(x)``); OLMoE's experts likewise."""
 LAYERNORM_FAMILIES = {"opt", "gpt2", "gpt_neox"}
+GEMMA_NORM = {"gemma", "gemma2", "gemma3_text", "gemma3"}
+"""RMSNorm that normalizes and scales in fp32 and casts back after (``Gemma3RMSNorm.forward``:
+``self._norm(x.float()) * (1.0 + self.weight.float())``, then ``type_as(x)``): its weight's gradient keeps the
+fp32 normalized tensor (4h), not a 16-bit one."""
+POST_NORMS = {"gemma2", "gemma3_text", "gemma3"}
+"""Post-attention and post-feedforward norms before each residual add (``Gemma3DecoderLayer``: four norms)."""
 
 
 def round_block(n_bytes: int) -> int:
@@ -64,6 +73,17 @@ def lora_params(spec: ModelSpec, rank: int, targets: str) -> int:
 def linear_params(spec: ModelSpec) -> int:
     """Parameters in the decoder layers' linear matrices: what bitsandbytes quantizes for QLoRA."""
     return spec.num_layers * sum(lin.count * lin.in_features * lin.out_features for lin in spec.linears)
+
+
+def dequantized_weight_bytes(spec: ModelSpec, e: int, tp: int = 1) -> int:
+    """bitsandbytes' 4-bit matmul workspace: the largest quantized weight dequantized to the compute dtype, e·out·in.
+    Its forward over more rows than its fused kernel takes falls back to ``dequantize_4bit`` + ``F.linear``
+    (bitsandbytes 0.50 ``backends/cuda/ops.py:934-974``, ``_dequant_linear_fallback``) and its backward computes
+    the input's gradient against ``F.dequantize_4bit(B)`` (``autograd/_functions.py:381``, ``MatMul4Bit.backward``):
+    one weight at a time, beside the layer's tensors. Fused MoE experts are not quantized (bitsandbytes replaces
+    ``nn.Linear`` only)."""
+    dense = [lin.in_features * lin.out_features for lin in spec.linears if not (spec.num_experts and lin.count > 1)]
+    return e * max(dense, default=0) // tp
 
 
 def optimizer_state_bytes_per_param(optimizer: str, state_dtype_bytes: int) -> float:
@@ -142,7 +162,7 @@ def saved_bytes_per_token(
             saved = e * h + 8
         else:  # fp32 upcast, plus the normalized tensor the weight multiply keeps
             saved = 4 * h + (e * h if weights_trainable else 0)
-            if spec.model_type in ("gemma", "gemma2"):  # Gemma normalizes and scales in fp32
+            if spec.model_type in GEMMA_NORM:  # Gemma normalizes and scales in fp32
                 saved = 4 * h + (4 * h if weights_trainable else 0)
         return saved + (e * h if out_read_by_linears else 0)
 
@@ -150,12 +170,16 @@ def saved_bytes_per_token(
     lora_bf16_reads_norm = bool(adapted) and lora_dtype_bytes == e
     pre_norms = 2 * norm(linear_in or lora_bf16_reads_norm)
     post_norms = 0.0
-    if spec.model_type == "gemma2":  # post-attention and post-feedforward norms feed the residual add
+    if spec.model_type in POST_NORMS:  # post-attention and post-feedforward norms feed the residual add
         post_norms = 2 * norm(False)
 
     attention = e * (2 * a_t * d + 2 * k_t * d) + 4 * a_t
-    if spec.model_type in ("qwen3", "qwen3_moe"):  # per-head q_norm and k_norm
+    if spec.model_type in ("qwen3", "qwen3_moe", "olmoe"):  # q_norm and k_norm, Llama-style RMSNorm
+        # Qwen3's per head (over d), OLMoE's over the whole projection (``OlmoeAttention``: q_norm over
+        # hidden_size = a·d, k_norm over k·d): the same a·d + k·d elements per token either way
         attention += (4 + (e if weights_trainable else 0)) * (a_t + k_t) * d
+    elif spec.model_type in ("gemma3_text", "gemma3"):  # per-head q_norm and k_norm, Gemma-style (fp32 scale)
+        attention += (4 + (4 if weights_trainable else 0)) * (a_t + k_t) * d
 
     if spec.num_experts:
         topk = spec.experts_per_token
@@ -201,7 +225,7 @@ def final_norm_bytes_per_token(spec: ModelSpec, e: int, *, weights_trainable: bo
     h = spec.hidden_size
     if spec.model_type in LAYERNORM_FAMILIES:
         saved = e * h + 8
-    elif spec.model_type in ("gemma", "gemma2"):
+    elif spec.model_type in GEMMA_NORM:
         saved = 4 * h + (4 * h if weights_trainable else 0)
     else:
         saved = 4 * h + (e * h if weights_trainable else 0)
@@ -358,6 +382,42 @@ def chunked_logprob_bytes(tokens: int, positions: int, vocab: int, hidden: int, 
         return tile + positions * e * hidden + tokens * (e * hidden + 8 + 36)
     head = (4 + e) * v * hidden if head_trains else 0
     return tile + tokens * (e * hidden + 12 + 8 + (4 + e) * hidden) + head
+
+
+ROW_CHUNK_TILE_BYTES = 256 * 1024**2
+"""The fp32 logit tile AgileRL sizes its row-chunks for (``agilerl/memory/formulas.py::resolve_chunk_rows``, line
+248 at AgileRL 0151c660), with rows clamped to [128, 4096] (``FUSED_CHUNK_ROWS_MIN``/``MAX``, lines 244-245)."""
+
+
+def row_chunk_rows(vocab: int, explicit: int | None = None) -> int:
+    """Rows per tile of the row-chunked LM head: ``explicit``, else 2^28 // (4·V) clamped to [128, 4096]
+    (Qwen2.5's V = 151,936: 441 rows)."""
+    if explicit is not None:
+        return explicit
+    return max(128, min(4096, ROW_CHUNK_TILE_BYTES // max(1, vocab * 4)))
+
+
+def row_chunked_logprob_bytes(positions: int, seqs: int, vocab: int, hidden: int, e: int, *, rows: int,
+                              training: bool, head_trains: bool, tp: int = 1) -> int:
+    """Peak of AgileRL's row-chunked LM head over ``positions`` scored positions of ``seqs`` sequences
+    (``agilerl/algorithms/core/llm_ops/fused_logprobs.py`` at 0151c660: ``fused_linear_logprobs_chunked``, line
+    103, and ``FusedLinearLogProbsFunction``, line 162; the chunk body is ``torch.compile``'d, so its fp32 cast,
+    gather and log-sum-exp fuse into one kernel over the 16-bit logits and never materialize in fp32).
+
+    Forward (no grad): one [c, V] tile of 16-bit logits (c = min(rows, N)), the 16-bit result per position and,
+    when the batch has more than one sequence, the contiguous copies ``reshape`` makes of the ``[:, :-1]`` slices
+    (hidden states e·h, int64 targets 8): c·V·e + N·e (+ N·(e·h + 8)).
+    Training, in backward: ``grad_hidden = zeros_like(flat_h)`` (e·h per position), the same copies, and per chunk
+    the recomputed tile (saved for the compiled backward) beside its gradient: 2·c·V·e + N·e·h (+ N·(e·h + 8)),
+    plus, when the LM head trains, its gradient accumulator and one chunk's gradient (2·V·h·e).
+    """
+    v, n = vocab // tp, positions
+    tile = min(rows, n) * v * e
+    copies = n * (e * hidden + 8) if seqs > 1 else 0
+    if not training:
+        return tile + n * e + copies
+    head = 2 * v * hidden * e if head_trains else 0
+    return 2 * tile + n * e * hidden + copies + head
 
 
 def hybrid_engine_workspace_bytes(spec: ModelSpec, seqs: int, max_out_tokens: int, e: int, tp: int = 1) -> int:

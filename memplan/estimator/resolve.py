@@ -46,6 +46,11 @@ class RoleSetup:
     """Bytes per frozen parameter (dtype, or int8/int4 average for a quantized base)."""
     lora: bool = False
     shares_weights_with: str | None = None
+    adapter_params: int = 0
+    """A frozen LoRA adapter of its own on the weights it shares (ref 'lora-adapter': AgileRL's
+    ``use_separate_reference_adapter``, a copy of the actor's adapter beside it)."""
+    quantized: bool = False
+    """Its decoder layers' linears are bitsandbytes-quantized (``quantize_base``)."""
     hash_: int = field(init=False, repr=False, compare=False)
     """``hash`` of the compared fields (``hashed_once``): roles key the estimator's caches (``model_states``,
     the residents)."""
@@ -107,6 +112,12 @@ class Run(NamedTuple):
     """Split placement: the roles of each GPU group (one process each, but a LoRA-shared reference's, the actor's),
     in role order; empty when colocated."""
     host_ram_bytes_per_node: int
+    notes: tuple[str, ...] = ()
+    """What ``resolve`` read differently from the request's letter, or ignored (the report's notes)."""
+    vllm_batched_tokens: int = 8192
+    """Colocated vLLM's ``max_num_batched_tokens`` (its profile run, its persistent input buffers)."""
+    logprob_chunk_rows: int | None = None
+    """Rows per tile of ``logprob_kernel='row-chunked'`` (None: its auto-tune, ``formulas.row_chunk_rows``)."""
 
     def gpus_of(self, role: str) -> tuple[str, ...] | None:
         """The roles sharing ``role``'s GPUs under split placement; None when every role is on every GPU."""
@@ -207,15 +218,19 @@ def resolve(req: EstimateRequest) -> Run:
     if impl == "auto":
         impl = "fused" if req.engine == "deepspeed" else "foreach"
 
-    if ref_mode == "lora-shared" and not lora:
-        raise InputError("ref", "'lora-shared' needs LoRA: set lora_rank > 0, or ref 'separate'", ref_mode)
+    if ref_mode in ("lora-shared", "lora-adapter") and not lora:
+        raise InputError("ref", f"{ref_mode!r} needs LoRA: set lora_rank > 0, or ref 'separate'", ref_mode)
+    if ref_mode == "lora-adapter" and req.rollout_engine == "hybrid-engine":
+        raise InputError("ref", "DeepSpeed-Chat's hybrid engine has no second adapter: use 'lora-shared' or "
+                         "'separate'", ref_mode)
     if req.quantize_base != "none" and not lora:
         raise InputError("quantize_base", "a quantized base trains only adapters: set lora_rank > 0 (QLoRA)",
                          req.quantize_base)
     if req.idle_offload != "none":
-        if req.engine == "torch":
-            raise InputError("idle_offload", "models verl's FSDP workers and OpenRLHF's DeepSpeed sleep: set engine "
-                             "'fsdp' or 'deepspeed'", req.idle_offload)
+        if req.engine == "torch" and "optimizer" in req.idle_offload:  # Module.to moves parameters only
+            raise InputError("idle_offload", "engine 'torch' parks the module with Module.to('cpu') (AgileRL's "
+                             "use_memory_efficient_params), which moves its parameters, not the optimizer's states: "
+                             "use 'params', or engine 'fsdp'", req.idle_offload)
         if req.engine == "deepspeed" and "params" in req.idle_offload:
             raise InputError("idle_offload", "DeepSpeed's offload_states (OpenRLHF's ds.enable_sleep) keeps the "
                              "16-bit weight shards on the GPU: use 'optimizer', or engine 'fsdp'", req.idle_offload)
@@ -226,6 +241,20 @@ def resolve(req: EstimateRequest) -> Run:
         if req.rollout_engine == "hybrid-engine":
             raise InputError("idle_offload", "DeepSpeed-Chat's hybrid engine keeps its models on the GPU: use "
                              "rollout_engine 'vllm' or 'hf'", req.idle_offload)
+    notes = _ignored(req, algo, ref_mode, reward_mode)
+    if cluster.nodes_inferred:
+        notes.append(f"gpus {req.gpus!r} read as {cluster.num_nodes} nodes × {cluster.gpus_per_node} GPUs (one "
+                     f"{cluster.gpu.name} server holds {cluster.gpu.gpus_per_node}); host RAM and hybrid sharding are "
+                     "per node")
+    if req.rollout_engine == "hybrid-engine" and algo in GENERATES and req.engine != "deepspeed":
+        raise InputError("engine", "DeepSpeed-Chat's hybrid engine is a DeepSpeed engine (deepspeed.initialize with "
+                         "hybrid_engine enabled): use 'deepspeed'", req.engine)
+    if req.tp > 1 and req.rollout_engine == "hybrid-engine" and algo in GENERATES:
+        raise InputError("tp", "DeepSpeed-Chat's hybrid engine trains with ZeRO data parallelism only (its "
+                         "--inference_tp_size shards generation, not training): use 1", req.tp)
+    if req.tp > 1 and req.engine == "torch":
+        raise InputError("tp", "engine 'torch' (one GPU or DDP) has no tensor parallelism: use 1, or engine 'fsdp'",
+                         req.tp)
     if n % req.tp:
         raise InputError("tp", f"must divide the number of GPUs ({n})", req.tp)
     if req.tp > 1 and cluster.gpus_per_node % req.tp:
@@ -243,17 +272,27 @@ def resolve(req: EstimateRequest) -> Run:
             raise InputError("processes_per_gpu", "under placement 'split' each GPU group runs one process per role "
                              "it holds (split_groups): leave it 1", req.processes_per_gpu)
         active = tuple(role for role in ROLES_BY_ALGO[algo]
-                       if not (role == "reference" and ref_mode in ("none", "lora-shared"))
+                       if not (role == "reference" and ref_mode in ("none", "lora-shared", "lora-adapter"))
                        and not (role == "reward" and reward_mode == "rule"))
         groups = _split_groups(req.split_groups, active)
         group_gpus = n // len(groups)
-        if ref_mode == "lora-shared":  # the actor with its adapter off: on the actor's GPUs, in its process
+        if ref_mode in ("lora-shared", "lora-adapter"):  # the actor's base: on the actor's GPUs, in its process
             groups = tuple(group + ("reference",) if "actor" in group else group for group in groups)
         if group_gpus < req.tp or group_gpus % req.tp:
             what = (f"each of {len(active)} models ({', '.join(active)}) on its own GPUs" if len(groups) == len(active)
                     else f"{len(groups)} groups of models ({', '.join('+'.join(g) for g in groups)}) on their own GPUs")
             raise InputError("placement", f"'split' puts {what}: needs at least {len(groups) * req.tp} GPUs, got {n}",
                              req.placement)
+    if req.rollout_engine == "vllm" and algo in GENERATES:  # vLLM's ParallelConfig / ModelConfig checks
+        vtp = req.vllm_tensor_parallel_size
+        where = "the actor's GPU group" if req.placement == "split" else "the GPUs"
+        if group_gpus % vtp:
+            raise InputError("vllm_tensor_parallel_size", f"one vLLM engine spans {vtp} GPUs: it must divide "
+                             f"{where} ({group_gpus})", vtp)
+        if actor_spec.num_heads % vtp:
+            raise InputError("vllm_tensor_parallel_size", f"must divide the attention heads ({actor_spec.num_heads}) "
+                             "(vLLM: 'Total number of attention heads must be divisible by tensor parallel size')",
+                             vtp)
     dp = group_gpus // req.tp
     shard_dp = min(dp, cluster.gpus_per_node // req.tp) if req.hybrid_shard else dp
     critic_spec = (_lookup(req.critic_model, "critic_model") if req.critic_model is not None and algo == "ppo"
@@ -275,13 +314,17 @@ def resolve(req: EstimateRequest) -> Run:
     generates = algo in GENERATES
     if generates:
         seq = req.prompt_len + req.gen_len
-        logit_tokens = seq if req.logprob_kernel == "fp32-fused" else req.gen_len  # OpenRLHF: every position's
+        # OpenRLHF ('fp32-fused') and AgileRL ('row-chunked'): every position's log-prob
+        logit_tokens = seq if req.logprob_kernel in ("fp32-fused", "row-chunked") else req.gen_len
     else:
         seq = req.seq_len or (req.prompt_len + req.gen_len)
         logit_tokens = seq
     if req.weight_sync_bucket_mb and req.rollout_engine not in ("vllm", "remote"):
         raise InputError("weight_sync_bucket_mb", "packs the weights sent to vLLM or a remote engine: set "
                          "rollout_engine 'vllm' or 'remote', or leave it 0", req.weight_sync_bucket_mb)
+    if req.logprob_chunk_rows is not None and req.logprob_kernel != "row-chunked":
+        raise InputError("logprob_chunk_rows", "sizes the tiles of logprob_kernel 'row-chunked': set that kernel, or "
+                         "leave it unset", req.logprob_chunk_rows)
     if req.logprob_kernel != "log-softmax" and generates and req.rollout_engine == "hybrid-engine":
         raise InputError("logprob_kernel", "DeepSpeed-Chat's trainer takes log-probs with log_softmax: use "
                          "'log-softmax' with rollout_engine 'hybrid-engine'", req.logprob_kernel)
@@ -311,11 +354,94 @@ def resolve(req: EstimateRequest) -> Run:
         gradient_checkpointing=req.gradient_checkpointing, eager_attention=req.attention == "eager",
         lora_rank=req.lora_rank, lora_targets=req.lora_targets, rollout_engine=req.rollout_engine,
         vllm_utilization=req.vllm_gpu_memory_utilization, vllm_sleep=req.vllm_sleep_mode,
-        vllm_tp=req.vllm_tensor_parallel_size,
+        vllm_tp=req.vllm_tensor_parallel_size, vllm_batched_tokens=req.vllm_max_num_batched_tokens or 8192,
+        logprob_chunk_rows=req.logprob_chunk_rows,
         gather_for_generation=req.gather_for_generation, sync_bucket_bytes=req.weight_sync_bucket_mb << 20,
         tp=req.tp, placement=req.placement, groups=groups,
-        host_ram_bytes_per_node=req.host_ram_bytes_per_node,
+        host_ram_bytes_per_node=req.host_ram_bytes_per_node, notes=tuple(notes),
     )
+
+
+def for_algorithm(request: EstimateRequest, algo: str) -> EstimateRequest:
+    """``request`` under another algorithm (``compare``): the options that algorithm has no use for, which it
+    would refuse (``_ignored``), back at their defaults — an SFT reference, DPO's group and rollout, an RL run's
+    ``seq_len`` (its sequences are then prompt_len + gen_len), the offload of a model it does not hold."""
+    update: dict = {"algo": algo}
+    if algo == "sft":
+        update.update(ref=None, offload_ref=False)
+    if algo not in ROLES_WITH_REWARD or (request.reward or ("rule" if algo == "grpo" else "model")) == "rule":
+        update["offload_reward"] = False
+    if algo in GENERATES:
+        update["seq_len"] = None
+    else:
+        update.update(group_size=None, rollout_batch_size=None, rollout_engine="hf", **_DEFAULTS,
+                      gather_for_generation=False, weight_sync_bucket_mb=0)
+        if request.score_micro_batch_size is not None and request.rollout_engine == "hybrid-engine":
+            update["score_micro_batch_size"] = None
+    return EstimateRequest.model_validate({**request.model_dump(), **update})
+
+
+VLLM_FIELDS = ("vllm_gpu_memory_utilization", "vllm_tensor_parallel_size", "vllm_sleep_mode",
+               "vllm_max_num_batched_tokens")
+"""Fields only a colocated vLLM reads (``rollout_engine='vllm'``)."""
+_DEFAULTS = {name: EstimateRequest.model_fields[name].default for name in VLLM_FIELDS}
+
+
+def _ignored(req: EstimateRequest, algo: str, ref_mode: str, reward_mode: str) -> list[str]:
+    """Options the run does not use: an error naming the option when its value cannot hold for this run, a note
+    when it is merely ignored (a harmless value). A field at its default is never flagged: a request re-validated
+    from a dump (``compare``) sets every field."""
+    notes = []
+    if algo == "sft" and req.ref not in (None, "none"):
+        raise InputError("ref", f"SFT trains against no reference model: {req.ref!r} cannot hold (leave it unset, or "
+                         "'none')", req.ref)
+    if algo not in GENERATES:
+        for name in ("group_size", "rollout_batch_size"):
+            value = getattr(req, name)
+            if value is not None and value > 1:
+                raise InputError(name, f"{algo} generates nothing (its sequences come from the data set): leave it "
+                                 "unset", value)
+            if value is not None:
+                notes.append(f"{name} {value}: ignored, {algo} generates nothing")
+        if req.rollout_engine != "hf":
+            raise InputError("rollout_engine", f"{algo} generates nothing (its sequences come from the data set): "
+                             "leave it 'hf' (the default)", req.rollout_engine)
+    elif req.seq_len is not None:
+        if req.seq_len != req.prompt_len + req.gen_len:
+            raise InputError("seq_len", f"is the SFT/DPO sequence length; {algo}'s sequences are prompt_len + gen_len "
+                             f"({req.prompt_len} + {req.gen_len}): set those instead", req.seq_len)
+        notes.append(f"seq_len {req.seq_len}: ignored, {algo}'s sequences are prompt_len + gen_len")
+    reward = algo in ROLES_WITH_REWARD and reward_mode == "model"
+    if req.offload_ref and ref_mode == "none":
+        raise InputError("offload_ref", "this run has no reference model (ref 'none'): leave it off", True)
+    if req.offload_reward and not reward:
+        why = f"reward {reward_mode!r}" if algo in ROLES_WITH_REWARD else f"{algo} scores no rollouts"
+        raise InputError("offload_reward", f"this run has no reward model ({why}): leave it off", True)
+    unused = {"ref_zero_stage": ref_mode != "separate", "reward_zero_stage": not reward,
+              "reward_model": not reward, "critic_zero_stage": algo != "ppo", "critic_model": algo != "ppo",
+              "offload_ref": ref_mode in ("lora-shared", "lora-adapter")}  # the actor's base: nothing to offload
+    for name, ignored in unused.items():
+        value = getattr(req, name)
+        if ignored and value not in (None, False):
+            why = {"ref_zero_stage": f"no separate reference (ref {ref_mode!r})", "offload_ref": "the reference is "
+                   "the actor with its adapter off (ref 'lora-shared')", "critic_zero_stage": f"{algo} has no critic",
+                   "critic_model": f"{algo} has no critic"}.get(name, "no reward model" + (
+                       f" (reward {reward_mode!r}: set reward 'model' to use one)" if algo in ROLES_WITH_REWARD
+                       else f" in {algo}"))
+            notes.append(f"{name} {value if not isinstance(value, ArchConfig) else 'inline'}: ignored, {why}")
+    if req.rollout_engine != "vllm" or algo not in GENERATES:
+        for name in VLLM_FIELDS:
+            value = getattr(req, name)
+            if value == _DEFAULTS[name]:
+                continue
+            if req.rollout_engine == "remote" or isinstance(value, bool):
+                notes.append(f"{name} {value}: ignored, it applies to rollout_engine 'vllm' (colocated)"
+                             + (" — the remote engine's GPUs are not estimated" if req.rollout_engine == "remote"
+                                else ""))
+            else:
+                raise InputError(name, f"applies to rollout_engine 'vllm' (colocated vLLM); this run generates with "
+                                 f"{req.rollout_engine!r}: set rollout_engine 'vllm', or leave it unset", value)
+    return notes
 
 
 @lru_cache(maxsize=1024)
@@ -369,14 +495,27 @@ def _roles(algo: str, ref_mode: str, reward_mode: str, role_stages: tuple[int | 
         base_bpp = float(e)
         if quantized:
             q = linear_params(spec)
-            base_bpp = (q * QUANT_BYTES_PER_PARAM[quantize_base] + (params - q) * e) / params
+            # the trained model goes through peft's prepare_model_for_kbit_training (TRL, AgileRL base.py:4313):
+            # every 16-bit parameter left unquantized (embeddings, norms, biases, the LM head) is cast to fp32
+            # (peft 0.22 utils/other.py:232-238; the same since peft 0.4)
+            rest = 4 if role == "actor" else e
+            base_bpp = (q * QUANT_BYTES_PER_PARAM[quantize_base] + (params - q) * rest) / params
         if role == "reference" and ref_mode == "lora-shared":
             roles.append(_role_setup(role=role, spec=spec, num_params=params, trainable_params=0, lm_head=True,
                                    sharding=sharding, base_bytes_per_param=base_bpp, shares_weights_with="actor"))
+            continue
+        if role == "reference" and ref_mode == "lora-adapter":  # its own frozen adapter on the actor's base;
+            # parked with the actor's module under idle offload (one Module.to moves both adapters)
+            own = _sharding(**{**{f: getattr(sharding, f) for f in sharding.__dataclass_fields__},
+                               "idle_params": "params" in idle_offload})
+            roles.append(_role_setup(role=role, spec=spec, num_params=params, trainable_params=0, lm_head=True,
+                                   sharding=own, base_bytes_per_param=base_bpp, lora=True, shares_weights_with="actor",
+                                   adapter_params=_lora_params(spec, lora_rank, lora_targets)))
             continue
         adapter = lora and trains
         trainable = (_lora_params(spec, lora_rank, lora_targets) + (0 if lm_head else spec.hidden_size)
                      if adapter else (params if trains else 0))
         roles.append(_role_setup(role=role, spec=spec, num_params=params, trainable_params=trainable,
-                               lm_head=lm_head, sharding=sharding, base_bytes_per_param=base_bpp, lora=adapter))
+                               lm_head=lm_head, sharding=sharding, base_bytes_per_param=base_bpp, lora=adapter,
+                               quantized=quantized))
     return tuple(roles)

@@ -10,22 +10,24 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from memplan.errors import InputError
+from memplan import disk
+from memplan.errors import InputError, shown
 
 MAX_SCRIPT_BYTES = 1 << 20
 _TUNE = re.compile(r"-(?:Instruct|instruct|Chat|chat|it)(?:-hf)?(?:-\d+)?$")
 
 
 def catalog_model(path: Any, key: str, field: str, notes: list[str]) -> str:
-    """A catalog name or local path for a framework's model path: a local folder as is; a hub id ('org/name') or
-    a missing path's folder name from the catalog, an unknown chat/instruct tune as its base (noted)."""
+    """A catalog name or local path for a framework's model path: a local folder as is (outside ``disk.no_disk``:
+    the service never looks at its own disk, nor says whether a path exists); a hub id ('org/name') or a path's
+    folder name from the catalog, an unknown chat/instruct tune as its base (noted)."""
     if not isinstance(path, str) or not path or "$" in path:
         raise InputError(field, f"{key} is not set (or uses an unset variable): pass --model", path)
     from memplan.catalog import get_model
 
     local = Path(path).expanduser()
     try:
-        if local.exists():
+        if disk.allowed() and local.exists():
             return str(local)
     except OSError:  # not a path any file system takes
         pass
@@ -36,6 +38,11 @@ def catalog_model(path: Any, key: str, field: str, notes: list[str]) -> str:
             spec = get_model(candidate)
         except InputError:
             continue
+        if candidate == name and _TUNE.search(name) and not _TUNE.search(spec.name):  # listed as its base's alias
+            notes.append(f"{key}={path}: estimated with the catalog's {spec.name}, whose architecture this"
+                         " chat/instruct tune shares in every memory-relevant field (config.json copies compared:"
+                         " the entry's alias_notes)")
+            return spec.name  # the name `--model` takes too
         if candidate != path:
             notes.append(f"{key}={path}: estimated with the catalog's {spec.name}"
                          + (" (the architecture of its chat/instruct tune)" if candidate != name else "")
@@ -68,6 +75,8 @@ def integer(value: Any, key: str, field: str, low: int = 1) -> int:
 
 
 def is_file(text: str) -> bool:
+    if not disk.allowed():
+        return False
     try:
         return Path(text).expanduser().is_file()
     except OSError:  # not a path any file system takes (too long, ...): the text itself
@@ -76,6 +85,8 @@ def is_file(text: str) -> bool:
 
 def read_text(source: str | Path, field: str) -> str:
     """A launch file's text (at most ``MAX_SCRIPT_BYTES``), as an ``InputError`` naming ``field`` when unreadable."""
+    if not disk.allowed():
+        raise InputError(field, "give the launch file's text: files are not read here", shown(str(source)))
     path = Path(str(source)).expanduser()
     try:
         if path.stat().st_size > MAX_SCRIPT_BYTES:

@@ -32,6 +32,7 @@ What is read (``A`` = ``actor_rollout_ref``):
                                       rollout_engine 'vllm' (sglang reserves the same fraction), or 'hf';
                                       vllm_tensor_parallel_size (2); the engine's GPU workers are processes
                                       beside the FSDP worker (processes_per_gpu 2)
+    A.rollout.max_num_batched_tokens  vllm_max_num_batched_tokens (vLLM's profile run, its input buffers)
     A.rollout.checkpoint_engine.update_weights_bucket_megabytes
                                       weight_sync_bucket_mb (2048): the weights go to the engine through it
     (always)                          logprob_kernel 'fused': flash-attn's cross-entropy (logprobs_from_logits)
@@ -69,6 +70,7 @@ DEFAULTS: dict[str, Any] = {  # verl 0.9.1 _generated_ppo_trainer.yaml, what thi
     f"{A}.rollout.name": None, f"{A}.rollout.n": 1, f"{A}.rollout.gpu_memory_utilization": 0.5,
     f"{A}.rollout.tensor_model_parallel_size": 2,
     f"{A}.rollout.checkpoint_engine.update_weights_bucket_megabytes": 2048,
+    f"{A}.rollout.max_num_batched_tokens": 8192,
     "reward_model.enable": False, "trainer.nnodes": 1, "trainer.n_gpus_per_node": 8,
 }
 _OVERRIDE = re.compile(r"^\+{0,2}([A-Za-z_]\w*(?:\.\w+)+)=(.*)$", re.S)
@@ -274,6 +276,8 @@ def fields(overrides: dict[str, Any], gpu: str | None = None) -> VerlRun:
         # FSDP worker, sent the weights through a bucket over CUDA IPC (BucketedWeightSender)
         out["processes_per_gpu"] = 2
         out["weight_sync_bucket_mb"] = num(f"{A}.rollout.checkpoint_engine.update_weights_bucket_megabytes")
+        # vLLM's profile run and persistent input buffers (verl passes it to vllm.LLM / its engine args)
+        out["vllm_max_num_batched_tokens"] = num(f"{A}.rollout.max_num_batched_tokens")
         if name == "sglang":
             notes.append("rollout sglang: its gpu_memory_utilization reservation counted as vLLM's")
     elif name == "hf":

@@ -9,9 +9,14 @@ records on a machine without it.
   (``LineItem(role, category, bytes)``).
 * ``CudaRecord`` — ``memplan.harness.measure(request, backend="cuda")``: ``torch.cuda`` allocated/reserved
   peaks and NVML used memory per phase, plus the environment, the estimate and the traced peak of the day.
+* ``MeasuredPoint`` — one measured quantity of one real run from any source (a public repository or page, a
+  user's GPU, ``memplan measure``: ``records_from_cuda``), with its source, settings, device, the phases it
+  covers and the request that reproduces it; the corpus under benchmarks/corpus/ (``memplan validate``).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -91,3 +96,101 @@ class CudaRecord(BaseModel):
     date: str = Field(description="UTC, ISO 8601")
     seconds: float
     notes: list[str] = Field(default_factory=list)
+
+
+# --- Measured points: one kind of record for a public page, a user's GPU run and ``memplan measure`` ---------
+
+Quantity = Literal["nvml_device_peak", "torch_max_allocated", "torch_max_reserved", "outcome"]
+Outcome = Literal["ran", "oom"]
+SourceKind = Literal["public", "user", "memplan-measure"]
+
+
+class Source(BaseModel):
+    """Where a measured point comes from: enough to fetch the raw data again and check it byte for byte."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: SourceKind = Field(description="A public page or repository, a user's own GPU run, or `memplan measure`")
+    url: str = Field(description="Repository, issue thread or page the point was read from")
+    commit: str | None = Field(None, description="Git commit of the repository snapshot the raw data was read at")
+    path: str | None = Field(None, description="File inside the repository (or anchor on the page)")
+    sha: str | None = Field(None, description="Git blob sha of that raw file at that commit (or sha256 of a page)")
+    measured_at_commit: str | None = Field(
+        None, description="The commit that last changed the measured data (what harness version produced it)"
+    )
+    locator: str = Field("", description="Which entry of the raw file this point is, e.g. 'measured[17]'")
+
+
+class MeasuredDevice(BaseModel):
+    """The device the run measured, as the run reported it (not memplan's catalog figure)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="As torch/NVML named it, e.g. 'NVIDIA A100-SXM4-40GB'")
+    total_bytes: int | None = Field(None, description="Total memory as the run reported it (torch total_memory)")
+    count: int = Field(1, ge=1, description="GPUs the run used")
+    catalog_gpu: str | None = Field(None, description="memplan's catalog name for this device, e.g. 'A100-40GB'")
+
+
+class MeasuredPoint(BaseModel):
+    """One measured quantity of one run: a phase's peak in bytes, or only whether the run fit (ran / OOM).
+
+    What compares to which estimate (``memplan.validate``):
+
+    * ``nvml_device_peak`` — NVML device memory used: the CUDA context, the caching allocator's reserve and
+      whatever the process and a colocated engine hold outside torch. Compared to the phase's total per GPU,
+      fixed bytes included.
+    * ``torch_max_allocated`` / ``torch_max_reserved`` — torch's caching allocator only: no CUDA context, no
+      NCCL buffers. Compared to the phase's total net of ``Report.fixed_bytes`` (as tests/test_records.py does).
+    * ``outcome`` — only 'ran' or 'oom': compared to the estimate's verdict (fits / does not fit).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(description="Unique within the corpus: source, point and phase")
+    point: str = Field(description="The run this measurement belongs to (records of one run share it)")
+    source: Source
+    framework: str = Field(description="What ran the step, e.g. 'agilerl'")
+    framework_version: str
+    versions: dict[str, str] = Field(default_factory=dict, description="torch, transformers, peft, vllm, ...")
+    settings: dict[str, str | int | float | bool | None] = Field(
+        description="Every memory-relevant setting, named as the source names it"
+    )
+    device: MeasuredDevice
+    quantity: Quantity
+    phases: tuple[Phase, ...] = Field(
+        description="memplan phases the measurement window covers; the estimate compared is their largest"
+    )
+    source_phase: str = Field(description="The phase as the source names it, e.g. 'training'")
+    measured_bytes: int | None = Field(None, description="The measured peak (None for an outcome-only point)")
+    outcome: Outcome | None = Field(None, description="Whether the run went through ('ran') or ran out of memory")
+    raw: dict[str, int | float | str | bool | None] = Field(
+        default_factory=dict, description="The source's own fields for this point, verbatim"
+    )
+    request: EstimateRequest | None = Field(None, description="The memplan request that reproduces the run")
+    unexpressible: str | None = Field(
+        None, description="Why no request can reproduce the run today (set by the converter; None otherwise)"
+    )
+    assumptions: list[str] = Field(default_factory=list, description="Each choice made to map the settings")
+    notes: list[str] = Field(default_factory=list, description="Caveats about the measurement itself")
+
+
+def records_from_cuda(record: CudaRecord, path: str) -> list[MeasuredPoint]:
+    """A ``memplan measure`` CudaRecord as measured points: torch's allocated peak per phase, and NVML's when
+    the record has it (NVML used at the phase's end minus the baseline, so compared like torch's counters)."""
+    versions = {"torch": record.torch_version, "transformers": record.transformers_version, "cuda": record.cuda,
+                "driver": record.driver}
+    if record.peft_version:
+        versions["peft"] = record.peft_version
+    device = MeasuredDevice(name=record.gpu_name, total_bytes=record.gpu_total_bytes, count=record.world_size,
+                            catalog_gpu=None)
+    source = Source(kind="memplan-measure", url="benchmarks/results/cuda", path=path)
+    stem = path.rsplit("/", 1)[-1].removesuffix(".json")
+    out = []
+    for ph in record.phases:
+        out.append(MeasuredPoint(
+            id=f"{stem}/{ph.phase}/allocated", point=stem, source=source, framework="memplan-measure",
+            framework_version="", versions=versions, settings={}, device=device, quantity="torch_max_allocated",
+            phases=(ph.phase,), source_phase=ph.phase, measured_bytes=ph.max_allocated_bytes, outcome="ran",
+            raw=ph.model_dump(), request=record.request, notes=list(record.notes)))
+    return out

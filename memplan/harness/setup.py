@@ -120,6 +120,13 @@ def resolve(req: EstimateRequest) -> Setup:
         reward_mode = "rule"  # no reward model in supervised / preference training
     if algo == "sft":
         ref_mode = "none"
+    if req.logprob_kernel == "row-chunked":
+        raise InputError("logprob_kernel", "the harness has no stand-in for the row-chunked LM head (a compiled "
+                         "kernel); use 'chunked'", req.logprob_kernel)
+    if ref_mode == "lora-adapter":
+        raise InputError("ref", "the harness runs no second LoRA adapter; use 'lora-shared' (the estimate's "
+                         "'lora-adapter' adds the adapter's resident bytes and runs the reference with adapters on)",
+                         ref_mode)
     if ref_mode == "lora-shared" and not lora:
         raise InputError("ref", "'lora-shared' needs LoRA: set lora_rank > 0, or ref 'separate'", ref_mode)
     if req.quantize_base != "none":

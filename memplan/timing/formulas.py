@@ -1,0 +1,112 @@
+"""One plain function per time term: FLOPs, bytes, and the seconds they take at an achievable rate.
+
+Shape letters: b sequences, s tokens per sequence, h hidden size, L layers, a·d = query heads × head dim,
+P the parameters a token passes through as matmuls (every decoder layer's linears, and the LM head when the
+model makes vocabulary logits; embeddings are a lookup), Ψ a model's parameters, e bytes per 16-bit element,
+n GPUs in a collective.
+
+FLOPs (Kaplan et al. 2020, arXiv 2001.08361 §2.1; PaLM, Chowdhery et al. 2022, arXiv 2204.02311 App. B):
+a forward takes 2·P FLOPs per token plus attention's 4·L·(a·d)·s per token (QKᵀ and the weighted sum over
+all s positions, as eager and SDPA math kernels compute them); backward twice the forward; a recomputed
+forward (gradient checkpointing) once more.
+"""
+
+from __future__ import annotations
+
+from math import ceil
+
+from memplan.specs import ModelSpec
+from memplan.timing.hardware import (
+    ADAM_BYTES_PER_PARAM, BUS_EFFICIENCY, DECODE_HBM_EFFICIENCY, EAGER_DECODE_SECONDS_PER_LAYER,
+    GPU_STREAM_EFFICIENCY, HOST_MEMORY_EFFICIENCY, MATMUL_EFFICIENCY, PCIE_EFFICIENCY, GPUPerf,
+)
+
+OPTIMIZER_BYTES_PER_PARAM = {"adamw": ADAM_BYTES_PER_PARAM, "adamw-8bit": 18, "sgd": 22, "adafactor": 22}
+"""Bytes an optimizer step streams per parameter. AdamW: ``ADAM_BYTES_PER_PARAM`` (30). 8-bit Adam: reads the
+fp32 master and gradient and the int8 m and v (10), writes master, m and v (6) and the 16-bit weight (2): 18.
+SGD with momentum, and Adafactor (its factored second moment is negligible): reads master, gradient and one
+state (12), writes master and state (8) and the 16-bit weight (2): 22."""
+
+
+def matmul_params(spec: ModelSpec, lm_head: bool) -> int:
+    """P: parameters a token multiplies through — each layer's linears (MoE: only the ``experts_per_token``
+    experts a token is routed to) and the LM head (V·h) for models that make logits; a scalar head's h."""
+    per_layer = 0
+    for lin in spec.linears:
+        count = lin.count
+        if spec.num_experts and count == spec.num_experts:
+            count = spec.experts_per_token
+        per_layer += lin.in_features * lin.out_features * count
+    head = spec.vocab_size * spec.hidden_size if lm_head else spec.hidden_size
+    return per_layer * spec.num_layers + head
+
+
+def forward_flops(spec: ModelSpec, lm_head: bool, seq_len: int, seqs: int) -> float:
+    """One forward over ``seqs`` sequences of ``seq_len`` tokens: b·(2·P·s + 4·L·(a·d)·s²)."""
+    attn = 4 * spec.num_layers * spec.num_heads * spec.head_dim * seq_len * seq_len
+    return float(seqs) * (2 * matmul_params(spec, lm_head) * seq_len + attn)
+
+
+def train_flops_factor(checkpointing: bool, lora: bool) -> int:
+    """Forwards' worth of FLOPs in one training pass: forward 1 + backward 2 (input and weight gradients) +
+    1 recomputed forward under checkpointing. LoRA skips the frozen base's weight gradients: backward ≈ 1."""
+    return 1 + (1 if lora else 2) + (1 if checkpointing else 0)
+
+
+def compute_seconds(flops: float, perf: GPUPerf, dtype: str, tp: int = 1) -> float:
+    """Matmul time at ``MATMUL_EFFICIENCY`` of the dense peak, the work split over ``tp`` GPUs."""
+    return flops / tp / (perf.matmul_flops(dtype) * MATMUL_EFFICIENCY)
+
+
+def kv_bytes_per_token(spec: ModelSpec, e: int) -> int:
+    """Key and value of one token in every layer: 2·L·kv_heads·d·e."""
+    return 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * e
+
+
+def decode_step_seconds(weight_bytes: float, kv_bytes: float, flops: float, perf: GPUPerf, dtype: str,
+                        eager_layers: int = 0) -> tuple[float, str]:
+    """One decode step of the whole batch: bounded by reading the weights and the KV cache from HBM once
+    (at ``DECODE_HBM_EFFICIENCY``), by its FLOPs, and — without CUDA graphs — by launching ``eager_layers``
+    layers' kernels (``EAGER_DECODE_SECONDS_PER_LAYER``). Returns the seconds and which bound it is."""
+    bounds = {
+        "hbm": (weight_bytes + kv_bytes) / (perf.hbm_bytes_per_s * DECODE_HBM_EFFICIENCY),
+        "compute": flops / (perf.matmul_flops(dtype) * MATMUL_EFFICIENCY),
+        "launch": eager_layers * EAGER_DECODE_SECONDS_PER_LAYER,
+    }
+    bound = max(bounds, key=bounds.__getitem__)
+    return bounds[bound], bound
+
+
+def shard_collective_bytes(total_bytes: float, n: int) -> float:
+    """Bytes each GPU sends in an all-gather or a reduce-scatter of a ``total_bytes`` tensor over n GPUs
+    (ring: (n − 1)/n of it); an all-reduce is a reduce-scatter plus an all-gather, twice this."""
+    return total_bytes * (n - 1) / n if n > 1 else 0.0
+
+
+def bus_seconds(bytes_per_gpu: float, perf: GPUPerf, multi_node: bool) -> float:
+    """A collective's time at ``BUS_EFFICIENCY`` of the slowest link (network across nodes, else NVLink)."""
+    if bytes_per_gpu <= 0:
+        return 0.0
+    return bytes_per_gpu / (perf.bus_bytes_per_s(multi_node) * BUS_EFFICIENCY)
+
+
+def pcie_seconds(nbytes: float, perf: GPUPerf) -> float:
+    """Host↔device copy at ``PCIE_EFFICIENCY`` of the link (one direction)."""
+    return nbytes / (perf.pcie_bytes_per_s * PCIE_EFFICIENCY)
+
+
+def gpu_optimizer_seconds(params: float, perf: GPUPerf, optimizer: str = "adamw") -> float:
+    """A fused optimizer step on the GPU: memory-bound, its bytes per parameter at ``GPU_STREAM_EFFICIENCY``."""
+    return params * OPTIMIZER_BYTES_PER_PARAM[optimizer] / (perf.hbm_bytes_per_s * GPU_STREAM_EFFICIENCY)
+
+
+def cpu_optimizer_seconds(params_on_node: float, perf: GPUPerf, optimizer: str = "adamw") -> float:
+    """DeepSpeedCPUAdam / FSDP's CPU step: every rank of a node steps its partition at once, so the node's
+    DRAM bandwidth (at ``HOST_MEMORY_EFFICIENCY``) bounds them together."""
+    return params_on_node * OPTIMIZER_BYTES_PER_PARAM[optimizer] / (
+        perf.host_memory_bytes_per_s * HOST_MEMORY_EFFICIENCY)
+
+
+def calls(seqs: int, per_call: int) -> int:
+    """Forward calls to go through ``seqs`` sequences ``per_call`` at a time."""
+    return max(1, ceil(seqs / max(1, per_call)))

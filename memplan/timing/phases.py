@@ -1,0 +1,220 @@
+"""Each phase of a step as a recipe: which model runs what, on how many sequences per GPU, and what it waits on.
+
+A step is one generation batch per GPU (``rollout_batch_size`` prompts × ``group_size``), scored and trained on
+once (one PPO epoch); DPO and SFT steps are one micro batch per GPU. Within a block (one model's forward calls,
+one training pass) compute and the collectives that prefetch or reduce behind it overlap, so the block takes
+its longest term; blocks follow one another. Per GPU: every data-parallel rank runs the same blocks at once.
+
+* rollout — prefill (FLOPs) then ``gen_len`` decode steps, each reading the weights and the KV cache at the mean
+  context once (HBM), or launch-bound without CUDA graphs (HF ``generate``, the hybrid engine); ReMax's greedy
+  pass again; the weight sync into the engine (vLLM: a copy of the weights, gathered first under ZeRO-3; the
+  hybrid engine: its train↔inference switch, one gather under ZeRO-3; HF under ZeRO-3: a gather per token).
+* scoring — a forward of each frozen or old-policy model over the batch, ``score_micro_batch_size`` at a time;
+  ZeRO-3 gathers the weights per call, over PCIe first when they live on the CPU.
+* actor_update / critic_update — forward + backward (+ recomputed forward) per micro batch, overlapped with
+  ZeRO's gathers and reduce-scatters; then the optimizer step: memory-bound on the GPU, or the gradients down
+  and the weights up over PCIe and the step on the CPU when offloaded, then ZeRO-1/2's all-gather.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NamedTuple
+
+from memplan.estimator.resolve import RoleSetup, Run
+from memplan.timing import formulas as f
+from memplan.timing.hardware import GPUPerf
+
+
+class Block(NamedTuple):
+    phase: str
+    role: str
+    what: str
+    seconds: float
+    bound: str
+
+
+def _longest(terms: dict[str, float]) -> tuple[float, str]:
+    bound = max(terms, key=terms.__getitem__)
+    return terms[bound], bound
+
+
+def _link(run: Run) -> str:
+    return "network" if run.num_gpus > run.gpus_per_node else "nvlink"
+
+
+def _gpus_of(run: Run, role: str) -> int:
+    """GPUs that hold ``role``: all of them when colocated, its group's under split placement."""
+    return run.num_gpus // len(run.groups) if run.groups else run.num_gpus
+
+
+def _gather_seconds(run: Run, perf: GPUPerf, role: RoleSetup) -> tuple[float, float]:
+    """One whole-model ZeRO-3 / FSDP gather for a forward or backward: (bus seconds, PCIe seconds when the
+    shards live on the CPU). (0, 0) when the weights are whole on every GPU."""
+    sh = role.sharding
+    if sh.zero_stage < 3 or sh.dp <= 1:
+        pcie = f.pcie_seconds(role.num_params * run.e / sh.tp, perf) if sh.offload_params else 0.0
+        return 0.0, pcie
+    total = role.num_params * run.e / sh.tp
+    bus = f.bus_seconds(f.shard_collective_bytes(total, sh.dp), perf, run.num_gpus > run.gpus_per_node)
+    pcie = f.pcie_seconds(total / sh.dp, perf) if sh.offload_params else 0.0
+    return bus, pcie
+
+
+def _tp_seconds(run: Run, perf: GPUPerf, tp: int, tokens: float, hidden: int, all_reduces: float) -> float:
+    """Tensor parallelism's activation all-reduces (Megatron-LM, Shoeybi et al. 2019, arXiv 1909.08053 §3: two
+    per layer in a forward, two in a backward), each of ``tokens`` × h elements, inside one node over NVLink;
+    latency of small messages not counted."""
+    if tp <= 1:
+        return 0.0
+    per = 2 * f.shard_collective_bytes(tokens * hidden * run.e, tp)  # all-reduce: reduce-scatter + all-gather
+    return all_reduces * f.bus_seconds(per, perf, multi_node=False)
+
+
+def rollout(run: Run, perf: GPUPerf, dtype: str) -> Iterator[Block]:
+    actor = run.roles[0]
+    spec, b = actor.spec, run.rollout_seqs
+    engine = run.rollout_engine
+    if engine == "remote":
+        weights = actor.num_params * run.e
+        yield Block("rollout", "actor", "send the weights to the remote engine (generation runs on other GPUs)",
+                    weights / (perf.internode_bytes_per_s * f.BUS_EFFICIENCY), "network")
+        return
+    gen_tp = run.vllm_tp if engine == "vllm" else run.tp
+    weight_bytes = actor.num_params * actor.base_bytes_per_param / gen_tp
+    passes = (("sampled", b), ("greedy", b)) if run.greedy_pass else (("sampled", b),)  # ReMax: one per prompt
+    zero3 = actor.sharding.zero_stage == 3 and actor.sharding.dp > 1
+    gather_bus, _ = _gather_seconds(run, perf, actor)
+    if engine == "vllm":
+        # the actor's weights into vLLM's: gathered under ZeRO-3 / FSDP, then one device copy (read + write)
+        copy = 2 * actor.num_params * run.e / gen_tp / (perf.hbm_bytes_per_s * f.GPU_STREAM_EFFICIENCY)
+        seconds, bound = _longest({_link(run): gather_bus, "hbm": copy})
+        yield Block("rollout", "actor", "weight sync into vLLM" + (" (gathered)" if zero3 else ""), seconds, bound)
+    elif engine == "hybrid-engine":
+        # DeepSpeed-Chat's HybridEngine.eval(): its inference containers take the training weights (LoRA fused
+        # in): at most one pass over the weights
+        copy = 2 * actor.num_params * run.e / (perf.hbm_bytes_per_s * f.GPU_STREAM_EFFICIENCY)
+        yield Block("rollout", "actor", "hybrid-engine switch to inference", copy, "hbm")
+    # the hybrid engine under ZeRO-3 gathers the whole actor at the start of every generate call (and frees it
+    # at the end); so does HF generation with gather_for_generation (TRL's ds3_gather_for_generation)
+    gathers_per_call = zero3 and (engine == "hybrid-engine" or (engine == "hf" and run.gather_for_generation))
+    eager_layers = 0 if engine == "vllm" else spec.num_layers
+    # A tensor-parallel group shares its replica's sequences (``tp``); a vLLM engine over ``vllm_tp`` GPUs takes
+    # the sequences of all of them: per GPU, its 1/gen_tp of the weights and its own sequences' KV and FLOPs.
+    kv_token = f.kv_bytes_per_token(spec, run.e) / run.tp
+    for label, seqs in passes:
+        if gathers_per_call:
+            yield Block("rollout", "actor", f"{label}: gather the sharded actor whole to generate", gather_bus,
+                        _link(run))
+        prefill = f.forward_flops(spec, True, run.prompt_len, seqs)
+        prefill_s = f.compute_seconds(prefill, perf, dtype, run.tp)
+        prefill_tp = _tp_seconds(run, perf, gen_tp, seqs * run.prompt_len * gen_tp // max(1, run.tp), spec.hidden_size,
+                                 2 * spec.num_layers)
+        yield Block("rollout", "actor", f"{label}: prefill {run.prompt_len} tokens × {seqs} sequences",
+                    prefill_s + prefill_tp, "compute" if prefill_s >= prefill_tp else "nvlink")
+        context = run.prompt_len + run.gen_len / 2  # the KV cache each decode step reads, on average
+        step_flops = seqs * (2 * f.matmul_params(spec, True) + 4 * spec.num_layers * spec.num_heads
+                             * spec.head_dim * context) / run.tp
+        step, bound = f.decode_step_seconds(weight_bytes, seqs * context * kv_token, step_flops, perf, dtype,
+                                            eager_layers)
+        if engine == "hf" and zero3 and not run.gather_for_generation:
+            # DeepSpeed / FSDP gather every layer again for every token
+            gather = gather_bus
+            if gather > step:
+                step, bound = gather, _link(run)
+        step += _tp_seconds(run, perf, gen_tp, seqs * gen_tp // max(1, run.tp), spec.hidden_size, 2 * spec.num_layers)
+        yield Block("rollout", "actor", f"{label}: decode {run.gen_len} tokens × {seqs} sequences",
+                    step * run.gen_len, bound)
+
+
+def _forward_calls(run: Run, perf: GPUPerf, dtype: str, role: RoleSetup, seqs: int, per_call: int,
+                   seq_len: int, label: str) -> Block:
+    """A no-grad forward of ``role`` over ``seqs`` sequences, ``per_call`` at a time."""
+    n = f.calls(seqs, per_call)
+    compute = f.compute_seconds(f.forward_flops(role.spec, role.lm_head, seq_len, seqs), perf, dtype,
+                                role.sharding.tp)
+    bus, pcie = _gather_seconds(run, perf, role)
+    terms = {"compute": compute, _link(run): n * bus, "pcie": n * pcie}
+    seconds, bound = _longest(terms)
+    seconds += _tp_seconds(run, perf, role.sharding.tp, seqs * seq_len, role.spec.hidden_size,
+                           2 * role.spec.num_layers)
+    where = " (weights from the CPU)" if role.sharding.offload_params else ""
+    return Block("scoring", role.role, f"{label}: forward × {seqs} sequences in {n} call(s){where}", seconds, bound)
+
+
+def scoring(run: Run, perf: GPUPerf, dtype: str) -> Iterator[Block]:
+    if run.algo == "sft":
+        return
+    seq = run.train_seq_len
+    if run.algo == "dpo":
+        for role in run.roles:
+            if role.role == "reference":
+                yield _forward_calls(run, perf, dtype, role, run.train_seqs, run.score_seqs, seq, "reference")
+        return
+    b = run.rollout_seqs
+    for role in run.roles:
+        if role.role == "actor":
+            if run.algo == "remax":  # ReMax's experience forward is its training forward (remax_trainer.py)
+                continue
+            yield _forward_calls(run, perf, dtype, role, b, run.score_seqs, seq, "actor old log-probs")
+        elif role.role == "critic":
+            yield _forward_calls(run, perf, dtype, role, b, run.score_seqs, seq, "critic values")
+        elif role.role == "reference":
+            yield _forward_calls(run, perf, dtype, role, b, run.score_seqs, seq, "reference log-probs")
+        elif role.role == "reward":
+            seqs = 2 * b if run.greedy_pass else b  # ReMax scores the greedy baseline too
+            yield _forward_calls(run, perf, dtype, role, seqs, run.score_seqs, seq,
+                                 "reward (sampled + greedy)" if run.greedy_pass else "reward")
+
+
+def update(run: Run, perf: GPUPerf, dtype: str, role: RoleSetup) -> Iterator[Block]:
+    """One trained role's update: its training passes over the step's sequences, then its optimizer step."""
+    phase = "critic_update" if role.role == "critic" else "actor_update"
+    sh = role.sharding
+    seqs = run.rollout_seqs if run.algo in ("ppo", "grpo", "remax", "rloo") else run.train_seqs
+    n = f.calls(seqs, run.train_seqs)
+    factor = f.train_flops_factor(run.gradient_checkpointing, role.lora)
+    compute = f.compute_seconds(factor * f.forward_flops(role.spec, role.lm_head, run.train_seq_len, seqs), perf,
+                                dtype, sh.tp)
+    multi_node = run.num_gpus > run.gpus_per_node
+    grad_bytes = role.trainable_params * run.e / sh.tp
+    rs = f.bus_seconds(f.shard_collective_bytes(grad_bytes, sh.dp), perf, multi_node)
+    gather_bus, gather_pcie = _gather_seconds(run, perf, role)
+    if sh.zero_stage >= 3:  # weights gathered for forward, recompute and backward; gradients reduce-scattered
+        comm = n * ((2 + run.gradient_checkpointing) * gather_bus + rs)
+    elif sh.zero_stage == 2:  # DeepSpeed ZeRO-2 reduces every micro batch's gradients
+        comm = n * rs
+    elif sh.zero_stage == 1:
+        comm = rs
+    else:  # DDP all-reduce
+        comm = 2 * rs
+    terms = {"compute": compute, "network" if multi_node else "nvlink": comm,
+             "pcie": n * (2 + run.gradient_checkpointing) * gather_pcie}
+    seconds, bound = _longest(terms)
+    seconds += _tp_seconds(run, perf, sh.tp, seqs * run.train_seq_len, role.spec.hidden_size,
+                           (4 + 2 * run.gradient_checkpointing) * role.spec.num_layers)
+    ckpt = " + recompute" if run.gradient_checkpointing else ""
+    yield Block(phase, role.role, f"forward + backward{ckpt} × {seqs} sequences in {n} micro batch(es)", seconds,
+                bound)
+
+    # optimizer step: the rank's partition (ZeRO ≥ 1 shards the states over dp)
+    shard = sh.dp if sh.zero_stage >= 1 else 1
+    params = role.trainable_params / sh.tp / shard
+    if sh.offload_optimizer:
+        ranks_on_node = min(run.gpus_per_node, _gpus_of(run, role.role))
+        down_up = f.pcie_seconds(2 * params * run.e, perf)  # 16-bit gradients down, 16-bit weights up
+        cpu = f.cpu_optimizer_seconds(params * ranks_on_node, perf, sh.optimizer)
+        yield Block(phase, role.role, "gradients to the CPU, weights back (offload)", down_up, "pcie")
+        yield Block(phase, role.role, f"CPU optimizer step ({ranks_on_node} rank(s) of a node share its DRAM)",
+                    cpu, "host")
+    else:
+        yield Block(phase, role.role, "optimizer step on the GPU", f.gpu_optimizer_seconds(params, perf,
+                                                                                          sh.optimizer), "hbm")
+    if sh.zero_stage in (1, 2) and sh.dp > 1:  # ZeRO-1/2 all-gather the updated 16-bit weights
+        yield Block(phase, role.role, "all-gather the updated weights", f.bus_seconds(
+            f.shard_collective_bytes(grad_bytes, sh.dp), perf, multi_node), "network" if multi_node else "nvlink")
+    if sh.idle_params or sh.idle_optimizer:  # verl's param/optimizer offload: shards to the GPU and back
+        moved = (4 * role.trainable_params / sh.tp / sh.dp if sh.idle_params else 0) + (
+            8 * role.trainable_params / sh.tp / sh.dp if sh.idle_optimizer else 0)
+        yield Block(phase, role.role, "idle offload: shards back to the GPU and out again", f.pcie_seconds(
+            2 * moved, perf), "pcie")
