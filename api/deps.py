@@ -18,7 +18,7 @@ import memplan
 from memplan import catalog
 from memplan.errors import InputError, UnknownModelError, shown
 from memplan.estimator import cache_key, request_of
-from memplan.report import EstimateRequest, Report
+from memplan.report import EstimateRequest
 
 MODEL_FIELDS = ("model", "critic_model", "reward_model")
 
@@ -88,12 +88,6 @@ def estimate_json(request: EstimateRequest) -> bytes:
     # keyed like the estimator's own cache: equal inline architectures can differ in the fields they set
     # (an unset tie_word_embeddings takes the family's default), so the set fields are part of the key
     return _cached()(cache_key(request))  # type: ignore[operator]
-
-
-def estimate_reports(requests: list[EstimateRequest]) -> list[Report]:
-    for r in requests:
-        check_names(r)
-    return memplan.compare(requests)
 
 
 @contextmanager

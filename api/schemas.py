@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
 
 from memplan.estimator import for_algorithm
-from memplan.planner import KNOBS, Knob
+from memplan.planner import KNOBS, Knob, Objective
 from memplan.report import Algo, EstimateRequest, Report, Role, whole_number
 
 HEADLINE = {
@@ -125,11 +125,21 @@ class PlanRequest(BaseModel):
     request: EstimateRequest
     allow: list[Knob] | None = Field(None, max_length=len(KNOBS), description="Knobs to search (default: all)",
                                      examples=[["zero_stage", "offload", "gradient_checkpointing"]])
-    max_results: StrictInt = Field(20, ge=1, le=100, description="Configurations to return, cheapest first")
+    max_results: StrictInt = Field(20, ge=1, le=100, description="Configurations to return, best first by objective")
     allow_tight: StrictBool = Field(False, description="Count a TIGHT configuration (its peak within memplan's "
                                     "error band of capacity) as fitting when its point estimate fits")
+    objective: Objective = Field("fastest", description="Rank the configurations that fit by estimated time per "
+                                 "prompt (fastest), GPU count then time (fewest-gpus) or GPU-hours (cheapest); "
+                                 "LoRA for full fine-tuning last, candidate_cost breaking ties",
+                                 examples=["fastest"])
+    dataset_samples: StrictInt | None = Field(
+        None, ge=1, le=1 << 40, description="Prompts (DPO/SFT: samples) in the data set: each candidate's wall "
+        "time and GPU-hours", examples=[45000])
+    price_per_gpu_hour: float | None = Field(
+        None, gt=0, le=1e6, strict=True, allow_inf_nan=False, description="Price of one GPU-hour: each candidate's price for the "
+        "data set (with dataset_samples)", examples=[2.0])
 
-    _whole_numbers = field_validator("max_results", mode="before")(whole_number)
+    _whole_numbers = field_validator("max_results", "dataset_samples", mode="before")(whole_number)
 
 
 class LimitRequest(BaseModel):

@@ -55,8 +55,9 @@ never proposes a run its own estimate puts over capacity. One helper, ``_ok``, d
 Best first, cheapest subtree first; at each node the remaining dimensions take their last option (micro
 batch 1): if that does not fit, the subtree is pruned. A configuration at least as far along every
 dimension as a feasible one that keeps the given micro batch (a superset of its changes; a changed placement
-counts as one more change) is skipped unevaluated, so the answer is the set of minimal changes, ranked by
-``candidate_cost``; one that fits only at a smaller micro batch prunes nothing (its supersets may keep more).
+counts as one more change) is skipped unevaluated, so the answer is the set of minimal changes (up to
+``MAX_CANDIDATES``), ranked by the objective (``objective_key``: ``memplan.step_time``'s time per prompt, the GPU
+count or the GPU-hours; LoRA for full fine-tuning last), ``candidate_cost`` breaking ties; one that fits only at a smaller micro batch prunes nothing (its supersets may keep more).
 Evaluations are memoized and capped (``MAX_EVALUATIONS``). The bound assumes memory never rises along a
 dimension; where it can (ZeRO stages on one GPU add buckets and gathers but shard nothing), a marginal
 configuration may be missed.
@@ -73,6 +74,7 @@ import heapq
 import itertools
 import operator
 import time
+from math import ceil, inf
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -82,6 +84,7 @@ from memplan.errors import InputError
 from memplan.estimator import estimate
 from memplan.estimator.resolve import for_algorithm, resolve
 from memplan.report import MAX_BATCH, EstimateRequest, Report, Verdict
+from memplan.timing import StepTime, step_time
 from memplan.units import GiB
 
 Knob = Literal["zero_stage", "offload", "offload_ref", "offload_reward", "gradient_checkpointing", "lora",
@@ -92,7 +95,12 @@ KNOBS: tuple[str, ...] = get_args(Knob)
 COST_ORDER = ("method_change", "cpu_offloads", "recompute", "tp", "zero_stage_total", "split_placement",
               "vllm_fraction", "vllm_sleep", "lora_rank", "micro_batch", "score_micro_batch", "kernel_change",
               "changes")
-"""The terms of ``candidate_cost``, compared left to right."""
+"""The terms of ``candidate_cost``, compared left to right: the tie-breaker of the objective's order."""
+Objective = Literal["fastest", "fewest-gpus", "cheapest"]
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
+"""How ``plan`` ranks the configurations that fit (``objective_key``)."""
+MAX_CANDIDATES = 200
+"""Minimal configurations the search collects before ranking them by the objective and keeping ``max_results``."""
 LORA_RANKS = (64, 16, 8)
 VLLM_FRACTIONS = (0.9, 0.7, 0.5, 0.4, 0.3, 0.2)
 MAX_EVALUATIONS = 800
@@ -113,6 +121,10 @@ MIN_STAGE = {"none": 0, "optimizer": 1, "optimizer+params": 3}
 """Lowest ZeRO/FSDP stage of a trained role under each CPU offload (ZeRO-Offload shards what it offloads)."""
 
 
+SPEED_VS_PPO = ("PPO's estimated seconds per prompt (DPO/SFT: sample) ÷ this run's, same model, GPUs and knobs: "
+                "2.0 is twice as fast as PPO, 0.5 half as fast; None when either has no time estimate")
+
+
 class PlanCandidate(BaseModel):
     """One evaluated configuration: what changed, its peak, its cost."""
 
@@ -129,14 +141,52 @@ class PlanCandidate(BaseModel):
     headroom_bytes: int
     peak_phase: str
     host_bytes_per_node: int
-    cost: dict[str, int] = Field(description="candidate_cost terms in comparison order; lower is better")
+    cost: dict[str, int] = Field(description="candidate_cost terms in comparison order; lower is better (the "
+                                 "tie-breaker of the objective)")
+    num_gpus: int
+    seconds_per_step: float | None = Field(None, description="Estimated seconds per step (memplan.step_time); None "
+                                           "when the time model cannot run it")
+    prompts_per_step: int | None = Field(None, description="Prompts (DPO/SFT: samples) one step consumes")
+    wall_seconds: float | None = Field(None, description="Steps through the data set × seconds per step (plan's "
+                                       "dataset_samples given)")
+    gpu_hours: float | None = Field(None, description="wall_seconds × GPUs / 3600")
+    price: float | None = Field(None, description="gpu_hours × price_per_gpu_hour (both given)")
 
     def cost_key(self) -> tuple[int, ...]:
         return tuple(self.cost.values())
 
+    def seconds_per_prompt(self) -> float:
+        """Seconds per prompt (DPO/SFT: sample), or the wall time of the data set when given; inf without a time
+        estimate. A smaller micro batch takes shorter steps but more of them: the step alone does not rank."""
+        if self.wall_seconds is not None:
+            return self.wall_seconds
+        if not self.seconds_per_step or not self.prompts_per_step:
+            return inf
+        return self.seconds_per_step / self.prompts_per_step
+
+
+def objective_key(candidate: PlanCandidate, objective: str) -> tuple:
+    """The order of ``plan``'s candidates, lower first, ``candidate_cost`` breaking ties. LoRA instead of the
+    asked-for full fine-tuning (``method_change``) ranks last whatever its time: it changes what is trained, not
+    only how fast. Then, by the objective:
+
+    * fastest — seconds per prompt (the data set's wall time when ``dataset_samples`` is given);
+    * fewest-gpus — GPUs, then fastest (the search keeps the request's GPUs, so this is fastest unless a
+      candidate's GPU count differs; ``--min-gpus`` finds the count);
+    * cheapest — GPU-seconds per prompt (the data set's GPU-hours; × a price per GPU-hour, the same order).
+    """
+    t = candidate.seconds_per_prompt()
+    if objective == "fastest":
+        head: tuple = (t,)
+    elif objective == "fewest-gpus":
+        head = (candidate.num_gpus, t)
+    else:
+        head = (t * candidate.num_gpus,)
+    return (candidate.cost["method_change"], *head, *candidate.cost_key())
+
 
 class PlanReport(BaseModel):
-    """Configurations that fit, cheapest first; when none does, the closest one."""
+    """Configurations that fit, best first by the objective; when none does, the closest one."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -148,11 +198,18 @@ class PlanReport(BaseModel):
     fits_any: bool = Field(description="Some candidate is FITS (or TIGHT, its point estimate fitting, under "
                            "allow_tight)")
     allow_tight: bool = Field(False, description="TIGHT configurations whose point estimate fits were accepted")
-    candidates: list[PlanCandidate] = Field(description="Cheapest first; when nothing fits, the smallest peak")
+    candidates: list[PlanCandidate] = Field(description="Best first by the objective (ties: cost_order); when "
+                                            "nothing fits, the smallest peak")
+    objective: Objective = Field("fastest", description="How the candidates are ranked (objective_key)")
+    dataset_samples: int | None = Field(None, description="Prompts (samples) in the data set, for wall times")
+    price_per_gpu_hour: float | None = Field(None, description="Price of one GPU-hour, for the candidates' price")
     knobs: list[str] = Field(description="Knobs that had more than one option")
-    cost_order: list[str] = Field(default=list(COST_ORDER))
+    cost_order: list[str] = Field(default=list(COST_ORDER), description="The tie-breaker, compared left to right")
     evaluations: int
-    exhaustive: bool = Field(description="False when MAX_EVALUATIONS stopped the search")
+    exhaustive: bool = Field(description="False when MAX_EVALUATIONS stopped the search before it reached "
+                             "max_results configurations in cost order")
+    ranked_all: bool = Field(True, description="Every minimal configuration (up to MAX_CANDIDATES) was reached and "
+                             "ranked by the objective; False when MAX_EVALUATIONS stopped the search first")
     elapsed_ms: float
     notes: list[str] = Field(default_factory=list)
 
@@ -172,6 +229,10 @@ class CompareRow(BaseModel):
     host_bytes_per_node: int | None = None
     saving_vs_ppo_bytes: int | None = None
     saving_vs_ppo_pct: float | None = None
+    seconds_per_step: float | None = Field(None, description="Estimated seconds per step (memplan.step_time); None "
+                                           "when the time model cannot run it")
+    prompts_per_step: int | None = Field(None, description="Prompts (DPO/SFT: samples) one step consumes")
+    speed_vs_ppo: float | None = Field(None, description=SPEED_VS_PPO)
     error: str | None = Field(None, description="Why this algorithm cannot run with these knobs")
 
 
@@ -181,6 +242,16 @@ class CompareReport(BaseModel):
     request: EstimateRequest
     rows: list[CompareRow]
     ppo_peak_bytes_per_gpu: int | None = None
+    ppo_seconds_per_step: float | None = Field(None, description="PPO's estimated seconds per step, same knobs")
+
+
+class ComparedReport(Report):
+    """One run of ``compare_reports``: its memory report, its estimated step time and its speed relative to PPO
+    with the same model, GPUs and knobs (POST /v1/compare, ``memplan compare --json``)."""
+
+    step_time: StepTime | None = Field(None, description="memplan.step_time of the same request; None when the "
+                                       "time model cannot run it (e.g. no performance figures for the GPU)")
+    speed_vs_ppo: float | None = Field(None, description=SPEED_VS_PPO)
 
 
 def _ok(report: Report | PlanCandidate | None, allow_tight: bool = False) -> bool:
@@ -203,7 +274,8 @@ def _changes(given: EstimateRequest, new: EstimateRequest) -> dict[str, tuple[An
 
 
 def candidate_cost(given: EstimateRequest, req: EstimateRequest, roles: list[str]) -> dict[str, int]:
-    """Throughput proxy of ``req`` (resident ``roles``), compared left to right, lower first:
+    """Throughput proxy of ``req`` (resident ``roles``), compared left to right, lower first: the order of the
+    search, and the tie-breaker of ``objective_key`` (which replaced it as the ranking):
 
     1. method_change — 1 if LoRA replaces the full fine-tuning the user asked for (ranks last);
     2. cpu_offloads — trained-role offload (optimizer 1, optimizer+params 2) + idle offload (params 1,
@@ -243,16 +315,23 @@ def candidate_cost(given: EstimateRequest, req: EstimateRequest, roles: list[str
     }
 
 
-def _candidate(given: EstimateRequest, report: Report) -> PlanCandidate:
+def _candidate(given: EstimateRequest, report: Report, dataset_samples: int | None = None,
+               price_per_gpu_hour: float | None = None) -> PlanCandidate:
     req = report.request
     roles = [m.role for m in report.models if not m.shares_weights_with]
+    t = _time(req, dataset_samples)
+    gpu_hours = None if t is None or t.wall_seconds is None else t.wall_seconds * report.num_gpus / 3600
     return PlanCandidate(
         changes=_changes(given, req), request=req, fits=report.fits, verdict=report.verdict,
         reasons=list(report.reasons),
         host_fits=report.host_fits,
         peak_bytes_per_gpu=report.peak_bytes_per_gpu, headroom_bytes=report.headroom_bytes,
         peak_phase=report.peak_phase, host_bytes_per_node=report.host_bytes_per_node,
-        cost=candidate_cost(given, req, roles),
+        cost=candidate_cost(given, req, roles), num_gpus=report.num_gpus,
+        seconds_per_step=None if t is None else t.seconds_per_step,
+        prompts_per_step=None if t is None else t.prompts_per_step,
+        wall_seconds=None if t is None else t.wall_seconds, gpu_hours=gpu_hours,
+        price=None if gpu_hours is None or price_per_gpu_hour is None else gpu_hours * price_per_gpu_hour,
     )
 
 
@@ -417,11 +496,19 @@ class _Exhausted(Exception):
 
 
 def plan(request: EstimateRequest, *, allow: set[str] | None = None, max_results: int = 20,
-         allow_tight: bool = False) -> PlanReport:
+         allow_tight: bool = False, objective: str = "fastest", dataset_samples: int | None = None,
+         price_per_gpu_hour: float | None = None) -> PlanReport:
     """Configurations that fit (GPU memory and host RAM), reached by changing only the ``allow``-ed knobs
-    (default: all of ``KNOBS``), cheapest first by ``candidate_cost``: LoRA instead of the asked-for full
-    fine-tuning ranks last; then fewer CPU offloads, no recomputation, lower TP, lower ZeRO stages, colocated
-    roles, a larger vLLM fraction, a larger LoRA rank, a larger micro batch, fewer changed fields.
+    (default: all of ``KNOBS``), best first by ``objective`` (``objective_key``: the estimated time per prompt
+    of ``memplan.step_time``, the GPU count, or the GPU-hours), ``candidate_cost`` breaking ties: LoRA instead
+    of the asked-for full fine-tuning ranks last; then fewer CPU offloads, no recomputation, lower TP, lower ZeRO
+    stages, colocated roles, a larger vLLM fraction, a larger LoRA rank, a larger micro batch, fewer changed
+    fields. ``dataset_samples`` adds each candidate's wall time (and ranks by it: the steps are whole);
+    ``price_per_gpu_hour`` its price.
+
+    The search collects up to ``MAX_CANDIDATES`` minimal configurations in ``candidate_cost`` order, then ranks
+    them by the objective: a configuration that changes more than a fitting one (a superset of its changes) is
+    not proposed even where the time model finds it faster.
 
     If the request does not fit, the candidates are its minimal memory-saving changes ('fix'; past the host's
     RAM, undoing offloads too); if it fits, the cheapest relaxations that still fit ('relax'; the request
@@ -435,6 +522,12 @@ def plan(request: EstimateRequest, *, allow: set[str] | None = None, max_results
         raise InputError("allow", f"unknown knobs {unknown}; allowed: {', '.join(KNOBS)}", unknown)
     if max_results < 1:
         raise InputError("max_results", "must be at least 1", max_results)
+    if objective not in OBJECTIVES:
+        raise InputError("objective", f"must be one of {', '.join(OBJECTIVES)}", objective)
+    if dataset_samples is not None and dataset_samples < 1:
+        raise InputError("dataset_samples", "must be at least 1", dataset_samples)
+    if price_per_gpu_hour is not None and not 0 < price_per_gpu_hour < inf:
+        raise InputError("price_per_gpu_hour", "must be a positive number", price_per_gpu_hour)
     base = estimate(request)
     fix = not _ok(base, allow_tight)
     side = "both" if not base.host_fits else "fix" if fix else "relax"
@@ -545,11 +638,12 @@ def plan(request: EstimateRequest, *, allow: set[str] | None = None, max_results
     def emit(leaf: Report) -> None:
         resident = [m for m in leaf.models if not m.shares_weights_with]
         if leaf.request.placement == "colocated" or len(resident) > 1:  # split of a single model is no change
-            emitted.setdefault(leaf.request, _candidate(request, leaf))
+            emitted.setdefault(leaf.request, leaf)
 
-    exhaustive = True
+    exhaustive = True  # the first max_results minimal configurations in cost order (or all) were reached
+    ranked_all = True  # every minimal configuration was reached and ranked
     try:
-        while heap and len(emitted) < max_results:
+        while heap and len(emitted) < MAX_CANDIDATES:
             _, _, prefix, leaf = heapq.heappop(heap)
             if leaf is not None:
                 emit(leaf)
@@ -564,15 +658,29 @@ def plan(request: EstimateRequest, *, allow: set[str] | None = None, max_results
                 report = largest_fitting(prefix)
                 if report.request.micro_batch_size >= max_mb:  # else a superset may keep a larger micro batch
                     found[tuple(prefix)] = max((i + 1 for i, level in enumerate(prefix) if level), default=0)
-                heapq.heappush(heap, (_candidate(request, report).cost_key(), next(tie), prefix, report))
+                resident = [m.role for m in report.models if not m.shares_weights_with]
+                cost = tuple(candidate_cost(request, report.request, resident).values())
+                heapq.heappush(heap, (cost, next(tie), prefix, report))
     except _Exhausted:
-        exhaustive = False
+        exhaustive = len(emitted) >= max_results
+        ranked_all = False
         for *_, leaf in sorted(entry for entry in heap if entry[3] is not None):
-            if len(emitted) < max_results:
+            if len(emitted) < MAX_CANDIDATES:
                 emit(leaf)
-    # sorted (stable: the search's order breaks ties), field-wise supersets dropped
-    candidates = _minimal(sorted(emitted.values(), key=PlanCandidate.cost_key))
-    notes = [] if exhaustive else [f"search stopped after {MAX_EVALUATIONS} estimates; cheaper ones may exist"]
+
+    def candidate(report: Report) -> PlanCandidate:
+        return _candidate(request, report, dataset_samples, price_per_gpu_hour)
+
+    # by the objective (stable, cost as the tie-breaker: the search's order breaks the rest), field-wise
+    # supersets dropped, the first max_results kept
+    ranked = sorted((candidate(leaf) for leaf in emitted.values()), key=lambda c: objective_key(c, objective))
+    candidates = _minimal(ranked)[:max_results]
+    notes = [] if exhaustive else [f"search stopped after {MAX_EVALUATIONS} estimates; better ones may exist"]
+    if exhaustive and not ranked_all:
+        notes.append(f"ranked the {len(emitted)} configurations reached (in cost order) within {MAX_EVALUATIONS} "
+                     f"estimates; a {'faster' if objective != 'cheapest' else 'cheaper'} one may lie beyond")
+    if candidates and all(c.seconds_per_step is None for c in candidates):
+        notes.append(f"no time estimate for {base.gpu} (memplan/catalog/gpu_perf.json): ranked by cost_order")
     if not base.host_fits:
         notes.append(f"as given, host RAM per node ({base.host_bytes_per_node / GiB:.1f} GiB) exceeds "
                      f"host_ram_bytes_per_node ({request.host_ram_bytes_per_node / GiB:.1f} GiB): offloads "
@@ -583,15 +691,16 @@ def plan(request: EstimateRequest, *, allow: set[str] | None = None, max_results
                      f"{request.vllm_tensor_parallel_size}: its weights and one sequence's KV cache need more of a GPU; "
                      "raise vllm_tensor_parallel_size (not a knob of the plan)")
     if not candidates:
-        candidates = [_candidate(request, closest[0])]
+        candidates = [candidate(closest[0])]
         notes.append("nothing fits with the allowed knobs; the candidate is the smallest peak found")
     knobs = [DIM_KNOB.get(d.name, d.name) for d in dims if len(d.options) > 1] + (
         ["micro_batch_size"] if max_mb > 1 else [])
     return PlanReport(
-        request=request, as_given=_candidate(request, base), mode="fix" if fix else "relax",
+        request=request, as_given=candidate(base), mode="fix" if fix else "relax",
         fits_any=any(_ok(c, allow_tight) for c in candidates), allow_tight=allow_tight, candidates=candidates,
+        objective=objective, dataset_samples=dataset_samples, price_per_gpu_hour=price_per_gpu_hour,
         knobs=knobs, evaluations=len(memo),
-        exhaustive=exhaustive, elapsed_ms=round((time.perf_counter() - start) * 1e3, 3), notes=notes,
+        exhaustive=exhaustive, ranked_all=ranked_all, elapsed_ms=round((time.perf_counter() - start) * 1e3, 3), notes=notes,
     )
 
 
@@ -787,17 +896,39 @@ def gpu_limit(request: EstimateRequest, *, allow_tight: bool = False) -> LimitRe
     )
 
 
+def _time(request: EstimateRequest, dataset_samples: int | None = None) -> StepTime | None:
+    """``step_time`` of a request that estimates, or None where the time model cannot run it (a GPU without
+    performance figures)."""
+    try:
+        return step_time(request, dataset_samples=dataset_samples)
+    except InputError:
+        return None
+
+
+def speed_ratio(ppo: StepTime | None, run: StepTime | None) -> float | None:
+    """PPO's seconds per prompt ÷ ``run``'s (``SPEED_VS_PPO``): per prompt, since a step of GRPO or RLOO
+    generates a group per prompt and a step of DPO trains pairs."""
+    if ppo is None or run is None or not run.seconds_per_step or not ppo.prompts_per_step:
+        return None
+    return (ppo.seconds_per_step / ppo.prompts_per_step) / (run.seconds_per_step / run.prompts_per_step)
+
+
 def compare_algorithms(request: EstimateRequest, algos=("ppo", "grpo", "remax", "rloo", "dpo")) -> CompareReport:
     """The same model, cluster and knobs under each algorithm: peak per GPU, resident models, the phase that
-    sets the peak, and the saving relative to PPO (estimated even when not listed)."""
+    sets the peak, the saving relative to PPO (estimated even when not listed), and the estimated seconds per
+    step and speed relative to PPO (``memplan.step_time``, ~0.3 ms a call)."""
     reports: dict[str, Report | str] = {}
+    times: dict[str, StepTime | None] = {}
     for algo in dict.fromkeys(("ppo", *algos)):
         try:
             reports[algo] = estimate(for_algorithm(request, algo))
         except InputError as err:
             reports[algo] = str(err)
+            continue
+        times[algo] = _time(reports[algo].request)
     ppo = reports["ppo"]
     ppo_peak = ppo.peak_bytes_per_gpu if isinstance(ppo, Report) else None
+    ppo_time = times.get("ppo")
     rows = []
     for algo in algos:
         r = reports[algo]
@@ -805,6 +936,7 @@ def compare_algorithms(request: EstimateRequest, algos=("ppo", "grpo", "remax", 
             rows.append(CompareRow(algo=algo, fits=False, error=r))
             continue
         saving = ppo_peak - r.peak_bytes_per_gpu if ppo_peak is not None else None
+        t = times[algo]
         rows.append(CompareRow(
             algo=algo, fits=r.fits, verdict=r.verdict, reasons=list(r.reasons),
             peak_bytes_per_gpu=r.peak_bytes_per_gpu,
@@ -813,25 +945,54 @@ def compare_algorithms(request: EstimateRequest, algos=("ppo", "grpo", "remax", 
             roles=[m.role + (f"={m.shares_weights_with}" if m.shares_weights_with else "") for m in r.models],
             saving_vs_ppo_bytes=saving,
             saving_vs_ppo_pct=round(100 * saving / ppo_peak, 2) if saving is not None else None,
+            seconds_per_step=None if t is None else t.seconds_per_step,
+            prompts_per_step=None if t is None else t.prompts_per_step,
+            speed_vs_ppo=speed_ratio(ppo_time, t),
         ))
-    return CompareReport(request=request, rows=rows, ppo_peak_bytes_per_gpu=ppo_peak)
+    return CompareReport(request=request, rows=rows, ppo_peak_bytes_per_gpu=ppo_peak,
+                         ppo_seconds_per_step=None if ppo_time is None else ppo_time.seconds_per_step)
+
+
+def compare_reports(requests: list[EstimateRequest], ppo: EstimateRequest | None = None) -> list[ComparedReport]:
+    """``memplan.compare`` (one memory report per request, in order), each with its ``step_time`` and its speed
+    relative to PPO: ``ppo`` when given (``memplan compare`` and POST /v1/compare's ``base``: the base request
+    under PPO, as ``compare_algorithms``), else PPO with each request's own knobs (``for_algorithm(request,
+    'ppo')``), timed once per distinct request. Raises ``InputError`` for a request that does not estimate, as
+    ``memplan.compare``."""
+    reports = [estimate(r) for r in requests]
+    ppo_times: dict[EstimateRequest, StepTime | None] = {}
+    out = []
+    for report in reports:
+        t = _time(report.request)
+        ppo_request = ppo or (for_algorithm(report.request, "ppo") if report.request.algo != "ppo" else report.request)
+        if ppo_request not in ppo_times:
+            ppo_times[ppo_request] = t if ppo_request == report.request else _time(ppo_request)
+        out.append(ComparedReport(**dict(report), step_time=t, speed_vs_ppo=speed_ratio(ppo_times[ppo_request], t)))
+    return out
 
 
 __all__ = [
     "COST_ORDER",
     "KNOBS",
+    "MAX_CANDIDATES",
+    "OBJECTIVES",
     "CompareReport",
     "CompareRow",
+    "ComparedReport",
     "Knob",
     "LimitReport",
+    "Objective",
     "PlanCandidate",
     "PlanReport",
     "batch_limit",
     "candidate_cost",
     "compare_algorithms",
+    "compare_reports",
     "gpu_limit",
     "max_micro_batch_size",
     "max_rollout_batch_size",
     "min_gpus",
+    "objective_key",
     "plan",
+    "speed_ratio",
 ]

@@ -315,12 +315,13 @@ class PhaseBand(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     phase: Phase
-    low_bytes: int = Field(description="total_bytes × (1 + lower)")
-    high_bytes: int = Field(description="total_bytes × (1 + upper)")
+    low_bytes: int = Field(description="total_bytes × (1 + lower), truncated to whole bytes")
+    high_bytes: int = Field(description="total_bytes × (1 + upper), truncated to whole bytes")
     lower: float = Field(description="Low quantile of (measured − estimated) / estimated over the corpus")
     upper: float = Field(description="High quantile of (measured − estimated) / estimated over the corpus")
     basis: str = Field(description="'rollout' or 'training': the corpus points of that phase kind; "
-                       "'extrapolated: …': the widest band measured, where the corpus has no points like this run")
+                       "'extrapolated (…): …': where the corpus has no points like this run, the lowest low end "
+                       "measured and the phase kind's high end")
 
 
 class Report(BaseModel):

@@ -162,6 +162,17 @@ def test_compare_both_forms():
     assert [Report.model_validate(x) for x in r.json()] == expected
 
 
+def test_compare_rows_carry_step_time_and_speed_vs_ppo():
+    r = client.post("/v1/compare", json={"base": REMAX_SETUP, "algos": ["remax"]})
+    assert r.status_code == 200, r.text
+    (row,) = r.json()
+    remax = memplan.step_time(EstimateRequest(**{**REMAX_SETUP, "algo": "remax"}))
+    ppo = memplan.step_time(EstimateRequest(**{**REMAX_SETUP, "algo": "ppo"}))  # PPO with the same knobs
+    assert row["step_time"]["seconds_per_step"] == remax.seconds_per_step
+    expected = (ppo.seconds_per_step / ppo.prompts_per_step) / (remax.seconds_per_step / remax.prompts_per_step)
+    assert row["speed_vs_ppo"] == pytest.approx(expected, rel=1e-12)
+
+
 @pytest.mark.parametrize(
     "body",
     [

@@ -65,6 +65,18 @@ def test_max_batch_and_min_gpus():
     assert LimitReport.model_validate(r.json()).min_gpus == expected.min_gpus
 
 
+def test_plan_objective_and_data_set():
+    body = {"request": REMAX_SETUP, "objective": "cheapest", "dataset_samples": 45000, "price_per_gpu_hour": 2.5}
+    r = client.post("/v1/plan", json=body)
+    assert r.status_code == 200, r.text
+    expected = plan(EstimateRequest.model_validate(REMAX_SETUP), objective="cheapest", dataset_samples=45000,
+                    price_per_gpu_hour=2.5)
+    _same(r.json(), expected)
+    data = r.json()
+    assert data["objective"] == "cheapest" and all(c["price"] is not None for c in data["candidates"])
+    assert client.post("/v1/plan", json={"request": REMAX_SETUP}).json()["objective"] == "fastest"
+
+
 def _error(r, status=422):
     assert r.status_code == status, r.text
     return r.json()["detail"]
@@ -76,6 +88,9 @@ def _error(r, status=422):
         ("/v1/plan", {"request": REMAX_SETUP, "allow": ["bogus"]}, ["body", "allow", 0]),
         ("/v1/plan", {"request": REMAX_SETUP, "max_results": 0}, ["body", "max_results"]),
         ("/v1/plan", {"request": REMAX_SETUP, "max_results": 10**6}, ["body", "max_results"]),
+        ("/v1/plan", {"request": REMAX_SETUP, "objective": "slowest"}, ["body", "objective"]),
+        ("/v1/plan", {"request": REMAX_SETUP, "dataset_samples": 0}, ["body", "dataset_samples"]),
+        ("/v1/plan", {"request": REMAX_SETUP, "price_per_gpu_hour": "2"}, ["body", "price_per_gpu_hour"]),
         ("/v1/plan", {"request": {**REMAX_SETUP, "micro_batch_size": 0}}, ["body", "request", "micro_batch_size"]),
         ("/v1/plan", {"request": {**REMAX_SETUP, "tp": 3}}, ["body", "request", "tp"]),  # InputError, not pydantic
         ("/v1/plan", {"request": {**REMAX_SETUP, "model": "/etc/passwd"}}, ["body", "request", "model"]),

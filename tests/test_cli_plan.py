@@ -53,19 +53,21 @@ def test_plan_json_is_the_library_plan():
     assert without_timing(got) == without_timing(expected)
 
 
-def test_plan_table_names_the_cheapest_change():
+def test_plan_table_names_the_fastest_change():
     result = run("plan", *REMAX_FLAGS, "--algo", "ppo")
     assert result.exit_code == 0, result.output
     out = flat(result.stdout)
     expected = plan(REMAX.model_copy(update={"algo": "ppo"}), max_results=10)
     best = expected.candidates[0]
     assert f"As given: DOES NOT FIT peak {expected.as_given.peak_bytes_per_gpu / GiB:.2f} GiB" in out
-    assert "Changes that make it fit, cheapest first" in out
-    # e.g. "Cheapest: --actor-zero-stage 2→3, --critic-zero-stage 2→3"
+    assert "Changes that make it fit, fastest first" in out
+    # e.g. "Fastest: --critic-zero-stage 2→3, --offload none→optimizer"
     parts = [f"--{f.replace('_', '-')} {old}→{new}" for f, (old, new) in best.changes.items()]
-    assert "Cheapest: " + ", ".join(parts) in out
-    for c in expected.candidates:
-        assert f"{c.peak_bytes_per_gpu / GiB:.2f}" in out and f"{c.headroom_bytes / GiB:.2f}" in out
+    assert "Fastest: " + ", ".join(parts) in out
+    for c in expected.candidates:  # each row: its memory, then its estimated time
+        assert (f"{c.peak_bytes_per_gpu / GiB:.2f} {c.headroom_bytes / GiB:.2f} {c.peak_phase} "
+                f"{c.host_bytes_per_node / GiB:.2f} {c.seconds_per_step:.1f} "
+                f"{c.seconds_per_step / c.prompts_per_step:.3f}") in out
 
 
 def test_plan_relax_when_it_fits():
@@ -192,6 +194,50 @@ def test_compare_table_shows_peak_roles_phase_and_saving_vs_ppo():
         if algo != "ppo":
             pct = 100 * (ppo.peak_bytes_per_gpu - report.peak_bytes_per_gpu) / ppo.peak_bytes_per_gpu
             assert f"{pct:.0f}% less" in out
+
+
+def test_compare_table_shows_step_time_and_speed_vs_ppo():
+    result = run("compare", *REMAX_FLAGS, "--algos", "ppo,remax")
+    assert result.exit_code == 0, result.output
+    out = flat(result.stdout)
+    ppo = memplan.step_time(REMAX.model_copy(update={"algo": "ppo"}))
+    remax = memplan.step_time(REMAX.model_copy(update={"algo": "remax"}))
+    ratio = (ppo.seconds_per_step / ppo.prompts_per_step) / (remax.seconds_per_step / remax.prompts_per_step)
+    word = f"{ratio:.1f}× faster" if ratio > 1.05 else f"{1 / ratio:.1f}× slower" if ratio < 1 / 1.05 else "same"
+    assert f"{remax.seconds_per_step:.1f} {word}" in out
+    assert "2.1× was measured" in out  # the model's known gap to the ReMax paper is said, not hidden
+
+
+def test_compare_json_carries_step_time():
+    result = run("compare", *REMAX_FLAGS, "--algos", "ppo,remax", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    for algo, item in zip(("ppo", "remax"), data):
+        t = memplan.step_time(REMAX.model_copy(update={"algo": algo}))
+        assert item["step_time"]["seconds_per_step"] == t.seconds_per_step
+    assert data[0]["speed_vs_ppo"] == 1.0
+
+
+def test_plan_objective_cheapest_with_price_and_data_set():
+    result = run("plan", *REMAX_FLAGS, "--algo", "remax", "--objective", "cheapest", "--dataset-samples", "45000",
+                 "--price-per-gpu-hour", "2")
+    assert result.exit_code == 0, result.output
+    out = flat(result.stdout)
+    expected = plan(REMAX.model_copy(update={"algo": "remax"}), max_results=10, objective="cheapest",
+                    dataset_samples=45000, price_per_gpu_hour=2.0)
+    assert "fewest GPU-hours first" in out and "wall h" in out and "price" in out
+    for c in expected.candidates:
+        assert f"{c.wall_seconds / 3600:.2f} {c.price:,.0f}" in out
+    assert "Cheapest: " in out
+    got = PlanReport.model_validate_json(run("plan", *REMAX_FLAGS, "--algo", "remax", "--objective", "cheapest",
+                                             "--dataset-samples", "45000", "--price-per-gpu-hour", "2",
+                                             "--json").stdout)
+    assert without_timing(got) == without_timing(expected)
+
+
+def test_plan_bad_objective_exit_2():
+    result = run("plan", *REMAX_FLAGS, "--objective", "slowest")
+    assert result.exit_code == 2 and "--objective" in result.stderr and "fastest" in result.stderr
 
 
 def test_compare_without_ppo_still_compares_to_ppo():

@@ -18,7 +18,7 @@ import memplan
 from memplan.errors import InputError
 from memplan.estimator.resolve import for_algorithm
 from memplan import planner
-from memplan.planner import COST_ORDER, KNOBS, compare_algorithms
+from memplan.planner import COST_ORDER, KNOBS, compare_algorithms, objective_key
 from memplan.report import EstimateRequest
 from memplan.units import GiB
 
@@ -115,8 +115,8 @@ def test_plan_names_the_cheapest_change_for_ppo():
     # minimal: undoing any one of its changes does not fit
     for field, (given, _) in best.changes.items():
         assert not fits(best.request.model_copy(update={field: given})), field
-    # nothing listed is cheaper: the first is the minimum of the stated cost
-    assert best.cost_key() == min(c.cost_key() for c in report.candidates)
+    # nothing listed ranks before it: the first is the minimum of the objective (fastest, cost breaking ties)
+    assert objective_key(best, "fastest") == min(objective_key(c, "fastest") for c in report.candidates)
 
 
 # liziniu/ReMax README (commit 536ba49, 2023-12-16), "Results of tuning Llama2-7B with A100-80GB GPUs" (gradient
@@ -243,16 +243,19 @@ def test_deepspeed_chat_single_gpu_script_at_batch_8(gpu, published):
 # --- 3. The search itself ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", list(SEARCHES))
-def test_every_candidate_fits_and_is_ranked_by_cost(name):
+def test_every_candidate_fits_and_is_ranked_by_the_objective(name):
+    # the issue: the lexicographic cost order goes; it only breaks ties of the estimated time (fastest, default)
     request = SEARCHES[name]
     report = plan(request)
     assert report.as_given.peak_bytes_per_gpu == memplan.estimate(request).peak_bytes_per_gpu
     assert report.mode == ("relax" if fits(request) else "fix")
-    assert report.cost_order == list(COST_ORDER)
+    assert report.cost_order == list(COST_ORDER) and report.objective == "fastest"
     assert report.fits_any, name
-    keys = [c.cost_key() for c in report.candidates]
+    keys = [objective_key(c, "fastest") for c in report.candidates]
     assert keys == sorted(keys)
     for c in report.candidates:
+        t = memplan.step_time(c.request)  # the time beside the memory is memplan.step_time's
+        assert (c.seconds_per_step, c.prompts_per_step) == (t.seconds_per_step, t.prompts_per_step)
         assert list(c.cost) == list(COST_ORDER)
         again = memplan.estimate(EstimateRequest.model_validate(c.request.model_dump()))  # re-estimated
         assert again.fits and again.host_fits and c.fits
@@ -260,6 +263,84 @@ def test_every_candidate_fits_and_is_ranked_by_cost(name):
         # the diff is exactly what changed
         assert {f: (getattr(request, f), getattr(c.request, f)) for f in EstimateRequest.model_fields
                 if getattr(request, f) != getattr(c.request, f)} == c.changes
+
+
+def _seconds_per_prompt(request: EstimateRequest) -> float:
+    t = memplan.step_time(request)
+    return t.seconds_per_step / t.prompts_per_step
+
+
+@pytest.mark.parametrize("name", ["remax-paper-ppo", "grpo-vllm", "dpo-one-gpu"])
+def test_fastest_is_the_order_of_the_hand_computed_times(name):
+    # expected order worked outside the planner: each candidate's request re-timed with memplan.step_time,
+    # seconds per prompt (a smaller micro batch takes shorter steps but more of them), LoRA for full
+    # fine-tuning last, the stated cost breaking ties
+    report = plan(SEARCHES[name])
+    by_hand = sorted(report.candidates, key=lambda c: (c.cost["method_change"], _seconds_per_prompt(c.request),
+                                                       c.cost_key()))
+    assert [c.request for c in report.candidates] == [c.request for c in by_hand]
+
+
+def test_fastest_pair_checked_by_hand_cpu_offload_vs_zero3():
+    # ReMax in the paper's setup on 8×A100-40GB (FITS only: the default search): two fixes on the same GPUs,
+    # the actor's optimizer on the CPU, or the actor under ZeRO-3. By memplan.step_time's blocks: ZeRO-3 adds
+    # two NVLink gathers of the actor to generate (sampled and greedy passes) and a gather-bound backward; the
+    # offload adds gradients over PCIe and the CPU optimizer step (~0.8 s, 8 ranks sharing a node's DRAM):
+    # ZeRO-3 is the faster fix, and the planner lists it first.
+    report = planner.plan(SEARCHES["remax-paper-remax"])
+    zero3, offload = (next(c for c in report.candidates if f in c.changes) for f in ("actor_zero_stage", "offload"))
+    t3, toff = memplan.step_time(zero3.request), memplan.step_time(offload.request)
+
+    def block(t, words: str) -> float:
+        return sum(i.seconds for p in t.phases for i in p.items if words in i.what)
+
+    zero3_extra = block(t3, "gather the sharded actor") + block(t3, "forward + backward") - block(toff, "forward + backward")
+    offload_extra = block(toff, "CPU optimizer step") + block(toff, "gradients to the CPU") + block(
+        toff, "all-gather the updated weights") - block(t3, "optimizer step on the GPU")
+    assert zero3_extra < offload_extra
+    assert toff.seconds_per_step - t3.seconds_per_step == pytest.approx(offload_extra - zero3_extra, rel=1e-9)
+    assert report.candidates.index(zero3) < report.candidates.index(offload)
+
+
+def test_lora_for_full_fine_tuning_ranks_last_even_when_faster():
+    report = plan(SEARCHES["remax-paper-ppo"])
+    methods = [c.cost["method_change"] for c in report.candidates]
+    assert methods == sorted(methods) and 1 in methods
+    full, lora = (min(c.seconds_per_prompt() for c in report.candidates if c.cost["method_change"] == m)
+                  for m in (0, 1))
+    assert lora < full  # the time model finds LoRA faster; it is still listed after every full fine-tuning
+
+
+def test_dataset_wall_time_gpu_hours_and_price_by_hand():
+    request = SEARCHES["remax-paper-remax"]
+    report = plan(request, dataset_samples=45000, price_per_gpu_hour=2.0, objective="cheapest")
+    assert (report.objective, report.dataset_samples, report.price_per_gpu_hour) == ("cheapest", 45000, 2.0)
+    for c in report.candidates:
+        t = memplan.step_time(c.request)
+        steps = -(-45000 // t.prompts_per_step)  # whole steps
+        assert c.wall_seconds == pytest.approx(steps * t.seconds_per_step, rel=1e-12)
+        assert c.gpu_hours == pytest.approx(c.wall_seconds * 8 / 3600, rel=1e-12)  # 8×A100-40GB
+        assert c.price == pytest.approx(c.gpu_hours * 2.0, rel=1e-12)
+    keys = [(c.cost["method_change"], c.gpu_hours, c.cost_key()) for c in report.candidates]
+    assert keys == sorted(keys)
+
+
+def test_fewest_gpus_on_fixed_gpus_is_fastest():
+    # the search keeps the request's GPUs (--min-gpus finds the count): every candidate has 8, so fewest-gpus
+    # falls through to the time
+    request = SEARCHES["grpo-vllm"]
+    fewest, fastest = plan(request, objective="fewest-gpus"), plan(request)
+    assert {c.num_gpus for c in fewest.candidates} == {8}
+    assert [c.request for c in fewest.candidates] == [c.request for c in fastest.candidates]
+
+
+def test_objective_bad_input_names_the_field():
+    request = SEARCHES["remax-paper-remax"]
+    for kwargs, field in (({"objective": "slowest"}, "objective"), ({"dataset_samples": 0}, "dataset_samples"),
+                          ({"price_per_gpu_hour": -1.0}, "price_per_gpu_hour")):
+        with pytest.raises(InputError) as err:
+            plan(request, **kwargs)
+        assert err.value.field == field
 
 
 @pytest.mark.parametrize("allow", [{"offload"}, {"zero_stage"}, {"tp", "gradient_checkpointing"},
@@ -417,6 +498,50 @@ def test_compare_algorithms_saving_vs_ppo():
         assert row.saving_vs_ppo_bytes == ppo.peak_bytes_per_gpu - report.peak_bytes_per_gpu
     remax = next(r for r in result.rows if r.algo == "remax")
     assert remax.roles == ["actor", "reference", "reward"]  # ReMax: no critic (REFERENCE.md)
+
+
+def test_compare_algorithms_step_time_and_speed_vs_ppo():
+    # the times are memplan.step_time's on each algorithm's own request; the speed is per prompt:
+    # (PPO's seconds per step / its prompts per step) / (this run's seconds per step / its prompts per step)
+    request = EstimateRequest(algo="ppo", **REMAX)
+    result = compare_algorithms(request, ("grpo", "remax", "dpo"))  # PPO not listed: timed anyway
+    ppo = memplan.step_time(request)
+    assert result.ppo_seconds_per_step == ppo.seconds_per_step
+    for row in result.rows:
+        t = memplan.step_time(for_algorithm(request, row.algo))
+        assert (row.seconds_per_step, row.prompts_per_step) == (t.seconds_per_step, t.prompts_per_step)
+        expected = (ppo.seconds_per_step / ppo.prompts_per_step) / (t.seconds_per_step / t.prompts_per_step)
+        assert row.speed_vs_ppo == pytest.approx(expected, rel=1e-12)
+    listed = compare_algorithms(request, ("ppo",))
+    assert listed.rows[0].speed_vs_ppo == 1.0
+
+
+def test_compare_reports_carry_step_time_against_ppo_with_the_same_knobs():
+    from memplan.planner import compare_reports
+
+    base = EstimateRequest(algo="ppo", **REMAX)
+    requests = [for_algorithm(base, a) for a in ("remax", "grpo")]
+    reports = compare_reports(requests, base)
+    assert [r.model_dump(exclude={"step_time", "speed_vs_ppo"}) for r in reports] == [
+        r.model_dump() for r in memplan.compare(requests)]  # the memory reports unchanged
+    ppo = memplan.step_time(base)
+    for request, report in zip(requests, reports):
+        t = memplan.step_time(request)
+        assert report.step_time == t
+        expected = (ppo.seconds_per_step / ppo.prompts_per_step) / (t.seconds_per_step / t.prompts_per_step)
+        assert report.speed_vs_ppo == pytest.approx(expected, rel=1e-12)
+    # without a base: PPO with each request's own knobs (GRPO's request has no reward offload to keep)
+    grpo = compare_reports(requests[1:])[0]
+    own = memplan.step_time(for_algorithm(requests[1], "ppo"))
+    t = grpo.step_time
+    expected = (own.seconds_per_step / own.prompts_per_step) / (t.seconds_per_step / t.prompts_per_step)
+    assert grpo.speed_vs_ppo == pytest.approx(expected, rel=1e-12)
+
+
+def test_speed_words():
+    from memplan.cli.render import speed
+
+    assert (speed(2.14), speed(1 / 1.1), speed(1.02), speed(None)) == ("2.1× faster", "1.1× slower", "same", "")
 
 
 def test_planner_imports_no_torch_rich_or_fastapi():

@@ -1,4 +1,4 @@
-"""POST /v1/plan: configurations that fit, cheapest first; /max-batch and /min-gpus: one limit each.
+"""POST /v1/plan: configurations that fit, best first by ``objective``; /max-batch and /min-gpus: one limit each.
 
 The searches run hundreds of estimates (tens to hundreds of milliseconds of pure CPU work), so these routes
 are plain ``def``: FastAPI runs them in its thread pool and the event loop keeps answering /v1/estimate.
@@ -41,11 +41,14 @@ def _run(search: Callable, request: EstimateRequest, *args, **kwargs):
 @router.post("", response_model=PlanReport, summary="What to change so the run fits")
 def plan(body: PlanRequest) -> PlanReport:
     """The knobs in ``allow`` (default: all) searched for configurations that fit (GPU memory and host RAM, the
-    verdict FITS; TIGHT too, its point estimate fitting, with ``allow_tight``), cheapest first by ``cost_order``;
-    each with its peak, headroom and the changes from the request. When nothing fits, ``fits_any`` is false and the one candidate is the closest (smallest peak) found."""
+    verdict FITS; TIGHT too, its point estimate fitting, with ``allow_tight``), best first by ``objective`` (estimated
+    time per prompt, GPU count or GPU-hours; ``cost_order`` breaks ties); each with its peak, headroom, estimated
+    seconds per step (and, with ``dataset_samples``, wall time and GPU-hours; with ``price_per_gpu_hour``, price)
+    and the changes from the request. When nothing fits, ``fits_any`` is false and the one candidate is the closest (smallest peak) found."""
     allow = None if body.allow is None else set(body.allow)
     return _run(plan_search, body.request, allow=allow, max_results=body.max_results,
-                allow_tight=body.allow_tight)
+                allow_tight=body.allow_tight, objective=body.objective, dataset_samples=body.dataset_samples,
+                price_per_gpu_hour=body.price_per_gpu_hour)
 
 
 @router.post("/max-batch", response_model=LimitReport, summary="Largest batch per GPU that fits")

@@ -28,6 +28,7 @@ __all__ = [
     "Cluster",
     "GPUSpec",
     "MAX_GPUS",
+    "catalog_name",
     "get_gpu",
     "get_model",
     "get_model_config",
@@ -121,6 +122,12 @@ def _resolve_model_name(name: str) -> str | None:
     if not isinstance(name, str) or not name.strip():
         raise InputError("model", "give a catalog name (e.g. 'meta-llama/Llama-2-7b-hf') or a config.json path", name)
     return _model_index().get(_key(name))
+
+
+def catalog_name(name: str) -> str | None:
+    """The catalog's name for ``name`` (a name or alias, any letter case), else None: no file is looked at and
+    no close matches are computed (the framework readers try several candidates)."""
+    return _model_index().get(_key(name)) if isinstance(name, str) and len(name) <= MAX_PATH else None
 
 
 MAX_PATH = 4096  # Linux's PATH_MAX

@@ -13,7 +13,7 @@ from memplan.cli.options import BATCH_SEMANTICS, JsonOption, PlotOption, command
 from memplan.cli.plan import next_steps
 from memplan.errors import InputError
 from memplan.estimator import for_algorithm
-from memplan.planner import compare_algorithms
+from memplan.planner import compare_algorithms, compare_reports
 from memplan.report import Algo, EstimateRequest
 
 ALGOS = get_args(Algo)
@@ -46,7 +46,7 @@ def compare(
         reports = [report for r in requests if (report := _try(r)) is not None] or [memplan.estimate(requests[0])]
         write_plot(plots.phase_bars, reports, plot)
     if json:
-        render.json_out(memplan.compare(requests))  # one Report per algorithm: any that cannot run is an error
+        render.json_out(compare_reports(requests, for_algorithm(request, "ppo")))  # one Report (+ step_time) per algorithm: any that cannot run is an error
         return
     result = compare_algorithms(request, names)  # saving vs PPO, estimated even when PPO is not listed
     if all(row.error for row in result.rows):
@@ -66,7 +66,7 @@ def _try(request: EstimateRequest) -> memplan.Report | None:
         return None
 
 
-compare.__doc__ = f"""Compare algorithms on the same model and cluster: peak per GPU, resident models, the phase that sets the peak, host RAM, and the saving relative to PPO (estimated even when PPO is not listed).
+compare.__doc__ = f"""Compare algorithms on the same model and cluster: peak per GPU, resident models, the phase that sets the peak, host RAM, the saving relative to PPO (estimated even when PPO is not listed), and the estimated seconds per step and speed relative to PPO (memplan's time model: see memplan time).
 
 Example: memplan compare --model meta-llama/Llama-2-7b-hf --gpus 8xA100-40GB --algos ppo,remax,grpo
 

@@ -10,7 +10,7 @@ from memplan import plot as plots
 from memplan.cli import render
 from memplan.cli.options import BATCH_SEMANTICS, JsonOption, PlotOption, request_command, write_plot
 from memplan.errors import InputError
-from memplan.planner import KNOBS, PlanReport, batch_limit, gpu_limit, plan as plan_search
+from memplan.planner import KNOBS, OBJECTIVES, PlanReport, batch_limit, gpu_limit, plan as plan_search
 from memplan.report import EstimateRequest
 
 MAX_RESULTS = 100
@@ -34,8 +34,8 @@ NEXT_STEPS = 3  # changes an estimate that does not fit suggests
 
 
 def next_steps(request: EstimateRequest, max_results: int = NEXT_STEPS) -> PlanReport | None:
-    """The planner's cheapest changes that make ``request`` fit (``memplan.planner.plan``, every knob), for a
-    command whose run does not fit to end with; None when the planner cannot search this request."""
+    """The planner's best changes that make ``request`` fit (``memplan.planner.plan``, every knob, fastest
+    first), for a command whose run does not fit to end with; None when the planner cannot search this request."""
     try:
         return plan_search(request, allow=set(KNOBS), max_results=max_results)
     except InputError:
@@ -66,6 +66,15 @@ def plan(
     allow_tight: Annotated[bool, typer.Option(
         "--allow-tight", help="Count a TIGHT configuration (its peak within memplan's error band of capacity) as "
         "fitting when its point estimate fits; by default the search takes FITS only", rich_help_panel=SEARCH)] = False,
+    objective: Annotated[str, typer.Option(
+        help=f"Rank the configurations that fit: {' | '.join(OBJECTIVES)} (estimated time per prompt, GPU count, "
+        "GPU-hours; memplan time)", rich_help_panel=SEARCH)] = "fastest",
+    dataset_samples: Annotated[int | None, typer.Option(
+        help="Prompts (DPO/SFT: samples) in the data set: each configuration's wall time (and GPU-hours)", min=1,
+        rich_help_panel=SEARCH)] = None,
+    price_per_gpu_hour: Annotated[float | None, typer.Option(
+        help="Price of one GPU-hour: each configuration's price for the data set (with --dataset-samples)",
+        rich_help_panel=SEARCH)] = None,
     json: JsonOption = False,
     plot: PlotOption = None,
 ) -> None:
@@ -79,6 +88,9 @@ def plan(
                          True)
     if not 1 <= max_results <= MAX_RESULTS:
         raise InputError("max_results", f"must be 1..{MAX_RESULTS}, got {max_results}", max_results)
+    objective = objective.strip().lower().replace("_", "-")
+    if objective not in OBJECTIVES:
+        raise InputError("objective", f"must be one of {', '.join(OBJECTIVES)}", objective)
     if modes == ["min_gpus"]:
         result = gpu_limit(request, allow_tight=allow_tight)
     elif modes:
@@ -86,7 +98,9 @@ def plan(
                  "max_score_batch": "score_micro_batch_size"}[modes[0]]
         result = batch_limit(request, field, allow_tight=allow_tight)
     else:
-        result = plan_search(request, allow=parse_allow(allow), max_results=max_results, allow_tight=allow_tight)
+        result = plan_search(request, allow=parse_allow(allow), max_results=max_results, allow_tight=allow_tight,
+                             objective=objective, dataset_samples=dataset_samples,
+                             price_per_gpu_hour=price_per_gpu_hour)
     if plot is not None:
         write_plot(plots.batch_curve, result, plot)
     if json:
@@ -97,11 +111,11 @@ def plan(
         render.plan(result)
 
 
-plan.__doc__ = f"""Search the knobs you allow (ZeRO stage, CPU offload, gradient checkpointing, LoRA, micro batch, tensor parallel, placement, vLLM memory fraction, idle offload, log-prob kernel, scoring micro batch) for configurations that fit, cheapest first; or, with --max-batch / --max-rollout-batch / --max-score-batch / --min-gpus, the largest batch or the fewest GPUs that fit.
+plan.__doc__ = f"""Search the knobs you allow (ZeRO stage, CPU offload, gradient checkpointing, LoRA, micro batch, tensor parallel, placement, vLLM memory fraction, idle offload, log-prob kernel, scoring micro batch) for configurations that fit, best first by --objective; or, with --max-batch / --max-rollout-batch / --max-score-batch / --min-gpus, the largest batch or the fewest GPUs that fit.
 
-Cost, compared in order (lower first): LoRA instead of full fine-tuning, CPU offloads, recomputation, tensor-parallel degree, sum of ZeRO stages, split placement, smaller vLLM fraction, smaller LoRA rank, smaller micro batch, smaller scoring micro batch, a new log-prob kernel, number of changed settings. Fits means GPU memory and host RAM (--host-ram-gib), with the verdict FITS: a TIGHT configuration (its peak within memplan's error band of capacity) counts only with --allow-tight.
+--objective fastest (default) ranks by memplan's estimated time per prompt (memplan time; the data set's wall time with --dataset-samples), fewest-gpus by GPU count then time, cheapest by GPU-hours (priced with --price-per-gpu-hour). LoRA instead of full fine-tuning ranks last whatever its time. Ties are broken by the cost, compared in order (lower first): LoRA instead of full fine-tuning, CPU offloads, recomputation, tensor-parallel degree, sum of ZeRO stages, split placement, smaller vLLM fraction, smaller LoRA rank, smaller micro batch, smaller scoring micro batch, a new log-prob kernel, number of changed settings. The times are estimates (benchmarks/results/timing.md gives their error against measured runs). Fits means GPU memory and host RAM (--host-ram-gib), with the verdict FITS: a TIGHT configuration (its peak within memplan's error band of capacity) counts only with --allow-tight.
 
-Example: memplan plan --model meta-llama/Llama-2-7b-hf --algo ppo --gpus 8xA100-40GB --allow zero_stage,offload,gradient_checkpointing
+Example: memplan plan --model meta-llama/Llama-2-7b-hf --algo ppo --gpus 8xA100-40GB --allow zero_stage,offload,gradient_checkpointing --objective fastest
 
 {BATCH_SEMANTICS}
 """

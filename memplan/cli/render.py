@@ -154,12 +154,12 @@ def estimate(report: Report) -> None:
 
 
 def next_steps(found: PlanReport | None, command: str) -> None:
-    """What to try when a run does not fit: the planner's cheapest changes that fit (``found``, from
-    ``memplan.planner.plan``) and the ``memplan plan`` line that lists them all."""
+    """What to try when a run does not fit: the planner's best changes that fit (``found``, from
+    ``memplan.planner.plan``, fastest first) and the ``memplan plan`` line that lists them all."""
     out = _console()
     if found is not None and found.fits_any:
         out.print(Text("What to try next", style="bold").append(
-            " — the cheapest changes that fit, from memplan plan (given→new):", style="not bold"))
+            " — the fastest changes that fit (estimated), from memplan plan (given→new):", style="not bold"))
         for i, c in enumerate(found.candidates, 1):
             out.print(f"  {i}. {changes(c.changes) or '(as given)'}: peak {gib(c.peak_bytes_per_gpu)} GiB per GPU, "
                       f"headroom {gib(c.headroom_bytes)} GiB")
@@ -175,16 +175,17 @@ def next_steps(found: PlanReport | None, command: str) -> None:
             f"; {short}). More GPUs, or a larger GPU (memplan gpus):", style="not bold"))
         out.print(f"  {command}", soft_wrap=True)
         return
-    out.print(Text("What to try next", style="bold").append(": what to change so it fits, cheapest first:",
+    out.print(Text("What to try next", style="bold").append(": what to change so it fits, fastest first:",
                                                             style="not bold"))
     out.print(f"  {command}", soft_wrap=True)
 
 
 def compare_next_steps(found: dict[str, PlanReport | None], commands: dict[str, str]) -> None:
-    """For each algorithm that does not fit: the planner's cheapest change that fits, and its ``memplan plan`` line."""
+    """For each algorithm that does not fit: the planner's best change that fits (fastest), and its ``memplan plan``
+    line."""
     out = _console()
     out.print(Text("What to try next", style="bold").append(
-        " — for each algorithm that does not fit, the cheapest change that fits (memplan plan):", style="not bold"))
+        " — for each algorithm that does not fit, the fastest change that fits (memplan plan):", style="not bold"))
     for algo, plan_report in found.items():
         if plan_report is not None and plan_report.fits_any:
             best = plan_report.candidates[0]
@@ -195,20 +196,35 @@ def compare_next_steps(found: dict[str, PlanReport | None], commands: dict[str, 
         out.print(f"      {commands[algo]}", soft_wrap=True)
 
 
+def speed(ratio: float | None) -> str:
+    """A speed relative to PPO (``CompareRow.speed_vs_ppo``, PPO's seconds per prompt ÷ this run's): '2.1× faster',
+    '1.1× slower', 'same' within 5 %."""
+    if ratio is None:
+        return ""
+    if 1 / 1.05 < ratio < 1.05:
+        return "same"
+    return f"{ratio:.1f}× faster" if ratio > 1 else f"{1 / ratio:.1f}× slower"
+
+
+def seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
 def compare(result: CompareReport) -> None:
     """Side by side (``memplan.planner.compare_algorithms``): verdict, peak per GPU, the phase that sets it,
-    resident models ('reference=actor': the LoRA-disabled actor), host RAM, and the saving relative to PPO
-    (estimated even when PPO is not listed)."""
+    resident models ('reference=actor': the LoRA-disabled actor), host RAM, the saving relative to PPO
+    (estimated even when PPO is not listed), and the estimated seconds per step and speed relative to PPO
+    (``memplan.step_time``)."""
     out = _console()
     req = result.request
     model = req.model if isinstance(req.model, str) else f"inline {req.model.model_type}"
     table = Table(title=f"{model} · {req.gpus}: algorithms compared", title_justify="left")
     for col in ("algo", "verdict", "peak GiB", "headroom GiB", "peak phase", "resident models",
-                "host GiB/node", "vs ppo"):
-        table.add_column(col, justify="right" if "GiB" in col or col.startswith("vs") else "left")
+                "host GiB/node", "vs ppo", "s/step", "speed vs ppo"):
+        table.add_column(col, justify="right" if "GiB" in col or col.startswith(("vs", "s/", "speed")) else "left")
     for row in result.rows:
         if row.error is not None:
-            table.add_row(row.algo, Text("CANNOT RUN", style="red"), "", "", "", row.error, "", "")
+            table.add_row(row.algo, Text("CANNOT RUN", style="red"), "", "", "", row.error, "", "", "", "")
             continue
         assert row.peak_bytes_per_gpu is not None and row.headroom_bytes is not None
         word, colour = VERDICTS[row.verdict or ("fits" if row.fits else "does_not_fit")]
@@ -219,10 +235,16 @@ def compare(result: CompareReport) -> None:
             pct = row.saving_vs_ppo_pct
             saving = f"{pct:.0f}% less" if pct >= 0 else f"{-pct:.0f}% more"
         table.add_row(row.algo, verdict, gib(row.peak_bytes_per_gpu), gib(row.headroom_bytes), row.peak_phase or "",
-                      ", ".join(row.roles), gib(row.host_bytes_per_node or 0), saving)
+                      ", ".join(row.roles), gib(row.host_bytes_per_node or 0), saving, seconds(row.seconds_per_step),
+                      speed(row.speed_vs_ppo) if row.algo != "ppo" else "")
     out.print(table)
     if result.ppo_peak_bytes_per_gpu is not None and all(row.algo != "ppo" for row in result.rows):
-        out.print(f"vs ppo: PPO with the same knobs peaks at {gib(result.ppo_peak_bytes_per_gpu)} GiB per GPU")
+        time = "" if result.ppo_seconds_per_step is None else f", {seconds(result.ppo_seconds_per_step)} s per step"
+        out.print(f"vs ppo: PPO with the same knobs peaks at {gib(result.ppo_peak_bytes_per_gpu)} GiB per GPU{time}")
+    if any(row.seconds_per_step is not None for row in result.rows):
+        out.print("s/step, speed vs ppo: memplan's time model (memplan time), per prompt, same knobs — an estimate, "
+                  "not a measurement: on the ReMax paper's own runs it puts PPO at ~1.1× ReMax's time per prompt "
+                  "where 2.1× was measured (benchmarks/results/timing.md)", style="dim")
 
 
 def _value(field: str, value: Any) -> str:
@@ -250,30 +272,57 @@ def _candidate_line(word: str, c: PlanCandidate, capacity: int) -> Text:
     return text
 
 
+FIRST = {"fastest": "fastest first", "fewest-gpus": "fewest GPUs first, then fastest",
+         "cheapest": "fewest GPU-hours first"}
+BEST = {"fastest": "Fastest", "fewest-gpus": "Fewest GPUs", "cheapest": "Cheapest"}
+
+
+def _time_cells(report: PlanReport, c: PlanCandidate) -> list[str]:
+    """s/step, s/prompt, and with a data set its wall hours (and price)."""
+    per_prompt = c.seconds_per_prompt() if c.wall_seconds is None else (
+        c.seconds_per_step / c.prompts_per_step if c.seconds_per_step and c.prompts_per_step else None)
+    cells = [seconds(c.seconds_per_step), "" if per_prompt is None else f"{per_prompt:.3f}"]
+    if report.dataset_samples is not None:
+        cells.append("" if c.wall_seconds is None else f"{c.wall_seconds / 3600:.2f}")
+        if report.price_per_gpu_hour is not None:
+            cells.append("" if c.price is None else f"{c.price:,.0f}")
+    return cells
+
+
 def plan(report: PlanReport) -> None:
-    """The plan: the request as given, then the configurations that fit, cheapest first (or the closest)."""
+    """The plan: the request as given, then the configurations that fit, best first by the objective (or the
+    closest); each with its estimated time beside its memory."""
     out = _console()
     req = report.request
     given = report.as_given
     capacity = given.peak_bytes_per_gpu + given.headroom_bytes
     out.print(f"Plan: {_title_of(req)}")
-    out.print(_candidate_line("As given: " + verdict_word(given.verdict), given, capacity))
+    line = _candidate_line("As given: " + verdict_word(given.verdict), given, capacity)
+    if given.seconds_per_step is not None:
+        line.append(f" · {seconds(given.seconds_per_step)} s per step (estimated)")
+    out.print(line)
     if report.fits_any:
         what = ("Changes that make it fit" if report.mode == "fix"
                 else "Cheaper settings that still fit (the request fits as given)")
-        table = Table(title=f"{what}, cheapest first (GiB per GPU; host: GiB per node)", title_justify="left")
-        for col in ("#", "change (given→new)", "peak", "headroom", "peak phase", "host", "offloads", "recompute",
-                    "TP", "ZeRO Σ", "batch"):
+        table = Table(title=f"{what}, {FIRST[report.objective]} (GiB per GPU; host: GiB per node; times estimated)",
+                      title_justify="left")
+        time_cols = ["s/step", "s/prompt"]
+        if report.dataset_samples is not None:
+            time_cols.append("wall h")
+            if report.price_per_gpu_hour is not None:
+                time_cols.append("price")
+        for col in ("#", "change (given→new)", "peak", "headroom", "peak phase", "host", *time_cols, "offloads",
+                    "recompute", "TP", "ZeRO Σ", "batch"):
             table.add_column(col, justify="left" if col in ("change (given→new)", "peak phase") else "right",
                              ratio=3 if col.startswith("change") else None)
         for i, c in enumerate(report.candidates, 1):
             table.add_row(str(i), changes(c.changes) or "(none)", gib(c.peak_bytes_per_gpu), gib(c.headroom_bytes),
-                          c.peak_phase, gib(c.host_bytes_per_node), str(c.cost["cpu_offloads"]),
+                          c.peak_phase, gib(c.host_bytes_per_node), *_time_cells(report, c), str(c.cost["cpu_offloads"]),
                           "yes" if c.cost["recompute"] else "no", str(c.cost["tp"]), str(c.cost["zero_stage_total"]),
                           str(c.request.micro_batch_size))
         out.print(table)
         best = report.candidates[0]
-        out.print(Text("Cheapest: ", style="bold").append(changes(best.changes) or "(as given)"))
+        out.print(Text(f"{BEST[report.objective]}: ", style="bold").append(changes(best.changes) or "(as given)"))
     else:
         closest = report.candidates[0]
         over = closest.peak_bytes_per_gpu - capacity
@@ -285,7 +334,8 @@ def plan(report: PlanReport) -> None:
                       "or a larger GPU")
         elif closest.verdict == "tight" and not report.allow_tight:
             out.print("the closest is TIGHT (within memplan's error band of capacity): --allow-tight counts it")
-    out.print(f"cost order: {', '.join(report.cost_order)} (lower first) · searched: {', '.join(report.knobs)} · "
+    out.print(f"objective: {report.objective} (memplan time's estimate; LoRA for full fine-tuning last) · ties: "
+              f"{', '.join(report.cost_order)} (lower first) · searched: {', '.join(report.knobs)} · "
               f"{report.evaluations} estimates in {report.elapsed_ms:.0f} ms")
     for note in report.notes:
         if not note.startswith("nothing fits"):  # said above

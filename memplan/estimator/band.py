@@ -54,7 +54,7 @@ class Band(NamedTuple):
     lower: float
     upper: float
     basis: str
-    """'rollout' or 'training' (the corpus points of that kind), or 'extrapolated: <why>'."""
+    """'rollout' or 'training' (the corpus points of that kind), or 'extrapolated (<why>): <which ends>'."""
     low_factor: float
     """1 + lower (precomputed: the hot path multiplies by it)."""
     high_factor: float
@@ -102,62 +102,68 @@ def bands(config: tuple[str, ...]) -> dict[str, Band]:
             continue
         why = (f"no corpus points with {', '.join(missing)}" if missing
                else f"no corpus points for the {phase} phase")
-        upper = k["upper"] if k is not None else widest["upper"]
-        out[phase] = Band(widest["lower"], upper, f"extrapolated: the widest band measured ({why})",
-                          1 + widest["lower"], 1 + upper)
+        upper, whose = (k["upper"], f"the {kind} kind's") if k is not None else (widest["upper"], "the highest")
+        out[phase] = Band(widest["lower"], upper, f"extrapolated ({why}): the lowest low end measured, {whose} "
+                          "high end", 1 + widest["lower"], 1 + upper)
     return out
 
 
+@lru_cache(maxsize=1)
 def label() -> str:
     """How the band is named in reasons and notes: 'corpus residuals p5–p95'."""
     low, high = load()["quantiles"]
     return f"corpus residuals p{round(100 * low)}–p{round(100 * high)}"
 
 
+class _Judged(NamedTuple):
+    """What a configuration's phases share whatever the request's bytes (cached per configuration and phases)."""
+
+    bands: tuple[Band, ...]
+    extrapolated: bool
+    note: str | None
+
+
 @lru_cache(maxsize=256)
-def _note(config: tuple[str, ...], phases: tuple[str, ...]) -> str | None:
-    """The report's note when the band of one of its ``phases`` is an extrapolation (cached)."""
+def _judged(config: tuple[str, ...], phases: tuple[str, ...]) -> _Judged:
+    """The bands of ``phases``, and the report's note when one of them is an extrapolation."""
+    per_phase = bands(config)
     why: dict[str, list[str]] = {}
     ranges: dict[tuple[float, float], list[str]] = {}
-    per_phase = bands(config)
     for phase in phases:
         b = per_phase[phase]
         if b.extrapolated:
-            why.setdefault(b.basis.split("(", 1)[-1].rstrip(")"), []).append(phase)
+            why.setdefault(b.basis.split("(", 1)[1].split(")", 1)[0], []).append(phase)
             ranges.setdefault((b.lower, b.upper), []).append(phase)
-    if not why:
-        return None
-    what = "; ".join(reason if len(named) == len(phases) else f"{', '.join(named)}: {reason}"
-                     for reason, named in why.items())
-    used = ", ".join(f"{lo:+.1%} to {hi:+.1%} of the estimate for {', '.join(named)}"
-                     for (lo, hi), named in ranges.items())
-    return f"error band extrapolated ({what}): {used} (memplan/catalog/error_band.json)"
+    note = None
+    if why:
+        what = "; ".join(reason if len(named) == len(phases) else f"{', '.join(named)}: {reason}"
+                         for reason, named in why.items())
+        used = ", ".join(f"{lo:+.1%} to {hi:+.1%} of the estimate for {', '.join(named)}"
+                         for (lo, hi), named in ranges.items())
+        note = f"error band extrapolated ({what}): {used} (memplan/catalog/error_band.json)"
+    return _Judged(tuple(per_phase[phase] for phase in phases), bool(why), note)
 
 
-_BAND_FIELDS = set(PhaseBand.model_fields)  # every field given: shared, as ``trusted`` allows
+_BAND_FIELDS = set(PhaseBand.model_fields)  # every field given: one set shared, as ``trusted`` allows
 
 
 def judge(request: EstimateRequest, run: Run, reports: list[PhaseReport], peak_bytes: int, other_checks_fail: bool,
           reasons: list[str], notes: list[str]) -> tuple[Verdict, tuple[int, int], tuple[PhaseBand, ...]]:
-    """The error band of each phase (``PhaseBand``s, in the order of ``reports``), the peak's band and the
-    verdict; appends the TIGHT reason and the extrapolation note. ``other_checks_fail``: host RAM or vLLM."""
-    config = configuration(request, run)
-    per_phase = bands(config)
-    phase_bands = []
-    names = []
+    """The verdict, the peak's band (low, high bytes) and each phase's band (``PhaseBand``s, in the order of
+    ``reports``); appends the TIGHT reason and the extrapolation note. ``other_checks_fail``: host RAM or vLLM.
+    Two multiplications and a ``PhaseBand`` per phase: the rest is cached per configuration."""
+    judged = _judged(configuration(request, run), tuple([r.phase for r in reports]))
     low = high = 0
-    for report in reports:
-        phase = report.phase
-        names.append(phase)
-        b = per_phase[phase]
+    phase_bands = []
+    for report, b in zip(reports, judged.bands):
         total = report.total_bytes
         lo, hi = int(total * b.low_factor), int(total * b.high_factor)
         if lo > low:
             low = lo
         if hi > high:
             high = hi
-        phase_bands.append(trusted(PhaseBand, {"phase": phase, "low_bytes": lo, "high_bytes": hi, "lower": b.lower,
-                                               "upper": b.upper, "basis": b.basis}, _BAND_FIELDS))
+        phase_bands.append(trusted(PhaseBand, {"phase": report.phase, "low_bytes": lo, "high_bytes": hi,
+                                               "lower": b.lower, "upper": b.upper, "basis": b.basis}, _BAND_FIELDS))
     capacity = run.capacity_bytes
     over = peak_bytes > capacity
     if other_checks_fail or (over and low > capacity):
@@ -166,12 +172,10 @@ def judge(request: EstimateRequest, run: Run, reports: list[PhaseReport], peak_b
         verdict = "fits"
     else:
         verdict = "tight"
-        extrapolated = any(per_phase[r.phase].extrapolated for r in reports)
         reasons.append(
             f"tight: the peak {peak_bytes / GiB:.2f} GiB could be {low / GiB:.2f}–{high / GiB:.2f} GiB on a real "
-            f"GPU ({label()}{', extrapolated' if extrapolated else ''}), capacity {capacity / GiB:.2f} GiB: within "
-            "memplan's error band of capacity")
-    note = _note(config, tuple(names))
-    if note is not None:
-        notes.append(note)
+            f"GPU ({label()}{', extrapolated' if judged.extrapolated else ''}), capacity {capacity / GiB:.2f} GiB: "
+            "within memplan's error band of capacity")
+    if judged.note is not None:
+        notes.append(judged.note)
     return verdict, (low, high), tuple(phase_bands)

@@ -23,7 +23,7 @@ def catalog_model(path: Any, key: str, field: str, notes: list[str]) -> str:
     folder name from the catalog, an unknown chat/instruct tune as its base (noted)."""
     if not isinstance(path, str) or not path or "$" in path:
         raise InputError(field, f"{key} is not set (or uses an unset variable): pass --model", path)
-    from memplan.catalog import get_model
+    from memplan.catalog import catalog_name
 
     local = Path(path).expanduser()
     try:
@@ -34,17 +34,16 @@ def catalog_model(path: Any, key: str, field: str, notes: list[str]) -> str:
     hub_id = path.count("/") == 1 and not path.startswith((".", "~", "/"))
     name = path if hub_id else local.name
     for candidate in dict.fromkeys((name, _TUNE.sub("", name))):
-        try:
-            spec = get_model(candidate)
-        except InputError:
+        found = catalog_name(candidate)  # the catalog only: a folder's name is no file to read
+        if found is None:
             continue
-        if candidate == name and _TUNE.search(name) and not _TUNE.search(spec.name):  # listed as its base's alias
-            notes.append(f"{key}={path}: estimated with the catalog's {spec.name}, whose architecture this"
+        if candidate == name and _TUNE.search(name) and not _TUNE.search(found):  # listed as its base's alias
+            notes.append(f"{key}={path}: estimated with the catalog's {found}, whose architecture this"
                          " chat/instruct tune shares in every memory-relevant field (config.json copies compared:"
                          " the entry's alias_notes)")
-            return spec.name  # the name `--model` takes too
+            return found  # the name `--model` takes too
         if candidate != path:
-            notes.append(f"{key}={path}: estimated with the catalog's {spec.name}"
+            notes.append(f"{key}={path}: estimated with the catalog's {found}"
                          + (" (the architecture of its chat/instruct tune)" if candidate != name else "")
                          + "; pass --model with its config.json to be exact")
         return candidate
