@@ -283,20 +283,11 @@ def _llama_like(config: dict, name: str, model_type: str) -> ModelSpec:
             Linear(name="w3", in_features=h, out_features=f, count=num_experts),
             Linear(name="w2", in_features=f, out_features=h, count=num_experts),
         ]
-    elif model_type == "olmoe":  # every layer routed: top-k of num_experts SwiGLU experts, no shared expert
-        f = _read_int(config, "intermediate_size")
-        num_experts = _read_int(config, "num_experts")
-        top_k = _read_int(config, "num_experts_per_tok")
-        mlp = [
-            Linear(name="gate", in_features=h, out_features=num_experts),  # router
-            Linear(name="gate_proj", in_features=h, out_features=f, count=num_experts),
-            Linear(name="up_proj", in_features=h, out_features=f, count=num_experts),
-            Linear(name="down_proj", in_features=f, out_features=h, count=num_experts),
-        ]
-    elif model_type in ("qwen2_moe", "qwen3_moe"):
+    elif model_type in ("olmoe", "qwen2_moe", "qwen3_moe"):  # every layer routed: top-k of SwiGLU experts
         if config.get("mlp_only_layers") or _read_int(config, "decoder_sparse_step", default=1) != 1:
             raise InputError("mlp_only_layers", "MoE models with dense layers in between are not supported", None)
-        f = _read_int(config, "moe_intermediate_size")
+        # OLMoE's experts are intermediate_size wide (it has no shared expert); Qwen's moe_intermediate_size
+        f = _read_int(config, "intermediate_size" if model_type == "olmoe" else "moe_intermediate_size")
         num_experts = _read_int(config, "num_experts", "num_local_experts")
         top_k = _read_int(config, "num_experts_per_tok")
         mlp = [
