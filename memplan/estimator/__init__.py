@@ -226,8 +226,9 @@ def _compute(request: EstimateRequest) -> Report:
     terms = sorted(residents[peak_index].line_items + peak.items, key=_line_bytes, reverse=True)[:TOP_TERMS]
     host_per_node = res.host_per_gpu * run.gpus_per_node
     total = peak.total_bytes
-    reasons = []  # one per failed check: GPU memory, host RAM, vLLM's KV cache
-    if total > run.capacity_bytes:
+    gpu_over = total > run.capacity_bytes
+    reasons = []  # one per failed check: GPU memory (first), host RAM, vLLM's KV cache
+    if gpu_over:
         reasons.append(f"GPU memory: the peak ({total / GiB:.2f} GiB per GPU, {peak.phase}) exceeds the GPU's "
                        f"{run.capacity_bytes / GiB:.2f} GiB")
     if host_per_node > run.host_ram_bytes_per_node:
@@ -241,11 +242,11 @@ def _compute(request: EstimateRequest) -> Report:
     elif run.rollout_engine == "remote" and run.rollout_seqs:
         notes.append("generation runs on other GPUs (rollout_engine 'remote'): those GPUs are not in this estimate")
     fits = not reasons  # the point estimate's verdict; the error band's (band.judge) may add a TIGHT reason
-    verdict, peak_band, phase_bands = judge(request, run, reports, total,
-                                            len(reasons) > (total > run.capacity_bytes), reasons, notes)
+    other_checks_fail = len(reasons) > gpu_over  # a reason besides GPU memory's: host RAM or vLLM
+    verdict, peak_band, phase_bands = judge(request, run, reports, total, other_checks_fail, reasons, notes)
     return trusted(Report, dict(
         request=request, gpu=run.gpu_name, num_gpus=run.num_gpus, fits=fits, verdict=verdict,
-        gpu_fits=total <= run.capacity_bytes, reasons=tuple(reasons), peak_bytes_per_gpu=total,
+        gpu_fits=not gpu_over, reasons=tuple(reasons), peak_bytes_per_gpu=total,
         peak_band_bytes=peak_band,
         capacity_bytes=run.capacity_bytes, headroom_bytes=run.capacity_bytes - total,
         peak_phase=peak.phase, fixed_bytes=residents[peak_index].fixed, resident_items=everything.line_items,
