@@ -4,7 +4,8 @@ The request models are the library's, where a model may also be a local config p
 string the cluster parser reads. Over HTTP the service takes less, and its schema says so:
 
 * ``model``, ``critic_model``, ``reward_model`` by name: one of the catalog's names or aliases (an ``enum``;
-  the service also takes them in any letter case). Paths are refused, so they are not in the schema.
+  the service also takes them in any letter case), in every body that carries a request's fields. Paths are
+  refused, so they are not in the schema.
 * ``gpus``: the cluster form (``N x GPU`` or ``nodes x per-node x GPU``, or a GPU alone) over the catalog's GPU
   names, as a ``pattern``.
 * ``/v1/compare``: either ``requests`` or ``base`` with ``algos`` (a ``oneOf``).
@@ -61,13 +62,15 @@ def truthful_openapi(app: FastAPI) -> dict[str, Any]:
         return app.openapi_schema
     doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     schemas = doc.get("components", {}).get("schemas", {})
-    request = schemas.get("EstimateRequest", {}).get("properties", {})
-    names = _model_names()
-    for field in NAME_FIELDS:
-        if field in request:
-            _names_enum(request[field], names)
-    if "gpus" in request:
-        request["gpus"]["pattern"] = _gpus_pattern()
+    names, pattern = _model_names(), _gpus_pattern()
+    for schema in schemas.values():  # EstimateRequest and the bodies that extend it (POST /v1/time's)
+        request = schema.get("properties", {})
+        if "model" not in request or "gpus" not in request:
+            continue
+        for field in NAME_FIELDS:
+            if field in request:
+                _names_enum(request[field], names)
+        request["gpus"]["pattern"] = pattern
     compare = schemas.get("CompareRequest")
     if compare is not None:
         compare["oneOf"] = [  # one form, the other's fields absent or null

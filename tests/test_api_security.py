@@ -242,3 +242,12 @@ def test_a_bad_request_leaves_the_keep_alive_connection_usable() -> None:
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_time_route_refuses_paths_as_the_others_do(model_dir: Path) -> None:
+    # POST /v1/time took a path to the catalog's no-disk refusal, whose message says "a path to a config.json
+    # also works": it now checks names as every route does
+    with file_access_log([str(model_dir)]) as seen:
+        r = client.post("/v1/time", json={**HEADLINE, "model": str(model_dir)})
+    assert seen == []
+    assert r.status_code == 422 and "paths are not accepted" in r.json()["detail"][0]["msg"], r.text

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body
 from pydantic import Field, StrictInt
 
+from api.deps import check_names
 from api.schemas import ESTIMATE_EXAMPLES
 from memplan.report import EstimateRequest
 from memplan.timing import StepTime, step_time
@@ -33,4 +34,5 @@ async def time(body: Annotated[TimeRequest, Body(openapi_examples=EXAMPLES)]) ->
     wall time. Bad input is a 422 naming the field, as for /v1/estimate."""
     fields = body.model_dump(exclude={"dataset_samples", "epochs"}, exclude_unset=True)
     request = EstimateRequest.model_validate(fields)
+    check_names(request)  # a catalog name or an inline architecture, as every route: never a path
     return step_time(request, dataset_samples=body.dataset_samples, epochs=body.epochs)
