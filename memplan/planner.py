@@ -84,7 +84,7 @@ from memplan.errors import InputError
 from memplan.estimator import estimate
 from memplan.estimator.resolve import for_algorithm, resolve
 from memplan.report import MAX_BATCH, EstimateRequest, Report, Verdict
-from memplan.timing import StepTime, step_time
+from memplan.comparison import timed
 from memplan.units import GiB
 
 Knob = Literal["zero_stage", "offload", "offload_ref", "offload_reward", "gradient_checkpointing", "lora",
@@ -120,9 +120,6 @@ TRAINED = ("actor", "critic")
 MIN_STAGE = {"none": 0, "optimizer": 1, "optimizer+params": 3}
 """Lowest ZeRO/FSDP stage of a trained role under each CPU offload (ZeRO-Offload shards what it offloads)."""
 
-
-SPEED_VS_PPO = ("PPO's estimated seconds per prompt (DPO/SFT: sample) ÷ this run's, same model, GPUs and knobs: "
-                "2.0 is twice as fast as PPO, 0.5 half as fast; None when either has no time estimate")
 
 
 class PlanCandidate(BaseModel):
@@ -214,46 +211,6 @@ class PlanReport(BaseModel):
     notes: list[str] = Field(default_factory=list)
 
 
-class CompareRow(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    algo: str
-    fits: bool = Field(description="The report's point-estimate verdict (Report.fits)")
-    verdict: Verdict | None = Field(None, description="The report's verdict with memplan's error band; None when "
-                                    "the algorithm cannot run")
-    reasons: list[str] = Field(default_factory=list, description="Why it does not fit (the report's reasons)")
-    peak_bytes_per_gpu: int | None = None
-    headroom_bytes: int | None = None
-    peak_phase: str | None = None
-    roles: list[str] = Field(default_factory=list, description="Resident models ('reference=actor': shared base)")
-    host_bytes_per_node: int | None = None
-    saving_vs_ppo_bytes: int | None = None
-    saving_vs_ppo_pct: float | None = None
-    seconds_per_step: float | None = Field(None, description="Estimated seconds per step (memplan.step_time); None "
-                                           "when the time model cannot run it")
-    prompts_per_step: int | None = Field(None, description="Prompts (DPO/SFT: samples) one step consumes")
-    speed_vs_ppo: float | None = Field(None, description=SPEED_VS_PPO)
-    error: str | None = Field(None, description="Why this algorithm cannot run with these knobs")
-
-
-class CompareReport(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    request: EstimateRequest
-    rows: list[CompareRow]
-    ppo_peak_bytes_per_gpu: int | None = None
-    ppo_seconds_per_step: float | None = Field(None, description="PPO's estimated seconds per step, same knobs")
-
-
-class ComparedReport(Report):
-    """One run of ``compare_reports``: its memory report, its estimated step time and its speed relative to PPO
-    with the same model, GPUs and knobs (POST /v1/compare, ``memplan compare --json``)."""
-
-    step_time: StepTime | None = Field(None, description="memplan.step_time of the same request; None when the "
-                                       "time model cannot run it (e.g. no performance figures for the GPU)")
-    speed_vs_ppo: float | None = Field(None, description=SPEED_VS_PPO)
-
-
 def _ok(report: Report | PlanCandidate | None, allow_tight: bool = False) -> bool:
     """The planner's one test of a configuration: the verdict is FITS, or, with ``allow_tight``, TIGHT with the
     point estimate fitting (GPU memory, host RAM and vLLM's KV cache: ``Report.fits``). A FITS verdict implies
@@ -319,7 +276,7 @@ def _candidate(given: EstimateRequest, report: Report, dataset_samples: int | No
                price_per_gpu_hour: float | None = None) -> PlanCandidate:
     req = report.request
     roles = [m.role for m in report.models if not m.shares_weights_with]
-    t = _time(req, dataset_samples)
+    t = timed(req, dataset_samples)
     gpu_hours = None if t is None or t.wall_seconds is None else t.wall_seconds * report.num_gpus / 3600
     return PlanCandidate(
         changes=_changes(given, req), request=req, fits=report.fits, verdict=report.verdict,
@@ -896,89 +853,11 @@ def gpu_limit(request: EstimateRequest, *, allow_tight: bool = False) -> LimitRe
     )
 
 
-def _time(request: EstimateRequest, dataset_samples: int | None = None) -> StepTime | None:
-    """``step_time`` of a request that estimates, or None where the time model cannot run it (a GPU without
-    performance figures)."""
-    try:
-        return step_time(request, dataset_samples=dataset_samples)
-    except InputError:
-        return None
-
-
-def speed_ratio(ppo: StepTime | None, run: StepTime | None) -> float | None:
-    """PPO's seconds per prompt ÷ ``run``'s (``SPEED_VS_PPO``): per prompt, since a step of GRPO or RLOO
-    generates a group per prompt and a step of DPO trains pairs."""
-    if ppo is None or run is None or not run.seconds_per_step or not ppo.prompts_per_step:
-        return None
-    return (ppo.seconds_per_step / ppo.prompts_per_step) / (run.seconds_per_step / run.prompts_per_step)
-
-
-def compare_algorithms(request: EstimateRequest, algos=("ppo", "grpo", "remax", "rloo", "dpo")) -> CompareReport:
-    """The same model, cluster and knobs under each algorithm: peak per GPU, resident models, the phase that
-    sets the peak, the saving relative to PPO (estimated even when not listed), and the estimated seconds per
-    step and speed relative to PPO (``memplan.step_time``, ~0.3 ms a call)."""
-    reports: dict[str, Report | str] = {}
-    times: dict[str, StepTime | None] = {}
-    for algo in dict.fromkeys(("ppo", *algos)):
-        try:
-            reports[algo] = estimate(for_algorithm(request, algo))
-        except InputError as err:
-            reports[algo] = str(err)
-            continue
-        times[algo] = _time(reports[algo].request)
-    ppo = reports["ppo"]
-    ppo_peak = ppo.peak_bytes_per_gpu if isinstance(ppo, Report) else None
-    ppo_time = times.get("ppo")
-    rows = []
-    for algo in algos:
-        r = reports[algo]
-        if not isinstance(r, Report):
-            rows.append(CompareRow(algo=algo, fits=False, error=r))
-            continue
-        saving = ppo_peak - r.peak_bytes_per_gpu if ppo_peak is not None else None
-        t = times[algo]
-        rows.append(CompareRow(
-            algo=algo, fits=r.fits, verdict=r.verdict, reasons=list(r.reasons),
-            peak_bytes_per_gpu=r.peak_bytes_per_gpu,
-            headroom_bytes=r.headroom_bytes,
-            peak_phase=r.peak_phase, host_bytes_per_node=r.host_bytes_per_node,
-            roles=[m.role + (f"={m.shares_weights_with}" if m.shares_weights_with else "") for m in r.models],
-            saving_vs_ppo_bytes=saving,
-            saving_vs_ppo_pct=round(100 * saving / ppo_peak, 2) if saving is not None else None,
-            seconds_per_step=None if t is None else t.seconds_per_step,
-            prompts_per_step=None if t is None else t.prompts_per_step,
-            speed_vs_ppo=speed_ratio(ppo_time, t),
-        ))
-    return CompareReport(request=request, rows=rows, ppo_peak_bytes_per_gpu=ppo_peak,
-                         ppo_seconds_per_step=None if ppo_time is None else ppo_time.seconds_per_step)
-
-
-def compare_reports(requests: list[EstimateRequest], ppo: EstimateRequest | None = None) -> list[ComparedReport]:
-    """``memplan.compare`` (one memory report per request, in order), each with its ``step_time`` and its speed
-    relative to PPO: ``ppo`` when given (``memplan compare`` and POST /v1/compare's ``base``: the base request
-    under PPO, as ``compare_algorithms``), else PPO with each request's own knobs (``for_algorithm(request,
-    'ppo')``), timed once per distinct request. Raises ``InputError`` for a request that does not estimate, as
-    ``memplan.compare``."""
-    reports = [estimate(r) for r in requests]
-    ppo_times: dict[EstimateRequest, StepTime | None] = {}
-    out = []
-    for report in reports:
-        t = _time(report.request)
-        ppo_request = ppo or (for_algorithm(report.request, "ppo") if report.request.algo != "ppo" else report.request)
-        if ppo_request not in ppo_times:
-            ppo_times[ppo_request] = t if ppo_request == report.request else _time(ppo_request)
-        out.append(ComparedReport(**dict(report), step_time=t, speed_vs_ppo=speed_ratio(ppo_times[ppo_request], t)))
-    return out
-
-
 __all__ = [
     "COST_ORDER",
     "KNOBS",
     "MAX_CANDIDATES",
     "OBJECTIVES",
-    "CompareReport",
-    "CompareRow",
-    "ComparedReport",
     "Knob",
     "LimitReport",
     "Objective",
@@ -986,13 +865,10 @@ __all__ = [
     "PlanReport",
     "batch_limit",
     "candidate_cost",
-    "compare_algorithms",
-    "compare_reports",
     "gpu_limit",
     "max_micro_batch_size",
     "max_rollout_batch_size",
     "min_gpus",
     "objective_key",
     "plan",
-    "speed_ratio",
 ]

@@ -21,7 +21,8 @@ import memplan
 from api.main import create_app
 from memplan.cli.app import app
 from memplan.estimator import band
-from memplan.planner import batch_limit, compare_algorithms, gpu_limit, max_micro_batch_size, plan
+from memplan.comparison import compare_algorithms
+from memplan.planner import batch_limit, gpu_limit, max_micro_batch_size, plan
 from memplan.report import EstimateRequest, Report
 from memplan.validate import load_corpus, percentile, validate
 

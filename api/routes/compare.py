@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from api.deps import check_names
 from api.schemas import CompareRequest
 from memplan.estimator import for_algorithm
-from memplan.planner import ComparedReport, compare_reports
+from memplan.comparison import ComparedReport, compare_reports
 
 router = APIRouter(prefix="/v1", tags=["compare"])
 

@@ -13,7 +13,7 @@ from memplan.cli.options import BATCH_SEMANTICS, JsonOption, PlotOption, command
 from memplan.cli.plan import next_steps
 from memplan.errors import InputError
 from memplan.estimator import for_algorithm
-from memplan.planner import compare_algorithms, compare_reports
+from memplan.comparison import compare_algorithms, compare_reports
 from memplan.report import Algo, EstimateRequest
 
 ALGOS = get_args(Algo)

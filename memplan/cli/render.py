@@ -18,7 +18,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from memplan.planner import CompareReport, LimitReport, PlanCandidate, PlanReport
+from memplan.comparison import CompareReport
+from memplan.planner import LimitReport, PlanCandidate, PlanReport
 from memplan.report import Breakdown, Report
 from memplan.units import GiB
 
@@ -211,7 +212,7 @@ def seconds(value: float | None) -> str:
 
 
 def compare(result: CompareReport) -> None:
-    """Side by side (``memplan.planner.compare_algorithms``): verdict, peak per GPU, the phase that sets it,
+    """Side by side (``memplan.comparison.compare_algorithms``): verdict, peak per GPU, the phase that sets it,
     resident models ('reference=actor': the LoRA-disabled actor), host RAM, the saving relative to PPO
     (estimated even when PPO is not listed), and the estimated seconds per step and speed relative to PPO
     (``memplan.step_time``)."""
