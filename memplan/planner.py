@@ -82,7 +82,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from memplan.errors import InputError
 from memplan.estimator import estimate
-from memplan.estimator.resolve import for_algorithm, resolve
+from memplan.estimator.resolve import resolve
 from memplan.report import MAX_BATCH, EstimateRequest, Report, Verdict
 from memplan.comparison import timed
 from memplan.units import GiB
