@@ -22,7 +22,7 @@ import memplan
 from api import errors
 from api.deps import get_settings
 from api.openapi import truthful_openapi
-from api.routes import catalog, compare, docs, estimate, health, openrlhf, page, plan, trl, verl
+from api.routes import catalog, compare, docs, dschat, estimate, health, openrlhf, page, plan, trl, verl
 from memplan.disk import no_disk
 from memplan.errors import EnvironmentProblem, InputError
 
@@ -57,8 +57,8 @@ def create_app() -> FastAPI:
         # FastAPI's native OpenTelemetry costs ~25 µs a request just to find no provider: opt-in
         telemetry=None if settings.telemetry else {"tracing": False, "metrics": False, "logs": False},
     )
-    for module in (estimate, compare, plan, verl, trl, openrlhf, catalog, health, docs, page,
-                   __import__("api.routes.time", fromlist=["router"])):
+    for module in (estimate, compare, plan, verl, trl, openrlhf, dschat, catalog, health, docs, page,
+                   __import__("api.routes.time", fromlist=["router"]), __import__("api.routes.emit", fromlist=["router"])):
         app.include_router(module.router)
     app.add_exception_handler(InputError, errors.input_error)
     app.add_exception_handler(RequestValidationError, errors.request_validation_error)

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
 
+from memplan.comparison import compared_algos
 from memplan.estimator import for_algorithm
 from memplan.planner import KNOBS, Knob, Objective
 from memplan.report import Algo, EstimateRequest, Report, Role, whole_number
@@ -95,22 +96,26 @@ class CompareRequest(BaseModel):
 
     requests: list[EstimateRequest] | None = Field(None, min_length=1, max_length=16)
     base: EstimateRequest | None = None
-    algos: list[Algo] | None = Field(None, min_length=1, max_length=6)
+    algos: list[Algo] | None = Field(
+        None, min_length=1, max_length=6, description="With 'base': the algorithms to compare. Unset: ppo, grpo, "
+        "remax, rloo, dpo — under base's framework, those of them it runs (memplan.comparison.compared_algos); "
+        "one the framework does not run is a 422 naming 'algos'")
 
     @model_validator(mode="after")
     def _one_form(self) -> CompareRequest:
         if (self.requests is None) == (self.base is None):
-            raise ValueError("give either 'requests' or 'base' with 'algos'")
-        if (self.base is None) != (self.algos is None):
-            raise ValueError("'base' and 'algos' go together")
+            raise ValueError("give either 'requests' or 'base' (with 'algos', or the default list)")
+        if self.base is None and self.algos is not None:
+            raise ValueError("'algos' goes with 'base'")
         return self
 
     def expand(self) -> list[EstimateRequest]:
         if self.requests is not None:
             return list(self.requests)
-        assert self.base is not None and self.algos is not None
+        assert self.base is not None
+        names, _notes = compared_algos(self.base, self.algos)
         # each algorithm's request: the options it has no use for back at their defaults (``for_algorithm``)
-        return [for_algorithm(self.base, a) for a in dict.fromkeys(self.algos)]
+        return [for_algorithm(self.base, a) for a in names]
 
 
 class PlanRequest(BaseModel):
@@ -152,6 +157,26 @@ class LimitRequest(BaseModel):
     request: EstimateRequest
     allow_tight: StrictBool = Field(False, description="Count a TIGHT configuration (its peak within memplan's "
                                     "error band of capacity) as fitting when its point estimate fits")
+
+
+class GpuLimitRequest(LimitRequest):
+    """POST /v1/plan/min-gpus: the run whose fewest GPUs to find, optionally within a wall-time budget."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True,
+        json_schema_extra={"examples": [{"request": REMAX_SETUP}, {"request": REMAX_SETUP,
+                                         "time_budget_seconds": 21600, "dataset_samples": 45000}]},
+    )
+
+    time_budget_seconds: float | None = Field(
+        None, gt=0, le=1e9, strict=True, allow_inf_nan=False, description="The fewest GPUs that fit and go through "
+        "the data set within this many seconds (memplan.step_time's estimate); needs dataset_samples",
+        examples=[21600.0])
+    dataset_samples: StrictInt | None = Field(
+        None, ge=1, le=1 << 40, description="Prompts (DPO/SFT: samples) in the data set, for the time budget",
+        examples=[45000])
+
+    _whole_numbers = field_validator("dataset_samples", mode="before")(whole_number)
 
 
 class BatchLimitRequest(LimitRequest):
@@ -233,6 +258,27 @@ class OpenRLHFScript(BaseModel):
                         "arguments; OpenRLHF 0.11's dotted or earlier flat names)")
     gpu: str = Field(min_length=1, max_length=64, description="GPU kind (GET /v1/gpus); the count follows from the "
                      "models' num_nodes × num_gpus_per_node", examples=["H100-80GB"])
+
+
+class DsChatScript(BaseModel):
+    """POST /v1/deepspeed-chat/estimate: a DeepSpeed-Chat step-3 launch command and the cluster it runs on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra={"examples": [{
+        "script": "deepspeed main.py --actor_model_name_or_path meta-llama/Llama-2-7b-hf "
+                  "--critic_model_name_or_path facebook/opt-350m --actor_zero_stage 3 --critic_zero_stage 3 "
+                  "--enable_hybrid_engine --actor_gradient_checkpointing",
+        "gpus": "8xA100-80GB"}]})
+
+    script: str = Field(min_length=1, max_length=60_000, description="The launch command (its --key value "
+                        "arguments, DeepSpeed-Chat's step3_rlhf_finetuning/main.py)")
+    gpus: str = Field(min_length=1, max_length=64, description="The cluster, with its count (the deepspeed "
+                      "launcher runs one process per GPU; the command holds no count)", examples=["8xA100-80GB"])
+    algo: Literal["ppo", "remax"] = Field("ppo", description="ppo (DeepSpeed-Chat) or remax (ReMax's fork of the "
+                                          "same trainer: no critic)")
+
+
+class DsChatEstimate(VerlEstimate):
+    """The request read from a DeepSpeed-Chat command, what was read differently or not at all, and its report."""
 
 
 class OpenRLHFEstimate(VerlEstimate):

@@ -1,6 +1,6 @@
 """Accuracy table: estimator vs tracer (world size 1 and sharded rank 0) vs CUDA records, with the peers beside.
 
-    python benchmarks/accuracy.py                      # trace every case of memplan.harness.accuracy.CASES (~15 min)
+    python benchmarks/accuracy.py                      # trace every case of CASES and PACKED_CASES (~45 min)
     python benchmarks/accuracy.py --reuse              # re-estimate the committed traces (seconds)
     python benchmarks/accuracy.py --cases "ppo tiny-llama" "sft qwen2.5-1.5b"     # a subset, traced
 
@@ -42,7 +42,9 @@ OUT = RESULTS / "accuracy.md"
 # ---------------------------------------------------------------------------------------------------------
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from memplan.harness.accuracy import CASES, COMPONENTS, MEDIAN_TARGET, PhaseError, compare, request  # noqa: E402
+from memplan.harness.accuracy import (  # noqa: E402
+    CASES, COMPONENTS, MEDIAN_TARGET, PACKED_CASES, PACKED_COMPONENTS, PhaseError, compare, request,
+)
 from memplan.harness.records import TraceReport  # noqa: E402
 
 GIB = 2**30
@@ -65,8 +67,8 @@ def load_traces(path: Path) -> list[TraceReport]:
 
 
 def case_of(t: TraceReport) -> str:
-    """The CASES name of a kept trace (by request), or a name made from the sharded request."""
-    for name in CASES:
+    """The CASES (or PACKED_CASES) name of a kept trace (by request), or a name made from the sharded request."""
+    for name in [*CASES, *PACKED_CASES]:
         if request(name) == t.request:
             return name
     r = t.request
@@ -93,13 +95,17 @@ def peer_columns(t: TraceReport, peers: list[dict]) -> str:
     return "— | — | —"
 
 
-def phase_table(rows: list[tuple[TraceReport, list[PhaseError]]], peers: list[dict], with_peers: bool) -> list[str]:
+def phase_table(rows: list[tuple[TraceReport, list[PhaseError]]], peers: list[dict], with_peers: bool,
+                show_tokens: bool = False) -> list[str]:
     names = " | ".join(COMPONENTS)
     head = f"| case | phase | estimate GiB | traced GiB | {names} | traced peak at |"
     sep = "|---|---|---:|---:|" + "---:|" * len(COMPONENTS) + "---|"
     if with_peers:
         head += " DeepSpeed GiB | accelerate GiB | llm-analysis GiB |"
         sep += "---:|---:|---:|"
+    if show_tokens:
+        head += " packed tokens (train / score) |"
+        sep += "---|"
     lines = [head, sep]
     for t, phase_rows in rows:
         peak = max(phase_rows, key=lambda p: p.traced_bytes)
@@ -110,8 +116,20 @@ def phase_table(rows: list[tuple[TraceReport, list[PhaseError]]], peers: list[di
                     f"{p.traced_bytes / GIB:.3f} | {errs} | {p.peak_op} |")
             if with_peers:
                 line += f" {peer_columns(t, peers) if p is peak else ' |  | '} |"
+            if show_tokens:
+                line += f" {packed_tokens(t) if p is phase_rows[0] else ''} |"
             lines.append(line)
     return lines
+
+
+def packed_tokens(t: TraceReport) -> str:
+    """The traced micro batches of a packed case: sequences × tokens, training / scoring (``setup.resolve``)."""
+    from memplan.harness.setup import resolve
+
+    s = resolve(t.request)
+    if not s.packed_lengths:
+        return "padded"
+    return " / ".join(f"{len(p)} × {p[0]} = {sum(p)}" for p in (s.packed_lengths, s.score_packed_lengths))
 
 
 def stats_line(rows: list[PhaseError]) -> str:
@@ -150,7 +168,7 @@ def machine_and_versions() -> str:
     return f"{machine()}; torch {torch.__version__}, transformers {transformers.__version__}"
 
 
-def markdown(single, sharded, peers, peers_meta, command: str, wall: float) -> str:  # noqa: ANN001
+def markdown(single, sharded, peers, peers_meta, command: str, wall: float, packed=()) -> str:  # noqa: ANN001
     all_single = [p for _t, rows in single for p in rows]
     all_sharded = [p for _t, rows in sharded for p in rows]
     real_runs = [(t, rows) for t, rows in single if not str(t.request.model).startswith("memplan/tiny")]
@@ -184,6 +202,16 @@ def markdown(single, sharded, peers, peers_meta, command: str, wall: float) -> s
         *phase_table(single, peers, with_peers=bool(peers)),
         "",
     ]
+    if packed:
+        packed_tolerances = ", ".join(f"{n} ±{tol:.0%}" for n, (_c, tol) in PACKED_COMPONENTS.items())
+        lines += ["## Packed micro batches and the entropy (issue 17; world size 1)", "",
+                  "Each packed forward is one [1, T] row with position ids restarting per sequence, through a "
+                  "varlen attention stand-in with flash-attn's allocations (memplan/harness/packing.py, "
+                  "docs/tracer-packing.md); every sequence is prompt_len + gen_len_mean tokens, a token cap holds "
+                  "⌊cap / length⌋ of them. The entropy is verl's (eager, or fp32-chunked) or TRL's (chunked), taken "
+                  f"where `entropy` says. Tolerances (`PACKED_COMPONENTS`): {packed_tolerances}. "
+                  f"{stats_line([p for _t, rows in packed for p in rows])}.", "",
+                  *phase_table(list(packed), peers, with_peers=False, show_tokens=True), ""]
     if sharded:
         lines += ["## Sharded: FSDP2 rank 0 of N (ZeRO-2-like: reshard_after_forward=False, ZeRO-3-like: True)", "",
                   "Traces from benchmarks/results/sharded_traces.jsonl (benchmarks/sharded.py), re-estimated now.",
@@ -207,10 +235,10 @@ def main() -> None:
     if not args.reuse:
         from memplan.harness import trace
 
-        for name in args.cases or list(CASES):
+        for name in args.cases or [*CASES, *PACKED_CASES]:
             kept[name] = trace(request(name))
             print(f"traced {name}: {kept[name].peak_bytes / GIB:.3f} GiB in {kept[name].seconds:.0f} s", flush=True)
-        TRACES.write_text("".join(kept[n].model_dump_json() + "\n" for n in CASES if n in kept))
+        TRACES.write_text("".join(kept[n].model_dump_json() + "\n" for n in [*CASES, *PACKED_CASES] if n in kept))
         run = dict(command="python benchmarks/accuracy.py" + "".join(f" {shlex.quote(a)}" for a in sys.argv[1:]),
                    date=f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC", machine=machine(),
                    minutes=round((time.perf_counter() - start) / 60, 1))
@@ -219,16 +247,17 @@ def main() -> None:
             run = {**meta, "added": [*meta.get("added", []), run]}
         TRACES_META.write_text(json.dumps(run, indent=1) + "\n")
     single = [(kept[n], compare(n, kept[n])) for n in CASES if n in kept]
+    packed = [(kept[n], compare(n, kept[n], components=PACKED_COMPONENTS)) for n in PACKED_CASES if n in kept]
     sharded = [(t, compare(case_of(t), t)) for t in load_traces(SHARDED_TRACES)]
     peers_doc = json.loads(PEERS.read_text()) if PEERS.exists() else {}
     peers = peers_doc.get("rows", peers_doc if isinstance(peers_doc, list) else [])
     meta = {k: v for k, v in peers_doc.items() if k != "rows"} if isinstance(peers_doc, dict) else {}
-    for _t, rows in single + sharded:
+    for _t, rows in single + packed + sharded:
         for p in rows:
             print(f"{p.case:32s} {p.phase:14s} est {p.estimate_bytes / GIB:8.3f} traced {p.traced_bytes / GIB:8.3f} "
                   f"{p.error:+7.2%}")
-    command = "python benchmarks/accuracy.py" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
-    args.out.write_text(markdown(single, sharded, peers, meta, command, time.perf_counter() - start))
+    command = "python benchmarks/accuracy.py" + "".join(f" {shlex.quote(a)}" for a in sys.argv[1:])
+    args.out.write_text(markdown(single, sharded, peers, meta, command, time.perf_counter() - start, packed))
     print(f"{stats_line([p for _t, rows in single for p in rows])}\nwrote {args.out}")
 
 

@@ -44,6 +44,54 @@ def estimate(record: dict) -> StepTime:
                      epochs=record["epochs"])
 
 
+def _measured_step(record: dict, result: StepTime) -> float:
+    return record["measured_hours"] * 3600 / result.steps
+
+
+def _split(result: StepTime) -> tuple[float, float, float]:
+    """(decode seconds, offload seconds: PCIe and CPU optimizer blocks, the rest) of an estimate."""
+    items = [(p.phase, i) for p in result.phases for i in p.items]
+    decode = sum(i.seconds for ph, i in items if ph == "rollout" and "decode" in i.what)
+    offload = sum(i.seconds for ph, i in items if ph.endswith("update") and i.bound in ("pcie", "host"))
+    return decode, offload, result.seconds_per_step - decode - offload
+
+
+def unexplained(by_id: dict, results: dict) -> list[str]:
+    """What the README's measured steps imply once memplan's FLOP- and byte-bound terms are taken as they are:
+    the no-offload ReMax run gives a decode pass (d), each offload run then gives the offloaded step of one model
+    (C), and PPO's measured step minus its modeled rest, one decode pass and two offloaded steps is what no term
+    covers."""
+    def step(rid: str) -> tuple[float, tuple[float, float, float], StepTime]:
+        return _measured_step(by_id[rid], results[rid]), _split(results[rid]), results[rid]
+
+    s_n, (_, _, rest_n), _ = step("remax-readme/remax-4gpu-no-offload")
+    d = (s_n - rest_n) / 2
+    out = [f"* Decode pass implied by ReMax without offload (4 GPUs, batch 26; taken for the 1-GPU runs too: "
+           f"{s_n:.1f} s measured per step, {rest_n:.1f} s of it modeled outside decode): d = {d:.1f} s per pass, against memplan's launch floor "
+           f"{_split(results['remax-readme/remax-4gpu-no-offload'])[0] / 2:.1f} s (HBM-bound: ~3.3 s).", ""]
+    out += ["| setting | ReMax measured s/step | implied offloaded step per model (C) | memplan's | PPO measured "
+            "s/step | PPO with d and C | unexplained per PPO step | PPO/ReMax per prompt with d and C |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for gpus in ("4gpu", "1gpu"):
+        s_r, (_, off_r, rest_r), r = step(f"remax-readme/remax-{gpus}-offload")
+        c = s_r - rest_r - 2 * d
+        s_p, (_, off_p, rest_p), p = step(f"remax-readme/ppo-{gpus}-offload")
+        with_dc = rest_p + d + 2 * c
+        ratio = (with_dc / p.prompts_per_step) / (s_r / r.prompts_per_step)
+        measured = (by_id[f"remax-readme/ppo-{gpus}-offload"]["measured_hours"]
+                    / by_id[f"remax-readme/remax-{gpus}-offload"]["measured_hours"])
+        out.append(f"| {gpus} | {s_r:.1f} | {c:.1f} s | {off_r:.1f} s | {s_p:.1f} | {with_dc:.1f} | "
+                   f"{s_p - with_dc:.1f} s | {ratio:.2f} (measured {measured:.2f}) |")
+    out += ["", "Even with the decode and the offloaded step that the README's ReMax runs imply, PPO's measured step "
+            "keeps ~16–18 s that no modeled term covers, in both settings (4 GPUs and 1 GPU alike: not a per-rank "
+            "partition or PCIe term). Only the critic is PPO's own; it would have to cost ~3× its FLOPs' worth. No "
+            "source read pins it: the ReMax repository has no PPO trainer, the README does not give PPO's "
+            "per-phase times, and DeepSpeed-Chat's PPO trainer (ppo_trainer.py) runs the critic as the actor runs, "
+            "without the hybrid engine. A measured phase split of that PPO run (DeepSpeed-Chat prints generation "
+            "and training latency per step) would settle it."]
+    return out
+
+
 def main() -> None:
     records = load()
     results = {r["id"]: estimate(r) for r in records}
@@ -76,21 +124,17 @@ def main() -> None:
               f"* ReMax (4 GPUs, offload): rollout {share['remax']['rollout']:.0%} of the step — two generation "
               "passes (sampled, then greedy), each 256 decode steps that the hybrid engine runs without CUDA graphs, "
               "so each token costs the launch floor (1.23 ms per layer) whatever the batch; training the one 7B "
-              f"model is {share['remax']['actor_update']:.0%}, scoring (reference, reward on both passes, weights "
-              f"streamed from the CPU) {share['remax']['scoring']:.0%}.",
+              f"model is {share['remax']['actor_update']:.0%}, scoring (the actor's experience forward, reference, "
+              f"reward on both passes, weights streamed from the CPU) {share['remax']['scoring']:.0%}.",
               f"* PPO (4 GPUs, offload): one generation pass ({share['ppo']['rollout']:.0%}), but two trained 7B "
               f"models (actor {share['ppo']['actor_update']:.0%}, critic {share['ppo']['critic_update']:.0%}) and "
               f"four scoring forwards ({share['ppo']['scoring']:.0%}): training-dominated.",
-              "* Per prompt memplan finds PPO only ~1.1× slower than ReMax: ReMax's second generation pass costs "
-              "about what PPO's critic (its forward, training and CPU optimizer step) does. The README measures "
-              "2.1×: PPO's measured step (57.6 s at 30 prompts per GPU) is twice what its FLOPs and bytes account for "
-              "at these efficiencies, while both ReMax runs with offload come out within 1–7 %. OpenRLHF's DSChat "
-              "row (PPO, 7B critic) is short by 2.7× too. DeepSpeed-Chat's OPT-6.7B runs (OPT-350M critic) match; "
-              "its larger OPT runs are short as well, but their batches and inference TP are not published. "
-              "Candidates for what memplan does not see in PPO: DeepSpeed ZeRO-2 offload's per-parameter gradient "
-              "copies during backward, allocator retries near the memory limit at the maximum batch, training "
-              "micro-batches smaller than the generation batch (several CPU optimizer steps per generation). "
-              "A GPU run would tell them apart."]
+              "* Read from the sources and modeled (docs/time.md): ReMax's experience forward of the actor "
+              "(remax_trainer.py), DeepSpeed's fp32 gradient offload (stage_1_and_2.py), DeepSpeed-Chat PPO's "
+              "optimizer step per micro batch (its main.py + ppo_trainer.py; one per step at the README's equal "
+              "generation and training batches). Per prompt memplan still finds PPO only ~1.05× slower than ReMax."]
+    lines += ["", "## What is unexplained (a diagnostic from the README's own runs; nothing here enters the model)", "",
+              *unexplained(by_id, results)]
     # sensitivity: the hybrid engine's decode without the eager launch floor (HBM-bound at the CUDA-graph rate)
     import memplan.timing.formulas as formulas
 

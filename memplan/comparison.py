@@ -9,8 +9,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from memplan.errors import InputError
 from memplan.estimator import estimate
 from memplan.estimator.consistency import for_algorithm
+from memplan.frameworks.presets import ALGOS as FRAMEWORK_ALGOS
 from memplan.report import EstimateRequest, Report, Verdict
 from memplan.timing import StepTime, step_time
+
+DEFAULT_ALGOS = ("ppo", "grpo", "remax", "rloo", "dpo")
+"""What ``memplan compare`` and POST /v1/compare (``base`` without ``algos``) compare unless told: under a
+``framework``, those of them the framework runs (``compared_algos``)."""
 
 SPEED_VS_PPO = ("PPO's estimated seconds per prompt (DPO/SFT: sample) ÷ this run's, same model, GPUs and knobs: "
                 "2.0 is twice as fast as PPO, 0.5 half as fast; None when either has no time estimate")
@@ -55,6 +60,37 @@ class ComparedReport(Report):
                                        "time model cannot run it (e.g. no performance figures for the GPU)")
     speed_vs_ppo: float | None = Field(None, description=SPEED_VS_PPO)
 
+def compared_algos(request: EstimateRequest, algos: list[str] | tuple[str, ...] | None,
+                   field: str = "algos") -> tuple[list[str], list[str]]:
+    """The algorithms to compare for ``request`` and a note when the default list was cut: ``algos`` as given
+    (each once), else ``DEFAULT_ALGOS`` — under a ``framework``, only those its preset covers
+    (``memplan.frameworks.presets.ALGOS``: verl has no DPO, TRL no PPO or ReMax). An algorithm given that the
+    framework does not run is an ``InputError`` naming ``field``."""
+    runs = FRAMEWORK_ALGOS.get(request.framework) if request.framework is not None else None
+    if algos is None:
+        names = [a for a in DEFAULT_ALGOS if runs is None or a in runs]
+        left = [a for a in DEFAULT_ALGOS if a not in names]
+        if not left:
+            return names, []
+        return names, [f"framework {request.framework} runs {', '.join(runs or ())}: compared {', '.join(names)} "
+                       f"({', '.join(left)} left out of the default list)"]
+    names = list(dict.fromkeys(algos))
+    bad = [a for a in names if runs is not None and a not in runs]
+    if bad:
+        raise InputError(field, f"framework {request.framework} runs {', '.join(runs or ())}; {bad[0]!r} is not one "
+                         "(drop it, or compare without the framework preset)", bad[0])
+    return names, []
+
+
+def ppo_of(request: EstimateRequest) -> EstimateRequest | None:
+    """``request`` under PPO, the comparison's baseline; None when its framework does not run PPO (TRL)."""
+    return for_algorithm(request, "ppo") if _runs_ppo(request) else None
+
+
+def _runs_ppo(request: EstimateRequest) -> bool:
+    return request.framework is None or "ppo" in FRAMEWORK_ALGOS.get(request.framework, ("ppo",))
+
+
 def timed(request: EstimateRequest, dataset_samples: int | None = None) -> StepTime | None:
     """``step_time`` of a request that estimates, or None where the time model cannot run it (a GPU without
     performance figures)."""
@@ -72,20 +108,20 @@ def speed_ratio(ppo: StepTime | None, run: StepTime | None) -> float | None:
     return (ppo.seconds_per_step / ppo.prompts_per_step) / (run.seconds_per_step / run.prompts_per_step)
 
 
-def compare_algorithms(request: EstimateRequest, algos=("ppo", "grpo", "remax", "rloo", "dpo")) -> CompareReport:
+def compare_algorithms(request: EstimateRequest, algos=DEFAULT_ALGOS) -> CompareReport:
     """The same model, cluster and knobs under each algorithm: peak per GPU, resident models, the phase that
     sets the peak, the saving relative to PPO (estimated even when not listed), and the estimated seconds per
     step and speed relative to PPO (``memplan.step_time``, ~0.3 ms a call)."""
     reports: dict[str, Report | str] = {}
     times: dict[str, StepTime | None] = {}
-    for algo in dict.fromkeys(("ppo", *algos)):
+    for algo in dict.fromkeys((*(("ppo",) if _runs_ppo(request) else ()), *algos)):  # TRL has no PPO baseline
         try:
             reports[algo] = estimate(for_algorithm(request, algo))
         except InputError as err:
             reports[algo] = str(err)
             continue
         times[algo] = timed(reports[algo].request)
-    ppo = reports["ppo"]
+    ppo = reports.get("ppo")
     ppo_peak = ppo.peak_bytes_per_gpu if isinstance(ppo, Report) else None
     ppo_time = times.get("ppo")
     rows = []
@@ -123,20 +159,24 @@ def compare_reports(requests: list[EstimateRequest], ppo: EstimateRequest | None
     out = []
     for report in reports:
         t = timed(report.request)
-        ppo_request = ppo or (for_algorithm(report.request, "ppo") if report.request.algo != "ppo" else report.request)
-        if ppo_request not in ppo_times:
+        ppo_request = ppo or (ppo_of(report.request) if report.request.algo != "ppo" else report.request)
+        if ppo_request is not None and ppo_request not in ppo_times:
             ppo_times[ppo_request] = t if ppo_request == report.request else timed(ppo_request)
-        out.append(ComparedReport(**dict(report), step_time=t, speed_vs_ppo=speed_ratio(ppo_times[ppo_request], t)))
+        ppo_time = None if ppo_request is None else ppo_times[ppo_request]
+        out.append(ComparedReport(**dict(report), step_time=t, speed_vs_ppo=speed_ratio(ppo_time, t)))
     return out
 
 
 __all__ = [
+    "DEFAULT_ALGOS",
     "SPEED_VS_PPO",
     "CompareReport",
     "CompareRow",
     "ComparedReport",
     "compare_algorithms",
     "compare_reports",
+    "compared_algos",
+    "ppo_of",
     "speed_ratio",
     "timed",
 ]

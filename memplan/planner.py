@@ -19,6 +19,10 @@ cheapest to run to the most memory-saving:
     score_micro_batch_size        the given one → halvings → 1 (when given: the scoring forwards' micro batch)
     logprob_kernel                log-softmax → fused (a fused cross-entropy: verl's, Liger's); a given chunked
                                   (TRL 1.16's own LM head) or fp32-fused (OpenRLHF's path) is kept
+    sequence_parallel             1 → the divisors of GPUs per node dividing the attention heads (packed runs under
+                                  engine 'fsdp' without TP: verl's Ulysses)
+    max_tokens_per_gpu            none or the given cap → halvings down to one longest sequence (packed runs: verl's
+                                  use_dynamic_bsz, OpenRLHF's dynamic batches)
     micro_batch_size              the largest that fits, at most the given one (bisection at each leaf)
 
 A knob the run's framework cannot apply is never proposed (marked IMPOSSIBLE in the code); each combination
@@ -44,6 +48,9 @@ below is also refused by ``resolve`` when given, naming the field:
                                                                   (``algorithms.vllm_pool``) is never proposed
     logprob_kernel                rollout_engine 'hybrid-engine'  DeepSpeed-Chat's trainer takes log_softmax
     score_micro_batch_size        rollout_engine 'hybrid-engine'  DeepSpeed-Chat scores each generation batch whole
+    sequence_parallel,            packing off                     verl's Ulysses and dynamic batches slice packed rows
+    max_tokens_per_gpu                                            (use_remove_padding); Ulysses also needs engine
+                                                                  'fsdp' and tp 1 (verl's FSDP workers)
 
 When the request does not fit the GPU, each dimension runs from the user's value toward the saving end
 (changes that save memory); when it fits, from the cheap end up to the user's value (relaxations that still
@@ -74,6 +81,7 @@ import heapq
 import itertools
 import operator
 import time
+from collections.abc import Callable
 from math import ceil, inf
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -83,17 +91,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from memplan.errors import InputError
 from memplan.estimator import estimate
 from memplan.estimator.resolve import resolve
-from memplan.report import MAX_BATCH, EstimateRequest, Report, Verdict
+from memplan.report import MAX_BATCH, MAX_TOKENS, EstimateRequest, Report, Verdict, on_cluster
 from memplan.comparison import timed
 from memplan.units import GiB
 
 Knob = Literal["zero_stage", "offload", "offload_ref", "offload_reward", "gradient_checkpointing", "lora",
                "micro_batch_size", "tp", "placement", "vllm_gpu_memory_utilization", "score_micro_batch_size",
-               "idle_offload", "logprob_kernel", "vllm_sleep_mode"]
+               "idle_offload", "logprob_kernel", "vllm_sleep_mode", "sequence_parallel", "max_tokens_per_gpu"]
 KNOBS: tuple[str, ...] = get_args(Knob)
 """Names ``plan(allow=...)`` accepts; ``zero_stage`` covers every role's stage."""
-COST_ORDER = ("method_change", "cpu_offloads", "recompute", "tp", "zero_stage_total", "split_placement",
-              "vllm_fraction", "vllm_sleep", "lora_rank", "micro_batch", "score_micro_batch", "kernel_change",
+COST_ORDER = ("method_change", "cpu_offloads", "recompute", "tp", "sequence_parallel", "zero_stage_total",
+              "split_placement",
+              "vllm_fraction", "vllm_sleep", "lora_rank", "micro_batch", "token_cap", "score_micro_batch",
+              "kernel_change",
               "changes")
 """The terms of ``candidate_cost``, compared left to right: the tie-breaker of the objective's order."""
 Objective = Literal["fastest", "fewest-gpus", "cheapest"]
@@ -168,8 +178,8 @@ def objective_key(candidate: PlanCandidate, objective: str) -> tuple:
     only how fast. Then, by the objective:
 
     * fastest — seconds per prompt (the data set's wall time when ``dataset_samples`` is given);
-    * fewest-gpus — GPUs, then fastest (the search keeps the request's GPUs, so this is fastest unless a
-      candidate's GPU count differs; ``--min-gpus`` finds the count);
+    * fewest-gpus — GPUs, then fastest (``plan`` runs the knob search at the fewest GPUs where something fits,
+      ``_plan_fewest_gpus``, so its candidates share one count and rank fastest first);
     * cheapest — GPU-seconds per prompt (the data set's GPU-hours; × a price per GPU-hour, the same order).
     """
     t = candidate.seconds_per_prompt()
@@ -239,6 +249,7 @@ def candidate_cost(given: EstimateRequest, req: EstimateRequest, roles: list[str
        optimizer 1) + offload_ref + offload_reward;
     3. recompute — 1 with gradient checkpointing;
     4. tp — tensor-parallel degree;
+    4b. sequence_parallel — Ulysses' degree (two all-to-alls around every attention);
     5. zero_stage_total — sum of the resident roles' ZeRO stages (more sharding, more communication);
     6. split_placement — 1 when each role has its own GPUs;
     7. vllm_fraction — minus vLLM's memory fraction in percent (a smaller KV cache generates slower);
@@ -247,6 +258,7 @@ def candidate_cost(given: EstimateRequest, req: EstimateRequest, roles: list[str
        fraction, which slows every generation);
     8. lora_rank — minus the LoRA rank (a larger adapter is closer to what was asked);
     9. micro_batch — minus the micro-batch size (larger first);
+    9b. token_cap — minus the token cap of a training micro batch, when one is set (larger first);
     10. score_micro_batch — minus the scoring micro batch, when one is given (larger first);
     11. kernel_change — 1 if a fused log-prob kernel replaces the given log-softmax (no throughput cost, but
         a dependency to install: after every knob that costs throughput, before the count of changes);
@@ -260,12 +272,14 @@ def candidate_cost(given: EstimateRequest, req: EstimateRequest, roles: list[str
         "cpu_offloads": offloads,
         "recompute": int(req.gradient_checkpointing),
         "tp": req.tp,
+        "sequence_parallel": req.sequence_parallel,
         "zero_stage_total": sum(s if s is not None else req.zero_stage for s in stage.values()),
         "split_placement": int(req.placement == "split"),
         "vllm_fraction": -round(req.vllm_gpu_memory_utilization * 100) if req.rollout_engine == "vllm" else 0,
         "vllm_sleep": int(req.rollout_engine == "vllm" and req.vllm_sleep_mode),
         "lora_rank": -req.lora_rank,
         "micro_batch": -req.micro_batch_size,
+        "token_cap": -(req.max_tokens_per_gpu or 0),
         "score_micro_batch": -(req.score_micro_batch_size or 0),
         "kernel_change": int(req.logprob_kernel != given.logprob_kernel),
         "changes": len(_changes(given, req)),
@@ -385,11 +399,40 @@ def _dimensions(given: EstimateRequest, base: Report, allow: set[str], side: str
         kernels = ("log-softmax", "fused") if "logprob_kernel" in allow and not own else ()
         dims.append(dim("logprob_kernel", kernels, given.logprob_kernel,
                         key=("log-softmax", "fused", "fp32-fused", "chunked", "row-chunked").index))
+    dims += _token_dims(given, allow, dim, per_node, n)
     score = given.score_micro_batch_size
     if score is not None and given.algo != "sft":
         halvings = tuple(sorted({score >> k for k in range(score.bit_length())}, reverse=True))  # score … 1
         dims.append(dim("score_micro_batch_size", halvings if "score_micro_batch_size" in allow else (), score,
                         key=lambda v: -v))
+    return dims
+
+
+def _token_dims(given: EstimateRequest, allow: set[str], dim, per_node: int, n: int) -> list[_Dim]:  # noqa: ANN001
+    """Packed runs only (verl's use_remove_padding, OpenRLHF's packing_samples): Ulysses' sequence-parallel size —
+    under engine 'fsdp' without TP (verl's FSDP workers; IMPOSSIBLE elsewhere), the divisors of a node's GPUs that
+    divide the attention heads and divide (or are a multiple of) the KV heads (verl's ``apply_monkey_patch``
+    asserts) — and the token cap of a training micro batch: the given one (or none), then halvings down to one
+    longest sequence (verl's use_dynamic_bsz, OpenRLHF's train.max_tokens_per_gpu)."""
+    if not given.packing:
+        return []
+    dims = []
+    if given.engine == "fsdp" and given.tp == 1:
+        from memplan.catalog import get_model
+
+        spec = get_model(given.model) if isinstance(given.model, str) else None
+        heads = _actor_heads(given)
+        kv = spec.num_kv_heads if spec is not None else (given.model.num_key_value_heads or heads)
+        sps = [d for d in range(1, per_node + 1) if per_node % d == 0 and n % d == 0 and heads % d == 0
+               and (kv % d == 0 or d % kv == 0)] if "sequence_parallel" in allow else []
+        dims.append(dim("sequence_parallel", sps, given.sequence_parallel))
+    if "max_tokens_per_gpu" in allow and given.algo != "dpo":
+        longest = given.seq_len or given.prompt_len + given.gen_len
+        top = given.max_tokens_per_gpu or given.micro_batch_size * longest
+        caps = sorted({top >> k for k in range(top.bit_length()) if top >> k >= longest} | {top}, reverse=True)
+        current = given.max_tokens_per_gpu
+        options = ([None] if current is None else []) + caps
+        dims.append(dim("max_tokens_per_gpu", options, current, key=lambda c: -(c or 1 << 62)))
     return dims
 
 
@@ -485,6 +528,9 @@ def plan(request: EstimateRequest, *, allow: set[str] | None = None, max_results
         raise InputError("dataset_samples", "must be at least 1", dataset_samples)
     if price_per_gpu_hour is not None and not 0 < price_per_gpu_hour < inf:
         raise InputError("price_per_gpu_hour", "must be a positive number", price_per_gpu_hour)
+    if objective == "fewest-gpus":  # the GPU count searched around the knob search
+        return _plan_fewest_gpus(request, start, allow=allow, max_results=max_results, allow_tight=allow_tight,
+                                 dataset_samples=dataset_samples, price_per_gpu_hour=price_per_gpu_hour)
     base = estimate(request)
     fix = not _ok(base, allow_tight)
     side = "both" if not base.host_fits else "fix" if fix else "relax"
@@ -661,6 +707,48 @@ def plan(request: EstimateRequest, *, allow: set[str] | None = None, max_results
     )
 
 
+def _plan_fewest_gpus(request: EstimateRequest, start: float, **search: Any) -> PlanReport:
+    """``plan(objective="fewest-gpus")``: the knob search (ranked fastest first) at the fewest GPUs of the
+    request's kind, at most the request's count, at which an allowed configuration fits. The counts are
+    ``_gpu_counts``' below the request's, then the request's own: 1, 2, 4, 8 in turn, then doubling and bisection
+    (as ``min_gpus``: more GPUs never need more memory per GPU). Each candidate's changes start with ``gpus``
+    when the count is smaller. When nothing fits even at the request's count, that count's plan (its closest)."""
+    clusters = [c for c in _gpu_counts(request) if _num_gpus(c) < _num_gpus(request.gpus)] + [request.gpus]
+    reports: dict[int, PlanReport] = {}
+
+    def fits(i: int) -> bool:
+        if i not in reports:
+            try:
+                reports[i] = plan(request.model_copy(update={"gpus": clusters[i]}), objective="fastest", **search)
+            except InputError:  # e.g. a tensor-parallel degree above the smaller count
+                return False
+        return reports[i].fits_any
+
+    last = len(clusters) - 1
+    small = [i for i in range(last) if _num_gpus(clusters[i]) <= 8]
+    chosen = next((i for i in small if fits(i)), None)
+    if chosen is None:
+        lo, hi = (small[-1] if small else -1), last  # lo does not fit; hi is the request's count
+        if fits(hi):
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+        chosen = hi
+    found = reports[chosen] if chosen in reports else plan(request, objective="fastest", **search)
+    moved = clusters[chosen] != request.gpus
+    candidates = [c.model_copy(update={"changes": {"gpus": (request.gpus, clusters[chosen]), **c.changes}})
+                  if moved else c for c in found.candidates]
+    tried = ", ".join(str(_num_gpus(clusters[i])) for i in sorted(reports))
+    note = (f"fewest-gpus: the knob search ran at {tried} GPU(s); {_num_gpus(clusters[chosen])} is the fewest at "
+            "which an allowed configuration fits" if found.fits_any else
+            "fewest-gpus: nothing fits even at the request's GPU count")
+    as_given = _candidate(request, estimate(request), search.get("dataset_samples"), search.get("price_per_gpu_hour"))
+    return found.model_copy(update={
+        "request": request, "as_given": as_given, "candidates": candidates, "objective": "fewest-gpus",
+        "evaluations": sum(r.evaluations for r in reports.values()), "notes": [*found.notes, note],
+        "elapsed_ms": round((time.perf_counter() - start) * 1e3, 3)})
+
+
 def _minimal(candidates: list[PlanCandidate]) -> list[PlanCandidate]:
     """Drop a candidate whose changed fields (with their values) include all of another's and more: two role
     stages can read as one ``zero_stage`` change plus an override, so the search's dimension-wise minimality
@@ -760,11 +848,14 @@ def min_gpus(request: EstimateRequest, *, allow_tight: bool = False) -> int | No
     return None if i is None else _num_gpus(clusters[i])
 
 
-def _fewest(request: EstimateRequest, clusters: list[str], allow_tight: bool = False) -> int | None:
-    """Index of the first cluster that fits (``_ok``), searched as ``min_gpus`` says."""
+def _fewest(request: EstimateRequest, clusters: list[str], allow_tight: bool = False,
+            within: Callable[[EstimateRequest], bool] | None = None) -> int | None:
+    """Index of the first cluster that fits (``_ok``) — and, given ``within``, passes it too (a time budget:
+    ``_within_budget``) — searched as ``min_gpus`` says."""
 
     def fits(i: int) -> bool:
-        return _ok(_try(request.model_copy(update={"gpus": clusters[i]})), allow_tight)
+        req = on_cluster(request, clusters[i])  # an unset zero_stage follows the GPU count
+        return _ok(_try(req), allow_tight) and (within is None or within(req))
 
     small = [i for i, c in enumerate(clusters) if _num_gpus(c) <= 8]
     first = next((i for i in small if fits(i)), None)
@@ -789,12 +880,23 @@ class LimitReport(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     request: EstimateRequest
-    search: Literal["max_micro_batch_size", "max_rollout_batch_size", "max_score_micro_batch_size", "min_gpus"]
+    search: Literal["max_micro_batch_size", "max_rollout_batch_size", "max_score_micro_batch_size", "min_gpus",
+                    "max_max_tokens_per_gpu", "max_score_max_tokens_per_gpu"]
     max_micro_batch_size: int | None = Field(None, description="Largest micro batch per GPU that fits")
     max_rollout_batch_size: int | None = Field(None, description="Largest rollout batch per GPU that fits")
     max_score_micro_batch_size: int | None = Field(
         None, description="Largest scoring micro batch per GPU that fits, at most the sequences a GPU scores")
-    min_gpus: int | None = Field(None, description="Fewest GPUs of the request's kind that fit")
+    max_max_tokens_per_gpu: int | None = Field(
+        None, description="Largest token cap of a training micro batch per GPU that fits: the answer to the largest "
+        "micro batch when the run sizes its micro batches by tokens (max_tokens_per_gpu given), at most the tokens "
+        "a GPU trains in a step")
+    max_score_max_tokens_per_gpu: int | None = Field(
+        None, description="Largest token cap of a scoring forward per GPU that fits (score_max_tokens_per_gpu, or "
+        "max_tokens_per_gpu, given), at most the tokens a GPU scores in a step")
+    min_gpus: int | None = Field(None, description="Fewest GPUs of the request's kind that fit (and, with "
+                                 "time_budget_seconds, finish the data set within it)")
+    time_budget_seconds: float | None = Field(None, description="min_gpus: the wall-time budget for the data set "
+                                              "(memplan.step_time's estimate), if given")
     found: bool = Field(description="False: even the smallest batch (or the largest cluster) does not fit")
     allow_tight: bool = Field(False, description="TIGHT configurations whose point estimate fits were accepted")
     at_limit: PlanCandidate | None = Field(None, description="The request at the limit (fits)")
@@ -810,6 +912,28 @@ def _limit_candidate(given: EstimateRequest, field: str, value: Any) -> PlanCand
 
 
 BATCH_FIELDS = ("micro_batch_size", "rollout_batch_size", "score_micro_batch_size")
+TOKEN_FIELDS = {"micro_batch_size": "max_tokens_per_gpu", "score_micro_batch_size": "score_max_tokens_per_gpu"}
+"""The unit a framework sizes a micro batch in: tokens per GPU where the run gives a token cap (verl's use_dynamic_bsz,
+OpenRLHF's dynamic batches), which ``batch_limit`` then searches instead of sequences."""
+
+
+def _token_field(request: EstimateRequest, field: str) -> str | None:
+    """The token cap ``batch_limit`` searches for ``field`` when the request sizes that micro batch by tokens."""
+    cap = TOKEN_FIELDS.get(field)
+    if cap is None or request.max_tokens_per_gpu is None and (
+            cap == "max_tokens_per_gpu" or request.score_max_tokens_per_gpu is None):
+        return None
+    return cap
+
+
+def _step_tokens(request: EstimateRequest) -> int:
+    """Tokens one GPU trains or scores in a step (rollout sequences at their mean length, over the sequence-parallel
+    group's GPUs): a larger cap changes nothing (``tokens.micro_batch``)."""
+    run = resolve(request)
+    if not run.rollout_seqs:
+        return MAX_TOKENS * 64  # the fields' bound
+    mean = run.prompt_len + (request.gen_len_mean or run.gen_len)
+    return min(max(run.rollout_seqs * mean, -(-run.train_seq_len // run.sp)), MAX_TOKENS * 64)
 
 
 def batch_limit(request: EstimateRequest, field: str = "micro_batch_size", *,
@@ -824,7 +948,12 @@ def batch_limit(request: EstimateRequest, field: str = "micro_batch_size", *,
     if field == "score_micro_batch_size" and request.algo == "sft":
         raise InputError("algo", "SFT has no scoring phase", request.algo)
     estimate(request)  # bad input raises here, naming its field
-    if field == "score_micro_batch_size":
+    tokens = _token_field(request, field)
+    if tokens is not None:  # the framework's unit: tokens per GPU
+        field, limit = tokens, _step_tokens(request)
+        if tokens == "score_max_tokens_per_gpu" and request.score_max_tokens_per_gpu is None:
+            request = request.model_copy(update={tokens: request.max_tokens_per_gpu})
+    elif field == "score_micro_batch_size":
         limit = scored_sequences(request)
     else:
         limit = MAX_BATCH
@@ -838,17 +967,46 @@ def batch_limit(request: EstimateRequest, field: str = "micro_batch_size", *,
     )
 
 
-def gpu_limit(request: EstimateRequest, *, allow_tight: bool = False) -> LimitReport:
-    """``min_gpus`` with the estimates at it and at the next smaller GPU count of ``_gpu_counts``."""
+def _within_budget(dataset_samples: int, budget_seconds: float) -> Callable[[EstimateRequest], bool]:
+    """``memplan.step_time``'s wall time for the data set at most ``budget_seconds`` (False where the time model
+    cannot run the request)."""
+
+    def within(req: EstimateRequest) -> bool:
+        t = timed(req, dataset_samples)
+        return t is not None and t.wall_seconds is not None and t.wall_seconds <= budget_seconds
+
+    return within
+
+
+def gpu_limit(request: EstimateRequest, *, allow_tight: bool = False, time_budget_seconds: float | None = None,
+              dataset_samples: int | None = None) -> LimitReport:
+    """``min_gpus`` with the estimates at it and at the next smaller GPU count of ``_gpu_counts``. With
+    ``time_budget_seconds`` (and ``dataset_samples``): the fewest GPUs that fit *and* go through the data set
+    within the budget by ``memplan.step_time``'s estimate. The search assumes, as for memory, that more GPUs
+    never take longer (more prompts per step, fewer steps); crossing onto the network can break that, so the
+    answer is the first count found by doubling and bisection, not a proof that no smaller count passes."""
     start = time.perf_counter()
     estimate(request)  # bad input raises here, naming its field
+    within = None
+    if time_budget_seconds is not None:
+        if not time_budget_seconds > 0:
+            raise InputError("time_budget", "must be a positive duration (e.g. 6h, 90m, 3600s)", time_budget_seconds)
+        if dataset_samples is None:
+            raise InputError("dataset_samples", "is needed with a time budget: the prompts (DPO/SFT: samples) the "
+                             "run goes through", None)
+        within = _within_budget(dataset_samples, time_budget_seconds)
     clusters = _gpu_counts(request)
-    i = _fewest(request, clusters, allow_tight)
+    i = _fewest(request, clusters, allow_tight, within)
     past = i - 1 if i is not None else len(clusters) - 1
+
+    def at(cluster: str) -> PlanCandidate | None:
+        report = _try(request.model_copy(update={"gpus": cluster}))
+        return None if report is None else _candidate(request, report, dataset_samples)
+
     return LimitReport(
         request=request, search="min_gpus", min_gpus=None if i is None else _num_gpus(clusters[i]),
-        found=i is not None, allow_tight=allow_tight, at_limit=None if i is None else _limit_candidate(request, "gpus", clusters[i]),
-        past_limit=_limit_candidate(request, "gpus", clusters[past]) if past >= 0 else None,
+        found=i is not None, allow_tight=allow_tight, at_limit=None if i is None else at(clusters[i]),
+        past_limit=at(clusters[past]) if past >= 0 else None, time_budget_seconds=time_budget_seconds,
         elapsed_ms=round((time.perf_counter() - start) * 1e3, 3),
     )
 

@@ -20,9 +20,11 @@ Batch semantics (the frameworks disagree, so memplan states its own):
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictBool, StrictFloat, StrictInt, StringConstraints, Tag, computed_field, field_validator
+from pydantic import ModelWrapValidatorHandler, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 Algo = Literal["ppo", "grpo", "remax", "rloo", "dpo", "sft"]
 Role = Literal["actor", "critic", "reference", "reward"]
@@ -41,6 +43,7 @@ Quantization = Literal["none", "int8", "int4"]
 LoraTargets = Literal["all-linear", "attention"]
 LogprobKernel = Literal["log-softmax", "fused", "fp32-fused", "chunked", "row-chunked"]
 Verdict = Literal["fits", "tight", "does_not_fit"]
+Framework = Literal["trl", "verl", "openrlhf", "deepspeed-chat"]
 
 M = TypeVar("M", bound=BaseModel)
 _new = object.__new__  # BaseModel defines no __new__; object's, called directly, skips a lookup
@@ -116,17 +119,35 @@ class EstimateRequest(BaseModel):
     reward: Literal["model", "rule"] | None = Field(
         None, description="'rule' drops the reward model (default: rule for GRPO, model otherwise)"
     )
+    framework: Framework | None = Field(
+        None, description="Fill every field not given with this framework's defaults: what memplan's reader "
+        "of its launch files (memplan.frameworks: verl, trl, openrlhf, dschat) makes of a minimal launch file "
+        "naming only the model, algorithm and GPUs (memplan.frameworks.presets); the fields given win. Unset: "
+        "memplan's own defaults", examples=["verl"]
+    )
 
     # sharding and placement
     engine: Engine = Field(
         "deepspeed", description="Training engine: DeepSpeed ZeRO, PyTorch FSDP2, or plain PyTorch (one GPU / DDP)"
     )
-    zero_stage: StrictInt = Field(0, ge=0, le=3, description="ZeRO stage for every role (FSDP: 3 full, 2 grad-op, 0 none)")
+    zero_stage: StrictInt | None = Field(
+        None, ge=0, le=3, description="ZeRO stage for every role (FSDP: 3 full, 2 grad-op, 0 none). Unset: "
+        "auto_zero_stage — 3 (ZeRO-3 / FSDP full shard) for a full fine-tune over more than one data-parallel "
+        "GPU, or with any CPU offload, under engine 'deepspeed' or 'fsdp': the setting that fits the most, which "
+        "DeepSpeed and FSDP users launch for models that do not fit replicated (TRL's zero3.yaml, verl's "
+        "reshard_after_forward); 0 on one GPU, with LoRA (a small adapter, the frozen base replicated as peft "
+        "and TRL run it) and under engine 'torch', which does not shard"
+    )
     actor_zero_stage: StrictInt | None = Field(None, ge=0, le=3)
     critic_zero_stage: StrictInt | None = Field(None, ge=0, le=3)
     ref_zero_stage: StrictInt | None = Field(None, ge=0, le=3)
     reward_zero_stage: StrictInt | None = Field(None, ge=0, le=3)
     hybrid_shard: StrictBool = Field(False, description="Shard within a node only (FSDP HYBRID_SHARD, ZeRO++ hpZ)")
+    fsdp_version: Literal[1, 2] = Field(
+        2, description="engine 'fsdp' only: 2 is FSDP2 (fully_shard, per-parameter DTensor shards; verl's strategy "
+        "fsdp2), 1 is FSDP1 (FullyShardedDataParallel, one padded FlatParameter per wrapped decoder layer and the "
+        "root; verl's strategy fsdp)"
+    )
     offload: Offload = Field("none", description="CPU offload for trainable roles (actor, critic)")
     idle_offload: IdleOffload = Field(
         "none", description="verl's param_offload / optimizer_offload (engine 'fsdp'), OpenRLHF's ds.enable_sleep "
@@ -192,6 +213,40 @@ class EstimateRequest(BaseModel):
     gen_len: StrictInt = Field(256, ge=1, le=MAX_TOKENS)
     seq_len: StrictInt | None = Field(None, ge=1, le=MAX_TOKENS, description="SFT/DPO sequence length")
     group_size: StrictInt | None = Field(None, ge=1, le=4096, description="Completions per prompt (GRPO 8, RLOO 4)")
+    gen_len_mean: StrictInt | None = Field(
+        None, ge=1, le=MAX_TOKENS, description="Expected mean answer length (at most gen_len; default gen_len): a "
+        "packed micro batch holds sequences of prompt_len + gen_len_mean tokens; a padded one, HF generate's KV "
+        "cache and vLLM's reservation do not depend on it"
+    )
+    packing: StrictBool = Field(
+        False, description="Sequences packed without padding into one [1, tokens] row (verl's use_remove_padding, "
+        "OpenRLHF's packing_samples, TRL's padding_free): a micro batch's activations and logits follow its tokens"
+    )
+    max_tokens_per_gpu: StrictInt | None = Field(
+        None, ge=1, le=MAX_TOKENS * 64, description="Token cap of a training micro batch per GPU (verl's use_dynamic_bsz "
+        "with ppo_max_token_len_per_gpu, OpenRLHF's train.max_tokens_per_gpu); needs packing. Replaces "
+        "micro_batch_size: as many sequences as the cap holds (one longer sequence alone)"
+    )
+    score_max_tokens_per_gpu: StrictInt | None = Field(
+        None, ge=1, le=MAX_TOKENS * 64, description="Token cap of a scoring forward per GPU (verl's "
+        "log_prob_max_token_len_per_gpu, critic forward_max_token_len_per_gpu; OpenRLHF's rollout.max_tokens_per_gpu); "
+        "needs packing; default: max_tokens_per_gpu"
+    )
+    sequence_parallel: StrictInt = Field(
+        1, ge=1, le=256, description="Ulysses sequence-parallel size (verl's ulysses_sequence_parallel_size): each "
+        "micro batch's tokens split over this many GPUs, all-to-all around attention; needs packing"
+    )
+    entropy: Literal["none", "scoring", "update", "scoring+update", "update-no-grad"] = Field(
+        "none", description="Where the actor takes the entropy over the whole vocabulary: 'scoring' — its old "
+        "log-prob forward, for metrics (verl, full fine-tuning); 'update' — in the loss (verl entropy_coeff ≠ 0, TRL "
+        "entropy_coef ≠ 0, OpenRLHF entropy_coef set: in the autograd graph); 'update-no-grad' — in the update's "
+        "forward without grad (TRL's top_entropy_quantile mask)"
+    )
+    entropy_kernel: Literal["compiled", "eager", "chunked", "fp32-chunked"] = Field(
+        "compiled", description="How the entropy is taken: verl's entropy_from_logits under torch.compile "
+        "(use_torch_compile, the default) or eager; TRL's entropy_from_logits in 128-row chunks ('chunked'); verl's "
+        "entropy_from_logits_with_chunking, 2048 fp32 rows ('fp32-chunked')"
+    )
 
     # rollout engine
     rollout_engine: RolloutEngine = Field(
@@ -219,6 +274,13 @@ class EstimateRequest(BaseModel):
         True, description="Colocated vLLM frees its memory outside rollout (verl; TRL's vllm_enable_sleep_mode, "
         "off by default: then its reservation stays through scoring and training)"
     )
+    vllm_sleep_level: Literal[1, 2] | None = Field(
+        None, description="vLLM's sleep level in sleep mode: 1 keeps a copy of its weights in pinned host RAM "
+        "(CuMemAllocator.sleep offloads the 'weights' tag), counted per GPU in host_bytes_per_node; 2 discards "
+        "them (the trainer syncs them back). Unset: the framework's level — 1 under framework 'openrlhf' "
+        "(vllm_engine.py: sleep(level=1)), else 2 (verl with vLLM ≥ 0.8.5: VLLM_SLEEP_LEVEL; TRL: "
+        "llm.sleep(level=2))", examples=[1]
+    )
     vllm_max_num_batched_tokens: StrictInt | None = Field(
         None, ge=1, le=MAX_TOKENS * 64, description="Colocated vLLM's max_num_batched_tokens: tokens of its "
         "start-up profile run, whose activations it sizes the KV cache around and then frees, and of its "
@@ -236,6 +298,61 @@ class EstimateRequest(BaseModel):
     host_ram_bytes_per_node: StrictInt = Field(1 << 40, ge=1, le=1 << 50, description="Host RAM per node (default 1 TiB)")
 
     _whole_numbers = field_validator("*", mode="before")(whole_number)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _defaults(cls, data: Any, handler: ModelWrapValidatorHandler[EstimateRequest]) -> EstimateRequest:
+        """The defaults that depend on other fields: ``framework``'s preset under the fields given, then an unset
+        ``zero_stage`` as ``auto_zero_stage`` says (kept out of ``model_fields_set``: still unset)."""
+        request = handler(data)
+        if request.framework is not None and isinstance(data, dict):
+            from memplan.errors import InputError
+            from memplan.frameworks.presets import preset_fields
+
+            given = {k: v for k, v in data.items() if v is not None}
+            try:
+                preset = preset_fields(request, frozenset(given))
+            except InputError as exc:  # a ValidationError naming the field, as pydantic's own
+                message = str(exc).removeprefix(f"{exc.field}: ")
+                raise ValidationError.from_exception_data(cls.__name__, [InitErrorDetails(
+                    type=PydanticCustomError(type(exc).__name__, "{message}", {"message": message}), loc=(exc.field,),
+                    input=exc.value)]) from None
+            if preset.keys() - given.keys():
+                request = handler({**preset, **given})
+        if request.zero_stage is None:
+            request.__dict__["zero_stage"] = auto_zero_stage(request)
+        return request
+
+
+def auto_zero_stage(request: EstimateRequest) -> int:
+    """The ZeRO stage of a request that leaves ``zero_stage`` unset: 3 for a full fine-tune over more than one
+    data-parallel GPU (GPUs ÷ tp) or with any CPU offload (DeepSpeed offloads from a ZeRO stage only), under
+    engine 'deepspeed' or 'fsdp'; else 0 (one GPU, LoRA, engine 'torch'). A bad ``gpus`` gives 0: the estimate
+    names it."""
+    if request.engine == "torch":
+        return 0
+    if request.offload != "none" or request.offload_ref or request.offload_reward:
+        return 3
+    if request.lora_rank:
+        return 0
+    from memplan.catalog import parse_cluster
+    from memplan.errors import InputError
+
+    try:
+        gpus = parse_cluster(request.gpus).num_gpus
+    except InputError:
+        return 0
+    return 3 if gpus // request.tp > 1 else 0
+
+
+def on_cluster(request: EstimateRequest, gpus: str) -> EstimateRequest:
+    """``request`` on the cluster ``gpus`` (a planner's GPU-count search): a ``zero_stage`` left unset follows
+    the count up (``auto_zero_stage``: 0 on one GPU, 3 on eight) and stays unset; never down, since the
+    planner's later changes to the moved request (an offload) may need the stage it had."""
+    moved = request.model_copy(update={"gpus": gpus})
+    if "zero_stage" not in request.model_fields_set:
+        moved.__dict__["zero_stage"] = max(request.zero_stage or 0, auto_zero_stage(moved))
+    return moved
 
 
 class Breakdown(BaseModel):
@@ -289,6 +406,8 @@ class PhaseReport(BaseModel):
     items: tuple[LineItem, ...] = Field(description="This phase's transient terms (its largest activity)")
     group: str | None = Field(None, description="Split placement: the role (or roles, joined by '+') whose GPUs "
                               "set this phase's peak")
+    tokens: str = Field("", description="The tokens per GPU this phase's largest step assumed, and which "
+                        "lengths (mean or max) gave them")
 
 
 class ModelReport(BaseModel):
@@ -315,10 +434,15 @@ class PhaseBand(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     phase: Phase
-    low_bytes: int = Field(description="total_bytes × (1 + lower), truncated to whole bytes")
-    high_bytes: int = Field(description="total_bytes × (1 + upper), truncated to whole bytes")
-    lower: float = Field(description="Low quantile of (measured − estimated) / estimated over the corpus")
-    upper: float = Field(description="High quantile of (measured − estimated) / estimated over the corpus")
+    low_bytes: int = Field(description="total_bytes × (1 + lower), truncated to whole bytes, + lower_bytes")
+    high_bytes: int = Field(description="total_bytes × (1 + upper), truncated to whole bytes, + upper_bytes")
+    lower: float = Field(description="Low quantile of measured − estimated over the corpus: its part relative to "
+                         "the estimate (a fraction of it)")
+    upper: float = Field(description="High quantile of measured − estimated over the corpus: its relative part")
+    lower_bytes: int = Field(0, description="Low quantile of measured − estimated over the corpus: its part in "
+                             "bytes (the band file's form per phase kind: relative, bytes, or both)")
+    upper_bytes: int = Field(0, description="High quantile of measured − estimated over the corpus: its part in "
+                             "bytes")
     basis: str = Field(description="'rollout' or 'training': the corpus points of that phase kind; "
                        "'extrapolated (…): …': where the corpus has no points like this run, the lowest low end "
                        "measured and the phase kind's high end")

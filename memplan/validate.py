@@ -15,9 +15,10 @@ Every record with an outcome also checks the verdict: a run that went through mu
 (``Report.fits``), one that ran out of memory must not. The signed error is (estimate − measured) / measured: a
 negative error is an under-estimate, the dangerous side. Per group of phases (the phases a measurement covers,
 e.g. ``scoring+actor_update`` for a training step measured as one window) the summary gives the median and the
-90th percentile (nearest rank) of |error|, the worst under- and over-estimate, and how many under-estimates go
-beyond 10 %. A record whose request memplan cannot estimate yet (a model type it refuses) is listed as "not
-expressible yet", with the reason, and counts in no statistic.
+90th percentile (nearest rank) of |error|, the worst under- and over-estimate, how many under-estimates go
+beyond 10 %, and how many measurements lie within memplan's own error band for the compared phase
+(``Report.phase_bands``; ``memplan.estimator.band``). A record whose request memplan cannot estimate yet (a model
+type it refuses) is listed as "not expressible yet", with the reason, and counts in no statistic.
 
 No torch, no network: the tests run it on every push (tests/test_corpus.py).
 """
@@ -60,6 +61,7 @@ class PointResult:
     predicted_fits: bool | None
     verdict_right: bool | None
     status: str  # 'compared', 'outcome only' or 'not expressible yet: <why>'
+    in_band: bool | None = None  # the measurement lies within the compared phase's error band (memplan's own)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -73,6 +75,7 @@ class GroupSummary:
     worst_under: tuple[str, float] | None  # (record id, signed error) of the most negative error
     worst_over: tuple[str, float] | None
     under_beyond_limit: int  # records under-estimated by more than UNDER_LIMIT
+    in_band: int = 0  # records whose measurement lies within the compared phase's error band
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -130,6 +133,15 @@ def _basis(record: MeasuredPoint, total: int, report: Report) -> int:
     return total - report.fixed_bytes if record.quantity.startswith("torch_") else total
 
 
+def _in_band(record: MeasuredPoint, report: Report, phase: str) -> bool | None:
+    """Whether the measurement lies within the error band the report gives the compared phase (on the same basis:
+    net of fixed bytes for torch's counters); None where the report has no band for it."""
+    for b in report.phase_bands:
+        if b.phase == phase:
+            return _basis(record, b.low_bytes, report) <= record.measured_bytes <= _basis(record, b.high_bytes, report)
+    return None
+
+
 def validate(records: Iterable[MeasuredPoint], corpus: tuple[str, ...] = ()) -> Summary:
     """Estimate every record's request and compare; see the module docstring for what compares to what."""
     cache: dict[str, Report | str] = {}
@@ -149,17 +161,19 @@ def validate(records: Iterable[MeasuredPoint], corpus: tuple[str, ...] = ()) -> 
             results.append(_unexpressible(rec, rep))
             continue
         verdict = None if rec.outcome is None else (rep.fits == (rec.outcome == "ran"))
-        est = err = phase = None
+        est = err = phase = in_band = None
         if rec.measured_bytes is not None and rec.quantity != "outcome":
             est, phase = compare(rec, rep)
             err = (est - rec.measured_bytes) / rec.measured_bytes
+            in_band = _in_band(rec, rep, phase)
         results.append(PointResult(
             id=rec.id, point=rec.point, group="+".join(rec.phases), source=_source(rec), quantity=rec.quantity,
             device=rec.device.name, measured_bytes=rec.measured_bytes, estimated_bytes=est, error=err,
             estimate_phase=phase,
             outcome=rec.outcome, predicted_fits=rep.fits, verdict_right=verdict,
-            status="compared" if err is not None else "outcome only"))
-    groups = [_summarise(name, [(r.id, r.error) for r in results if r.group == name and r.error is not None])
+            status="compared" if err is not None else "outcome only", in_band=in_band))
+    groups = [_summarise(name, [(r.id, r.error) for r in results if r.group == name and r.error is not None],
+                         sum(bool(r.in_band) for r in results if r.group == name))
               for name in dict.fromkeys(r.group for r in results if r.error is not None)]
     keys = dict.fromkeys((r.group, r.source) for r in results if r.error is not None)
     by_source = [_summarise(f"{g} · {src}", [(r.id, r.error) for r in results
@@ -187,7 +201,7 @@ def _unexpressible(rec: MeasuredPoint, why: str) -> PointResult:
         outcome=rec.outcome, predicted_fits=None, verdict_right=None, status=f"not expressible yet: {why}")
 
 
-def _summarise(group: str, errs: list[tuple[str, float]]) -> GroupSummary:
+def _summarise(group: str, errs: list[tuple[str, float]], in_band: int = 0) -> GroupSummary:
     absolute = sorted(abs(e) for _, e in errs)
     under = min(errs, key=lambda x: x[1])
     over = max(errs, key=lambda x: x[1])
@@ -195,7 +209,7 @@ def _summarise(group: str, errs: list[tuple[str, float]]) -> GroupSummary:
         group=group, n=len(errs), median_abs_error=statistics.median(absolute),
         p90_abs_error=percentile(absolute, 0.9),
         worst_under=under if under[1] < 0 else None, worst_over=over if over[1] > 0 else None,
-        under_beyond_limit=sum(e < -UNDER_LIMIT for _, e in errs))
+        under_beyond_limit=sum(e < -UNDER_LIMIT for _, e in errs), in_band=in_band)
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -221,14 +235,16 @@ def format_table(summary: Summary, *, points: bool = True) -> str:
                          f"{r.error:>+8.1%}  {verdict}")
         lines.append("")
     lines.append("GiB = 2^30 bytes; error = (estimate - measured) / measured; p90 = nearest rank")
-    lines.append(f"{'phases':<22} {'n':>4} {'median |err|':>12} {'p90 |err|':>10} {'under >10%':>10}  "
-                 "worst under / worst over")
+    lines.append(f"{'phases':<22} {'n':>4} {'median |err|':>12} {'p90 |err|':>10} {'under >10%':>10} "
+                 f"{'in band':>8}  worst under / worst over")
     for g in summary.groups:
         wu = f"{g.worst_under[1]:+.1%} ({g.worst_under[0]})" if g.worst_under else "none"
         wo = f"{g.worst_over[1]:+.1%} ({g.worst_over[0]})" if g.worst_over else "none"
         lines.append(f"{g.group:<22} {g.n:>4} {g.median_abs_error:>12.1%} {g.p90_abs_error:>10.1%} "
-                     f"{g.under_beyond_limit:>10}  {wu}")
-        lines.append(f"{'':<63}{wo}")
+                     f"{g.under_beyond_limit:>10} {g.in_band:>8}  {wu}")
+        lines.append(f"{'':<72}{wo}")
+    lines.append("in band: records whose measurement lies within memplan's error band for the compared phase "
+                 "(memplan/catalog/error_band.json; 90 % of the corpus by construction, p5-p95)")
     lines.append("")
     lines.append("per source (signed errors: median, worst under, worst over)")
     for g in summary.by_source:

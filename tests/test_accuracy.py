@@ -13,6 +13,10 @@ CI traces ``CI_CASES``: every algorithm on memplan/tiny-llama, PPO on every othe
 and four real-size configurations covering LoRA, gradient checkpointing, eager attention and the greedy
 ReMax rollout (~3 minutes on 2 cores). Every test prints its table of errors; the median test prints the
 whole one past pytest's capture.
+
+Packed micro batches and the entropy (issue 17): ``PACKED_CI_CASES`` (tiny-llama, seconds each) are held to
+their own tolerances, ``PACKED_COMPONENTS`` in memplan/harness/accuracy.py (states ±1 %, transients ±5 %, total
+±5 % of the phase's traced peak), and stay out of the median above, so the padded rows' bounds do not move.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from memplan.harness.accuracy import CASES, MEDIAN_TARGET, TINY, PhaseError, compare, request, summary, table  # noqa: E402
+from memplan.harness.accuracy import (  # noqa: E402
+    CASES, MEDIAN_TARGET, PACKED_CASES, PACKED_COMPONENTS, TINY, PhaseError, compare, request, summary, table,
+)
 
 CI_CASES = [
     *(f"{algo} tiny-llama" for algo in ("ppo", "grpo", "remax", "rloo", "dpo", "sft")),
@@ -35,21 +41,36 @@ CI_CASES = [
     "remax llama-3.2-1b gc",
     "ppo opt-350m eager",
 ]
+PACKED_CI_CASES = ["grpo tiny-llama packed", "ppo tiny-llama packed cap", "grpo tiny-llama packed entropy",
+                   "rloo tiny-llama packed entropy"]
 
 
 @functools.cache
 def rows(case: str) -> tuple[PhaseError, ...]:
     from memplan.harness import trace
 
-    return tuple(compare(case, trace(request(case))))
+    components = PACKED_COMPONENTS if case in PACKED_CASES else None
+    traced = trace(request(case))
+    return tuple(compare(case, traced, components=components) if components else compare(case, traced))
 
 
 def test_ci_cases_are_in_the_matrix() -> None:
     assert set(CI_CASES) <= set(CASES)
+    assert set(PACKED_CI_CASES) <= set(PACKED_CASES)
     assert len(CASES) >= 20
 
 
-@pytest.mark.parametrize("case", CI_CASES)
+ESTIMATE_GAPS: dict[str, str] = {}
+"""Cases whose estimate misses a term the trace shows: expected to fail (strict) until memplan/estimator/ counts it.
+(The update's eager-entropy backward, 'grpo tiny-llama packed entropy', is counted since issue 17's follow-up:
+``formulas.entropy_beside_logprobs_bytes``.)"""
+
+
+@pytest.mark.parametrize("case", [
+    *CI_CASES,
+    *(pytest.param(c, marks=pytest.mark.xfail(reason=ESTIMATE_GAPS[c], strict=True)) if c in ESTIMATE_GAPS else c
+      for c in PACKED_CI_CASES),
+])
 def test_estimate_matches_trace(case: str) -> None:
     phase_rows = list(rows(case))
     text = table(phase_rows)

@@ -177,7 +177,7 @@ def test_compare_rows_carry_step_time_and_speed_vs_ppo():
     "body",
     [
         {},
-        {"base": HEADLINE},
+        {"base": HEADLINE, "algos": []},  # base alone compares the default list (test_presets.py)
         {"algos": ["ppo"]},
         {"requests": [HEADLINE], "base": HEADLINE, "algos": ["ppo"]},
         {"requests": []},

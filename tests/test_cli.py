@@ -269,3 +269,54 @@ def test_missing_torch_is_exit_2(monkeypatch):
         result = run(command, "--model", "llama-2-7b")
         assert result.exit_code == 2, result.output
         assert "memplan[measure]" in result.stderr and "Traceback" not in result.output
+
+
+DSCHAT = "tests/data/dschat_minimal.sh"
+
+
+@pytest.mark.parametrize("command", ["estimate", "plan", "compare", "time"])
+def test_deepspeed_chat_command_is_read_as_verl_scripts_are(command):
+    """--deepspeed-chat reads a step-3 launch command with memplan.frameworks.dschat (as --verl reads a verl
+    script): the request is the reader's, on the --gpus cluster, explicit flags on top."""
+    from memplan.frameworks import dschat
+
+    want = EstimateRequest(**dschat.load(DSCHAT, "8xA100-80GB").fields)
+    request = build_request({"deepspeed_chat": DSCHAT, "gpus": "8xA100-80GB"})
+    assert request == want and request.rollout_engine == "hybrid-engine"
+    assert build_request({"deepspeed_chat": DSCHAT, "gpus": "8xA100-80GB", "algo": "remax",
+                          "micro_batch_size": 2}).model_dump() == {**want.model_dump(), "algo": "remax",
+                                                                  "micro_batch_size": 2}
+    extra = ["--algos", "ppo,remax"] if command == "compare" else []
+    result = run(command, "--deepspeed-chat", DSCHAT, "--gpus", "8xA100-80GB", *extra, "--help" if command == "plan"
+                 else "--json")
+    assert result.exit_code == 0, result.output
+    if command == "plan":
+        assert "--deepspeed-chat" in result.stdout
+    elif command == "estimate":
+        assert Report.model_validate_json(result.stdout).request == want
+
+
+def test_deepspeed_chat_needs_the_cluster_and_one_framework():
+    no_count = run("estimate", "--deepspeed-chat", DSCHAT, "--gpus", "A100-80GB")
+    assert no_count.exit_code == 2 and "--gpus" in no_count.stderr and "8xA100-80GB" in no_count.stderr
+    both = run("estimate", "--deepspeed-chat", DSCHAT, "--verl", DSCHAT, "--gpus", "8xA100-80GB")
+    assert both.exit_code == 2 and "--deepspeed-chat" in both.stderr
+    grpo = run("estimate", "--deepspeed-chat", DSCHAT, "--gpus", "8xA100-80GB", "--algo", "grpo")
+    assert grpo.exit_code == 2 and "--algo" in grpo.stderr  # step 3 trains PPO or ReMax only
+
+
+def test_deepspeed_chat_api_route_takes_text_only():
+    from fastapi.testclient import TestClient
+
+    from api.main import app as api_app
+
+    client = TestClient(api_app)
+    text = open(DSCHAT).read()
+    ok = client.post("/v1/deepspeed-chat/estimate", json={"script": text, "gpus": "8xA100-80GB", "algo": "remax"})
+    assert ok.status_code == 200, ok.text
+    assert (ok.json()["request"]["algo"], ok.json()["report"]["num_gpus"]) == ("remax", 8)
+    path = client.post("/v1/deepspeed-chat/estimate", json={"script": DSCHAT, "gpus": "8xA100-80GB"})
+    assert path.status_code == 422  # a path is text without --key value arguments: never opened
+    assert path.json()["detail"][0]["loc"] == ["body", "script"]
+    no_count = client.post("/v1/deepspeed-chat/estimate", json={"script": text, "gpus": "A100-80GB"})
+    assert no_count.status_code == 422 and no_count.json()["detail"][0]["loc"] == ["body", "gpus"]

@@ -26,7 +26,8 @@ from memplan.report import EstimateRequest
 from memplan.units import GiB
 
 runner = CliRunner()
-HEADLINE = ["--model", "meta-llama/Llama-2-7b-hf", "--algo", "ppo", "--gpus", "8xA100-40GB"]
+HEADLINE = ["--model", "meta-llama/Llama-2-7b-hf", "--algo", "ppo", "--gpus", "8xA100-40GB",
+            "--zero-stage", "0"]  # unsharded replicas (the default before zero_stage became automatic): does not fit
 # PPO whose roles carry long model names, split over GPU groups: the widest table cells memplan prints
 LONG_ROLES = ["--model", "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "--critic-model", "Qwen/Qwen2.5-1.5B-Instruct",
               "--reward-model", "Qwen/Qwen2.5-0.5B-Instruct", "--algo", "ppo", "--gpus", "8xA100-40GB",
@@ -209,7 +210,7 @@ def test_one_error_shape_everywhere(args, start):
 def test_estimate_that_does_not_fit_ends_with_what_to_try():
     result = run("estimate", *HEADLINE)
     assert result.exit_code == 0, result.output
-    request = EstimateRequest(model="meta-llama/Llama-2-7b-hf", algo="ppo", gpus="8xA100-40GB")
+    request = EstimateRequest(model="meta-llama/Llama-2-7b-hf", algo="ppo", gpus="8xA100-40GB", zero_stage=0)
     assert not memplan.estimate(request).fits  # ZeRO-0 everywhere: 7B PPO cannot fit on 40 GB
     found = plan(request, allow=set(KNOBS), max_results=3)
     lines = result.stdout.splitlines()
@@ -218,7 +219,7 @@ def test_estimate_that_does_not_fit_ends_with_what_to_try():
     for i, c in enumerate(found.candidates, 1):
         assert tail[i] == (f"  {i}. {render.changes(c.changes)}: peak {c.peak_bytes_per_gpu / GiB:.2f} GiB per GPU, "
                            f"headroom {c.headroom_bytes / GiB:.2f} GiB")
-    command = "memplan plan --model meta-llama/Llama-2-7b-hf --gpus 8xA100-40GB --algo ppo"
+    command = "memplan plan --model meta-llama/Llama-2-7b-hf --gpus 8xA100-40GB --algo ppo --zero-stage 0"
     assert tail[-1] == f"Every option, its cost and why: {command}"
     # the line runs as printed
     again = run(*shlex.split(command)[1:])
@@ -274,10 +275,10 @@ def test_compare_says_what_to_try_for_each_algorithm_that_does_not_fit():
     out = result.stdout
     assert "What to try next" in out
     for algo in ("ppo", "grpo"):
-        request = EstimateRequest(model="meta-llama/Llama-2-7b-hf", algo=algo, gpus="8xA100-40GB")
+        request = EstimateRequest(model="meta-llama/Llama-2-7b-hf", algo=algo, gpus="8xA100-40GB", zero_stage=0)
         best = plan(request, allow=set(KNOBS), max_results=1).candidates[0]
         assert f"  {algo}: {render.changes(best.changes)} (peak {best.peak_bytes_per_gpu / GiB:.2f} GiB per GPU)" in out
-        assert f"memplan plan --model meta-llama/Llama-2-7b-hf --gpus 8xA100-40GB --algo {algo}" in out
+        assert f"memplan plan --model meta-llama/Llama-2-7b-hf --gpus 8xA100-40GB --algo {algo} --zero-stage 0" in out
 
 
 # ----------------------------------------------------------------------------- 17: the listing

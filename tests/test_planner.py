@@ -18,7 +18,8 @@ import memplan
 from memplan.errors import InputError
 from memplan.estimator.resolve import for_algorithm
 from memplan import planner
-from memplan.planner import COST_ORDER, KNOBS, compare_algorithms, objective_key
+from memplan.comparison import compare_algorithms
+from memplan.planner import COST_ORDER, KNOBS, objective_key
 from memplan.report import EstimateRequest
 from memplan.units import GiB
 
@@ -36,7 +37,7 @@ min_gpus = partial(planner.min_gpus, allow_tight=True)
 # run_llama2_7b.sh): actor (and PPO's 7B critic) ZeRO-2, reference and reward ZeRO-3 with parameter offload,
 # bf16, gradient checkpointing, hybrid engine, per-device batch 1, prompt 256 + answer 256.
 REMAX = dict(
-    model="meta-llama/Llama-2-7b-hf", gpus="8xA100-40GB", actor_zero_stage=2, critic_zero_stage=2,
+    model="meta-llama/Llama-2-7b-hf", gpus="8xA100-40GB", zero_stage=0, actor_zero_stage=2, critic_zero_stage=2,
     ref_zero_stage=3, reward_zero_stage=3, offload_ref=True, offload_reward=True, dtype="bf16",
     gradient_checkpointing=True, rollout_engine="hybrid-engine", micro_batch_size=1, prompt_len=256, gen_len=256,
 )
@@ -45,7 +46,8 @@ REMAX = dict(
 SEARCHES = {
     "remax-paper-ppo": EstimateRequest(algo="ppo", **REMAX),
     "remax-paper-remax": EstimateRequest(algo="remax", **REMAX),
-    "ppo-defaults": EstimateRequest(model="meta-llama/Llama-2-7b-hf", algo="ppo", gpus="8xA100-40GB"),
+    # memplan's defaults before zero_stage's auto default (report.auto_zero_stage): unsharded replicas
+    "ppo-defaults": EstimateRequest(model="meta-llama/Llama-2-7b-hf", algo="ppo", gpus="8xA100-40GB", zero_stage=0),
     "grpo-vllm": EstimateRequest(model="meta-llama/Llama-2-7b-hf", algo="grpo", gpus="8xH100-80GB",
                                  rollout_engine="vllm", vllm_gpu_memory_utilization=0.9, micro_batch_size=8),
     "ppo-fsdp-batch16": EstimateRequest(model="meta-llama/Llama-2-7b-hf", algo="ppo", gpus="8xA100-40GB",
@@ -282,12 +284,13 @@ def test_fastest_is_the_order_of_the_hand_computed_times(name):
 
 
 def test_fastest_pair_checked_by_hand_cpu_offload_vs_zero3():
-    # ReMax in the paper's setup on 8×A100-40GB (FITS only: the default search): two fixes on the same GPUs,
+    # ReMax in the paper's setup on 8×A100-40GB at micro batch 16 (DOES NOT FIT; at the paper's 1 it fits as
+    # given, so nothing needs fixing): two fixes on the same GPUs,
     # the actor's optimizer on the CPU, or the actor under ZeRO-3. By memplan.step_time's blocks: ZeRO-3 adds
     # two NVLink gathers of the actor to generate (sampled and greedy passes) and a gather-bound backward; the
     # offload adds gradients over PCIe and the CPU optimizer step (~0.8 s, 8 ranks sharing a node's DRAM):
     # ZeRO-3 is the faster fix, and the planner lists it first.
-    report = planner.plan(SEARCHES["remax-paper-remax"])
+    report = planner.plan(SEARCHES["remax-paper-remax"].model_copy(update={"micro_batch_size": 16}))
     zero3, offload = (next(c for c in report.candidates if f in c.changes) for f in ("actor_zero_stage", "offload"))
     t3, toff = memplan.step_time(zero3.request), memplan.step_time(offload.request)
 
@@ -323,15 +326,6 @@ def test_dataset_wall_time_gpu_hours_and_price_by_hand():
         assert c.price == pytest.approx(c.gpu_hours * 2.0, rel=1e-12)
     keys = [(c.cost["method_change"], c.gpu_hours, c.cost_key()) for c in report.candidates]
     assert keys == sorted(keys)
-
-
-def test_fewest_gpus_on_fixed_gpus_is_fastest():
-    # the search keeps the request's GPUs (--min-gpus finds the count): every candidate has 8, so fewest-gpus
-    # falls through to the time
-    request = SEARCHES["grpo-vllm"]
-    fewest, fastest = plan(request, objective="fewest-gpus"), plan(request)
-    assert {c.num_gpus for c in fewest.candidates} == {8}
-    assert [c.request for c in fewest.candidates] == [c.request for c in fastest.candidates]
 
 
 def test_objective_bad_input_names_the_field():
@@ -452,7 +446,7 @@ def test_min_gpus_is_the_boundary(request_):
 
 def test_min_gpus_none_when_nothing_shards():
     # ZeRO-0 shards nothing: 70B PPO (~1 TiB of model states) never fits, whatever the count
-    request = EstimateRequest(model="meta-llama/Llama-2-70b-hf", algo="ppo", gpus="8xA100-80GB")
+    request = EstimateRequest(model="meta-llama/Llama-2-70b-hf", algo="ppo", gpus="8xA100-80GB", zero_stage=0)
     limit = gpu_limit(request)
     assert limit.min_gpus is None and not limit.found and not limit.past_limit.fits
 
@@ -517,7 +511,7 @@ def test_compare_algorithms_step_time_and_speed_vs_ppo():
 
 
 def test_compare_reports_carry_step_time_against_ppo_with_the_same_knobs():
-    from memplan.planner import compare_reports
+    from memplan.comparison import compare_reports
 
     base = EstimateRequest(algo="ppo", **REMAX)
     requests = [for_algorithm(base, a) for a in ("remax", "grpo")]

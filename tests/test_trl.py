@@ -129,7 +129,7 @@ def test_dpo_and_sft():
     assert f["ref"] == "lora-shared"
     run = trl.fields({**recipe, "packing": True}, zero2, "H100-80GB", "sft")
     assert (run.fields["algo"], run.fields["seq_len"], "ref" in run.fields) == ("sft", 1024, False)
-    assert any("packing" in n for n in run.notes)
+    assert run.fields["packing"] and not any("packing" in n for n in run.notes)  # SFTConfig packing (bfd)
     assert [m.role for m in memplan.estimate(**run.fields).models] == ["actor"]
 
 
@@ -191,3 +191,60 @@ def test_api_endpoint():
     assert bad.json()["detail"][0]["loc"] == ["body", "recipe"]  # the body field, not the CLI's --trl
     unknown = client.post("/v1/trl/estimate", json={**body, "gpu": "Z100"})
     assert unknown.status_code == 422 and unknown.json()["detail"][0]["loc"] == ["body", "gpu"]
+
+
+def test_unquoted_distributed_type_no_is_read_as_no():
+    """accelerate writes ``distributed_type: 'NO'`` (yaml.safe_dump quotes it); a hand-written unquoted ``NO`` is
+    YAML 1.1's false, which accelerate's from_yaml_file keeps and runs undistributed: engine 'torch' either way."""
+    for text in ("distributed_type: NO\nnum_processes: 1\n", "distributed_type: 'NO'\nnum_processes: 1\n"):
+        acc = trl.read_accelerate(text)
+        f = trl.fields({"model_name_or_path": "gpt2"}, acc, "L4").fields
+        assert (f["engine"], f["gpus"]) == ("torch", "1xL4")
+    with pytest.raises(InputError, match="distributed_type 'TRUE'"):  # `true` is no distributed type
+        trl.fields({"model_name_or_path": "gpt2"}, trl.read_accelerate("distributed_type: true\n"), "L4")
+
+
+FSDP1_TRL = """\
+distributed_type: FSDP
+fsdp_config:
+  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP
+  fsdp_offload_params: false
+  fsdp_reshard_after_forward: {reshard}
+  fsdp_version: 1
+{extra}num_machines: 1
+num_processes: 8
+"""
+"""The FSDP keys of TRL's examples/accelerate_configs/fsdp1.yaml (trl @f2cd577: fsdp_reshard_after_forward
+FULL_SHARD, no fsdp_sharding_strategy), the reshard value and an added strategy line filled in."""
+
+
+@pytest.mark.parametrize(("reshard", "extra", "stage", "noted"), [
+    ("FULL_SHARD", "", 3, False),  # TRL's fsdp1.yaml: both keys agree on FULL_SHARD, nothing to note
+    # accelerate 1.16 runs fsdp_sharding_strategy's default FULL_SHARD (the launcher exports it, the plugin takes it
+    # first; checked with accelerate 1.16.0's prepare_multi_gpu_env + FullyShardedDataParallelPlugin())
+    ("SHARD_GRAD_OP", "", 3, True),
+    ("FULL_SHARD", "  fsdp_sharding_strategy: SHARD_GRAD_OP\n", 2, True),  # the strategy key runs
+    ("SHARD_GRAD_OP", "  fsdp_sharding_strategy: 2\n", 2, False),  # ShardingStrategy(2) is SHARD_GRAD_OP
+    ("false", "", 3, True),  # FSDP2's bool under FSDP1: not read by the plugin
+])
+def test_fsdp1_reshard_after_forward(reshard, extra, stage, noted):
+    acc = trl.read_accelerate(FSDP1_TRL.format(reshard=reshard, extra=extra))  # extra: inside fsdp_config
+    run = trl.fields({"model_name_or_path": "gpt2"}, acc, "H100-80GB")
+    assert (run.fields["engine"], run.fields["zero_stage"]) == ("fsdp", stage)
+    assert any("fsdp_reshard_after_forward" in n for n in run.notes) == noted
+
+
+def test_fsdp_reshard_after_forward_values():
+    def stage(fsdp: dict) -> int:
+        return trl.fields({"model_name_or_path": "gpt2"}, {"distributed_type": "FSDP", "num_processes": 8,
+                                                           "fsdp_config": fsdp}, "H100-80GB").fields["zero_stage"]
+
+    # FSDP2: the bool is all accelerate reads (fsdp2_prepare_model's reshard_after_forward); True by default
+    assert stage({"fsdp_version": 2}) == 3 and stage({"fsdp_version": 2, "fsdp_reshard_after_forward": False}) == 2
+    assert stage({"fsdp_version": 2, "fsdp_reshard_after_forward": "false",
+                  "fsdp_sharding_strategy": "FULL_SHARD"}) == 2  # FSDP2 ignores the FSDP1 key
+    with pytest.raises(InputError, match="FSDP1 sharding strategy"):  # accelerate: "not supported with FSDP2"
+        stage({"fsdp_version": 2, "fsdp_reshard_after_forward": "SHARD_GRAD_OP"})
+    with pytest.raises(InputError, match="fsdp_reshard_after_forward 'reshard'"):
+        stage({"fsdp_version": 1, "fsdp_reshard_after_forward": "reshard"})
+    assert stage({"fsdp_version": 1, "fsdp_sharding_strategy": "HYBRID_SHARD_ZERO2"}) == 2  # accelerate's name

@@ -278,7 +278,7 @@ def test_cli_and_api_name_the_option():
 
 def test_compare_drops_what_an_algorithm_has_no_use_for():
     # a GRPO request with a group compared against DPO: DPO is estimated without the group, not refused
-    from memplan.planner import compare_algorithms
+    from memplan.comparison import compare_algorithms
 
     result = compare_algorithms(EstimateRequest(**LLAMA8, algo="grpo", group_size=16), ("grpo", "dpo"))
     assert all(row.error is None for row in result.rows), result.rows

@@ -23,7 +23,9 @@ SCRIPT = Path(__file__).parent / "data" / "verl_grpo.sh"
 def test_grpo_script():
     run = verl.load(SCRIPT, "H100-80GB")
     assert run.fields == {
-        "engine": "fsdp", "gpus": "2x8xH100-80GB", "model": "Qwen/Qwen2.5-7B-Instruct", "algo": "grpo",
+        "engine": "fsdp", "gpus": "2x8xH100-80GB",
+        "model": "Qwen/Qwen2.5-7B-Instruct", "algo": "grpo",
+        "fsdp_version": 1,  # actor.strategy: fsdp, verl 0.9.1's default (the script leaves it): FSDP1
         "reward": "rule",
         "zero_stage": 3, "idle_offload": "optimizer", "dtype": "bf16", "gradient_checkpointing": True,
         "ref": "separate", "offload_ref": True, "prompt_len": 1024, "gen_len": 3072, "micro_batch_size": 8,
@@ -31,9 +33,14 @@ def test_grpo_script():
         "vllm_gpu_memory_utilization": 0.6, "vllm_tensor_parallel_size": 2, "logprob_kernel": "fused",
         "processes_per_gpu": 2, "weight_sync_bucket_mb": 2048,
         "vllm_max_num_batched_tokens": 8192,  # verl 0.9.1's default (the script leaves it)
+        "vllm_sleep_mode": True,  # rollout.free_cache_engine: true, verl 0.9.1's default (the script leaves it)
+        "packing": True,  # use_remove_padding=True
+        # fsdp_workers.py compute_log_prob: calculate_entropy = not is_lora; entropy_coeff=0 keeps it out of the
+        # update; use_torch_compile (default True) compiles entropy_from_logits
+        "entropy": "scoring", "entropy_kernel": "compiled",
     }
     assert not any("Qwen2.5-7B-Instruct" in n for n in run.notes)  # in the catalog: no note
-    assert any("fused cross-entropy" in n and "upper bound" in n for n in run.notes)
+    assert not any("upper bound" in n or "not modeled" in n for n in run.notes)
     memplan.estimate(**run.fields)  # a valid request
 
 
@@ -88,10 +95,16 @@ def test_ppo_overrides_with_defaults():
         "ppo", "4xA100-80GB", "Qwen/Qwen2.5-1.5B", "model", "Qwen/Qwen2.5-1.5B")  # adv_estimator gae (default)
     assert (f["offload"], "idle_offload" in f, f["lora_rank"], f["ref"]) == (
         "optimizer+params", False, 32, "lora-shared")
-    # dynamic batches: 8192 tokens ÷ (512 + 512) default lengths = 8 sequences, for training and for scoring
-    assert (f["micro_batch_size"], f["score_micro_batch_size"], f["prompt_len"], f["gen_len"]) == (8, 8, 512, 512)
+    # dynamic batches over packed sequences (use_remove_padding, verl 0.9's default): a cap of 8192 tokens per GPU
+    # for training and for scoring (log_prob_max_token_len_per_gpu defaults to ppo_max_token_len_per_gpu); the
+    # micro batch the cap holds at full length, 8192 ÷ (512 + 512) = 8 sequences, for the planner and timing
+    # scoring: the critic's forward_max_token_len_per_gpu defaults to critic.ppo_max_token_len_per_gpu, 32768
+    # (_generated_ppo_trainer.yaml), the largest of the three scoring caps
+    assert (f["packing"], f["max_tokens_per_gpu"], f["score_max_tokens_per_gpu"]) == (True, 8192, 32768)
+    assert any("scoring token caps differ" in n for n in run.notes)
+    assert (f["micro_batch_size"], "score_micro_batch_size" in f, f["prompt_len"], f["gen_len"]) == (8, False, 512, 512)
     assert (f["rollout_batch_size"], f["group_size"], f["vllm_gpu_memory_utilization"]) == (256, 1, 0.5)  # 1024 ÷ 4
-    assert any("use_dynamic_bsz" in n for n in run.notes)
+    assert f["fsdp_version"] == 2  # strategy=fsdp2: fully_shard
     assert not any("FSDP1" in n for n in run.notes)
     memplan.estimate(**f)
 
@@ -134,7 +147,7 @@ def test_cli_reads_the_script_and_flags_override_it():
     assert r.exit_code == 0, r.output
     fields = {**verl.load(SCRIPT, "H100-80GB").fields, "micro_batch_size": 2}
     assert memplan.Report.model_validate_json(r.stdout) == memplan.estimate(**fields)
-    assert "verl: strategy fsdp (FSDP1)" in r.stderr
+    assert "modeled as FSDP2" not in r.stderr  # strategy fsdp is estimated as FSDP1 (fsdp_version 1)
     whole = runner.invoke(app, ["estimate", "--verl", str(SCRIPT), "--gpus", "4xA100-80GB", "--json"])
     assert memplan.Report.model_validate_json(whole.stdout).num_gpus == 4  # a cluster with a count wins
     for args, words in ((["--verl", str(SCRIPT)], "--gpus"),

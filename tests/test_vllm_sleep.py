@@ -71,3 +71,30 @@ def test_a_smaller_micro_batch_does_not_hide_the_other_fixes():
     changes = [c.changes for c in plan(request, allow_tight=True).candidates]
     assert changes[0] == {"micro_batch_size": (16, 8)}
     assert {"vllm_sleep_mode": (False, True)} in changes
+
+
+def test_a_sleeping_engine_keeps_only_what_sleep_cannot_free():
+    """What vLLM's source says a sleeping engine (level 1) keeps, and what memplan counts of it. ``CuMemAllocator.
+    sleep`` (vllm/device_allocator/cumem.py) backs up the 'weights' tag (all of ``Worker.load_model``: weights,
+    LoRA slots, rotary caches) to host RAM, unmaps the 'kv_cache' tag, then runs ``torch.cuda.empty_cache()``,
+    which returns the profile run's and the sampler warm-up's cached blocks too. Left on the device: torch tensors
+    allocated outside the CuMem pools — the model runner's persistent input buffers, counted here — the CUDA
+    graphs (their pool and executables: sized by no source; memplan/estimator/__init__.py, Known limitations) and
+    the CUDA context (the runtime's fixed bytes). So in scoring and the update, vLLM's one item is its buffers."""
+    report = memplan.estimate(model="Qwen/Qwen2.5-0.5B-Instruct", algo="grpo", gpus="1xA100-40GB", engine="torch",
+                              lora_rank=16, group_size=4, rollout_engine="vllm", vllm_gpu_memory_utilization=0.3,
+                              gradient_checkpointing=True, idle_offload="params", ref="lora-adapter")
+    # vllm 0.23 GPUModelRunner.__init__: input_ids int32 (4), positions int64 (8), req_indices int64 (8),
+    # is_token_ids bool (1), query_pos int64 (8), inputs_embeds e·h = 2 × 896 (Qwen2.5-0.5B's hidden size), over
+    # max_num_batched_tokens = 8192 tokens: 8192 × (29 + 1792) = 14,917,632 bytes
+    buffers = 8192 * (4 + 8 + 8 + 1 + 8 + 2 * 896)
+    assert buffers == 14_917_632
+    for phase in report.phases:
+        vllm = [li for li in phase.items if "vLLM" in li.note]
+        if phase.phase == "rollout":  # awake: its reservation, its prefill's activations, and the same buffers
+            assert [li.bytes for li in vllm if "input buffers" in li.note] == [buffers]
+            continue
+        assert [(li.category, li.bytes) for li in vllm] == [("buffer", buffers)], phase.phase
+    # the CUDA context and cuBLAS workspace of the one process: the catalog's A100-40GB context (483,393,536 B)
+    # + the cuBLAS workspace memplan counts per process (estimator.CUBLAS_WORKSPACE_BYTES: 4 MiB × 8 = 33,554,432 B)
+    assert report.fixed_bytes == 483_393_536 + 33_554_432

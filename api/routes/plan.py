@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from fastapi import APIRouter
 
 from api.deps import check_names
-from api.schemas import BatchLimitRequest, LimitRequest, PlanRequest
+from api.schemas import BatchLimitRequest, GpuLimitRequest, PlanRequest
 from memplan.errors import InputError
 from memplan.planner import LimitReport, PlanReport, batch_limit, gpu_limit, plan as plan_search
 from memplan.report import EstimateRequest
@@ -54,11 +54,16 @@ def plan(body: PlanRequest) -> PlanReport:
 @router.post("/max-batch", response_model=LimitReport, summary="Largest batch per GPU that fits")
 def max_batch(body: BatchLimitRequest) -> LimitReport:
     """``max_micro_batch_size`` (or ``max_rollout_batch_size``, ``max_score_micro_batch_size``), with the estimates
-    at it and at one more."""
+    at it and at one more; in tokens per GPU (``max_max_tokens_per_gpu``, ``max_score_max_tokens_per_gpu``) when the
+    request caps that micro batch by tokens (``max_tokens_per_gpu``, ``score_max_tokens_per_gpu``)."""
     return _run(batch_limit, body.request, body.field, allow_tight=body.allow_tight)
 
 
 @router.post("/min-gpus", response_model=LimitReport, summary="Fewest GPUs that fit")
-def min_gpus(body: LimitRequest) -> LimitReport:
-    """``min_gpus`` of the request's GPU kind, with the estimates at it and at the next smaller count."""
-    return _run(gpu_limit, body.request, allow_tight=body.allow_tight)
+def min_gpus(body: GpuLimitRequest) -> LimitReport:
+    """``min_gpus`` of the request's GPU kind, with the estimates at it and at the next smaller count; with
+    ``time_budget_seconds`` and ``dataset_samples``, the fewest that also finish the data set within the budget."""
+    if body.time_budget_seconds is not None and body.dataset_samples is None:
+        raise InputError("dataset_samples", "is needed with time_budget_seconds", None)
+    return _run(gpu_limit, body.request, allow_tight=body.allow_tight, time_budget_seconds=body.time_budget_seconds,
+                dataset_samples=body.dataset_samples)

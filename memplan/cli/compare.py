@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any, get_args
 
 import typer
@@ -13,7 +14,7 @@ from memplan.cli.options import BATCH_SEMANTICS, JsonOption, PlotOption, command
 from memplan.cli.plan import next_steps
 from memplan.errors import InputError
 from memplan.estimator import for_algorithm
-from memplan.comparison import compare_algorithms, compare_reports
+from memplan.comparison import DEFAULT_ALGOS, compare_algorithms, compare_reports, compared_algos, ppo_of
 from memplan.report import Algo, EstimateRequest
 
 ALGOS = get_args(Algo)
@@ -32,21 +33,24 @@ def parse_algos(text: str) -> list[str]:
 @request_command
 def compare(
     request: EstimateRequest,
-    algos: Annotated[str, typer.Option(help="Comma-separated algorithms to compare (overrides --algo)",
-                                       rich_help_panel="Algorithm")] = (
-        "ppo,grpo,remax,rloo,dpo"),
+    algos: Annotated[str | None, typer.Option(
+        help=f"Comma-separated algorithms to compare (overrides --algo). Default: {','.join(DEFAULT_ALGOS)}; with "
+        "--framework, those of them the framework runs", rich_help_panel="Algorithm")] = None,
     json: JsonOption = False,
     plot: PlotOption = None,
     given: dict[str, Any] | None = None,
 ) -> None:
-    names = parse_algos(algos)
+    names, notes = compared_algos(request, None if algos is None else parse_algos(algos))
+    for note in notes:  # the default list cut to the framework's algorithms
+        print(f"note: {note}", file=sys.stderr)
     # each algorithm's request: the options it has no use for back at their defaults, then validated
     requests = [for_algorithm(request, a) for a in names]
     if plot is not None:  # one panel per algorithm that runs (the table says why the others do not)
         reports = [report for r in requests if (report := _try(r)) is not None] or [memplan.estimate(requests[0])]
         write_plot(plots.phase_bars, reports, plot)
     if json:
-        render.json_out(compare_reports(requests, for_algorithm(request, "ppo")))  # one Report (+ step_time) per algorithm: any that cannot run is an error
+        # one Report (+ step_time) per algorithm: any that cannot run is an error; no PPO baseline under TRL
+        render.json_out(compare_reports(requests, ppo_of(request)))
         return
     result = compare_algorithms(request, names)  # saving vs PPO, estimated even when PPO is not listed
     if all(row.error for row in result.rows):

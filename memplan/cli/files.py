@@ -1,5 +1,5 @@
 """The files a run is read from: the checks every file option gets, a DeepSpeed JSON config, and the entry
-points of the framework readers (``memplan.frameworks``: verl, OpenRLHF, TRL).
+points of the framework readers (``memplan.frameworks``: verl, OpenRLHF, TRL, DeepSpeed-Chat).
 
 ``check_file`` runs before any reader opens a file, so a directory, a device, a FIFO, a binary or an
 oversized file is one ``error:`` line naming the option (``options.cli_errors``), never a hang or a traceback.
@@ -91,7 +91,20 @@ def trl_fields(recipe: Path, accelerate: Path | None, gpus: str | None, algo: st
     return run.fields, run.notes
 
 
-FILE_OPTIONS = ("verl", "openrlhf", "trl", "accelerate_config", "deepspeed_config")
+def dschat_fields(path: Path, gpus: str | None, algo: str | None) -> tuple[dict[str, Any], list[str]]:
+    """Request fields of a DeepSpeed-Chat step-3 launch command (``memplan.frameworks.dschat``) and its notes;
+    ``gpus`` is the cluster as given (the ``deepspeed`` launcher runs one process per GPU: the command holds no
+    count), ``algo`` 'ppo' (the default) or 'remax' (ReMax's fork of the trainer)."""
+    from memplan.frameworks import dschat
+
+    if gpus is None or not gpus.strip()[:1].isdigit():
+        raise InputError("gpus", "name the cluster for the DeepSpeed-Chat command (the deepspeed launcher runs one "
+                         "process per GPU; the command holds no count), e.g. --gpus 8xA100-80GB", gpus)
+    run = dschat.load(path, gpus, algo or "ppo")
+    return run.fields, run.notes
+
+
+FILE_OPTIONS = ("verl", "openrlhf", "trl", "accelerate_config", "deepspeed_config", "deepspeed_chat")
 MAX_FILE_BYTES = 1 << 20
 """Largest launch script, recipe or config read (1 MiB; real ones are a few kB)."""
 

@@ -25,7 +25,8 @@ import typer
 from pydantic import ValidationError
 
 from memplan import report as report_module
-from memplan.cli.files import FILE_OPTIONS, SCRIPT_COUNTS, check_file, deepspeed_overrides, script_fields, trl_fields
+from memplan.cli.files import (FILE_OPTIONS, SCRIPT_COUNTS, check_file, deepspeed_overrides, dschat_fields,
+                               script_fields, trl_fields)
 from memplan.errors import EnvironmentProblem, InputError
 from memplan.report import EstimateRequest
 from memplan.units import GiB
@@ -104,7 +105,8 @@ SHARED: dict[str, tuple[Any, Any]] = {
     "model": (
         Annotated[str | None, typer.Option(
             help="Actor (policy) model: catalog name or alias, or a local config.json / model folder (required "
-            "unless --verl, --trl or --openrlhf names it)", rich_help_panel=_MODEL, show_default=False)],
+            "unless --verl, --trl, --openrlhf or --deepspeed-chat names it)", rich_help_panel=_MODEL,
+            show_default=False)],
         None,
     ),
     "critic_model": (_option("critic_model", _MODEL), None),
@@ -121,9 +123,22 @@ SHARED: dict[str, tuple[Any, Any]] = {
         "Read a TRL run from its recipe YAML (--config) or launch command: model, batches, lengths, beta, PEFT, "
         "vLLM; --accelerate-config adds engine, sharding and GPU count; GRPO unless --algo says rloo, dpo or sft; "
         "explicit flags override it", _FILES), None),
+    "deepspeed_chat": (_file_option(
+        "Read the run from a DeepSpeed-Chat step-3 launch command (deepspeed main.py --actor_model_name_or_path "
+        "... --actor_zero_stage 3 ...): models, ZeRO stages, offloads, hybrid engine, batches, lengths; PPO unless "
+        "--algo remax (ReMax's fork); --gpus names the cluster (8xA100-80GB); explicit flags override it",
+        _FILES), None),
     "accelerate_config": (_file_option(
         "accelerate's config YAML for --trl (distributed_type, deepspeed_config / fsdp_config, num_processes); "
         "--gpus then names the GPU kind", _FILES), None),
+    "framework": (_option("framework", _FILES, extra=(
+        "verl: FSDP full shard, colocated vLLM (gpu_memory_utilization 0.5, tensor parallel 2, sleeping outside "
+        "rollout), gradient checkpointing, flash-attn's fused log-probs, 2 processes per GPU, train_batch_size "
+        "1024 prompts over the GPUs, 512 + 512 tokens; trl: accelerate's default DDP (engine torch), HF "
+        "generate, TRL's chunked LM head, 8 completions per GPU; openrlhf: DeepSpeed ZeRO-2, each model on GPUs "
+        "of its own, HF generate, fp32 log-probs; deepspeed-chat: ZeRO-0, fp16, hybrid engine, batches of 16. "
+        "docs/presets.md lists every field. Without it: memplan's own defaults (engine deepspeed, --zero-stage "
+        "as its help says, HF generate, one process per GPU, batch 1, 256 + 256 tokens)")), None),
     "deepspeed_config": (_file_option(
         "Read zero stage, offload, bf16/fp16, micro-batch and hybrid engine from a DeepSpeed JSON config; explicit "
         "flags override it", _FILES), None),
@@ -156,6 +171,7 @@ SHARED: dict[str, tuple[Any, Any]] = {
     "ref_zero_stage": (_option("ref_zero_stage", _SHARD, extra="Overrides --zero-stage"), None),
     "reward_zero_stage": (_option("reward_zero_stage", _SHARD, extra="Overrides --zero-stage"), None),
     "hybrid_shard": (_option("hybrid_shard", _SHARD), None),
+    "fsdp_version": (_option("fsdp_version", _SHARD, tp=int, extra="1 or 2"), None),
     "offload": (_option("offload", _SHARD), None),
     "idle_offload": (_option("idle_offload", _SHARD), None),
     "offload_ref": (_option("offload_ref", _SHARD), None),
@@ -173,17 +189,26 @@ SHARED: dict[str, tuple[Any, Any]] = {
     "prompt_len": (_option("prompt_len", _BATCH, extra="Prompt tokens; RL trains on prompt + generated tokens"), None),
     "gen_len": (_option("gen_len", _BATCH, extra="Generated tokens per completion"), None),
     "seq_len": (_option("seq_len", _BATCH, extra="The full sequence, prompt included"), None),
+    "gen_len_mean": (_option("gen_len_mean", _BATCH), None),
+    "packing": (_option("packing", _BATCH), None),
+    "max_tokens_per_gpu": (_option("max_tokens_per_gpu", _BATCH), None),
+    "score_max_tokens_per_gpu": (_option("score_max_tokens_per_gpu", _BATCH), None),
+    "sequence_parallel": (_option("sequence_parallel", _SHARD), None),
+    "entropy": (_option("entropy", _TRAIN), None),
+    "entropy_kernel": (_option("entropy_kernel", _TRAIN), None),
     "rollout_engine": (_option("rollout_engine", _ROLL, extra="Generation: HF generate, DeepSpeed hybrid engine, or vLLM"), None),
     "vllm_gpu_memory_utilization": (_option("vllm_gpu_memory_utilization", _ROLL, extra="Fraction of GPU memory vLLM reserves for weights + KV cache (verl 0.5, TRL 0.3, OpenRLHF 0.95)"), None),
     "vllm_sleep_mode": (_option("vllm_sleep_mode", _ROLL), None),
     "vllm_tensor_parallel_size": (_option("vllm_tensor_parallel_size", _ROLL), None),
+    "vllm_sleep_level": (_option("vllm_sleep_level", _ROLL, tp=int), None),
     "vllm_max_num_batched_tokens": (_option("vllm_max_num_batched_tokens", _ROLL), None),
     "vllm_max_num_batched_tokens": (_option("vllm_max_num_batched_tokens", _ROLL), None),
     "gather_for_generation": (_option("gather_for_generation", _ROLL), None),
     "weight_sync_bucket_mb": (_option("weight_sync_bucket_mb", _ROLL), None),
 }
 
-_NOT_FIELDS = {"host_ram_gib", "deepspeed_config", "verl", "trl", "accelerate_config", "openrlhf", "split_groups"}
+_NOT_FIELDS = {"host_ram_gib", "deepspeed_config", "verl", "trl", "accelerate_config", "openrlhf", "split_groups",
+               "deepspeed_chat"}
 
 
 def option_name(field: str) -> str:
@@ -205,10 +230,14 @@ def build_request(options: dict[str, Any]) -> EstimateRequest:
     if options.get("accelerate_config") is not None and options.get("trl") is None:
         raise InputError("accelerate_config", "goes with --trl (the recipe it launches)",
                          str(options["accelerate_config"]))
-    given_frameworks = [name for name in ("trl", "verl", "openrlhf") if options.get(name) is not None]
+    given_frameworks = [name for name in ("trl", "verl", "openrlhf", "deepspeed_chat") if options.get(name) is not None]
     if len(given_frameworks) > 1:
-        raise InputError(given_frameworks[0], "give one framework's files: --trl, --verl or --openrlhf",
-                         str(options[given_frameworks[0]]))
+        raise InputError(given_frameworks[0], "give one framework's files: --trl, --verl, --openrlhf or "
+                         "--deepspeed-chat", str(options[given_frameworks[0]]))
+    if options.get("deepspeed_chat") is not None:
+        from_dschat, notes = dschat_fields(options["deepspeed_chat"], options.get("gpus"), options.get("algo"))
+        fields.update(from_dschat)
+        _echo("deepspeed-chat", notes)
     if options.get("trl") is not None:
         given = frozenset(k for k, v in options.items() if v is not None)
         from_trl, notes = trl_fields(options["trl"], options.get("accelerate_config"), options.get("gpus"),
@@ -295,7 +324,7 @@ def describe(exc: ValidationError | InputError) -> list[str]:
 
 
 MISSING = {"model": "; allowed: a catalog name (memplan models) or a config.json path, or name the run's file with "
-                    "--verl, --trl or --openrlhf"}
+                    "--verl, --trl, --openrlhf or --deepspeed-chat"}
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from memplan import plot as plots
-from memplan.cli import render
+from memplan.cli import emitting, render
 from memplan.cli.options import BATCH_SEMANTICS, JsonOption, PlotOption, request_command, write_plot
 from memplan.errors import InputError
 from memplan.planner import KNOBS, OBJECTIVES, PlanReport, batch_limit, gpu_limit, plan as plan_search
@@ -15,6 +15,23 @@ from memplan.report import EstimateRequest
 
 MAX_RESULTS = 100
 SEARCH = "Search"  # --help panel of plan's own options
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """'6h', '90m', '3600s', '2d' or plain seconds ('3600') → seconds; InputError naming --time-budget."""
+    value = text.strip().lower()
+    unit = next((u for u in sorted(DURATION_UNITS, key=len, reverse=True) if value.endswith(u)), "")
+    try:
+        seconds = float(value[: len(value) - len(unit)].strip()) * DURATION_UNITS.get(unit, 1)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < 1e9:  # NaN fails too
+        raise InputError("time_budget", "must be a positive duration below ~30 years: a number with s, m, h or d "
+                         "(e.g. 6h)", text)
+    return seconds
 
 
 def parse_allow(text: str) -> set[str]:
@@ -49,7 +66,8 @@ def plan(
         help=f"Comma-separated knobs the search may change: {', '.join(KNOBS)} (default: all)",
         show_default=False, rich_help_panel=SEARCH)] = "all",
     max_batch: Annotated[bool, typer.Option(
-        "--max-batch", help="Instead: the largest micro batch per GPU that fits (JSON: max_micro_batch_size)",
+        "--max-batch", help="Instead: the largest micro batch per GPU that fits (JSON: max_micro_batch_size); in "
+        "tokens per GPU when the run caps micro batches by tokens, --max-tokens-per-gpu (JSON: max_max_tokens_per_gpu)",
         rich_help_panel=SEARCH)] = False,
     max_rollout_batch: Annotated[bool, typer.Option(
         "--max-rollout-batch", help="Instead: the largest rollout batch (prompts per GPU per generation) that "
@@ -75,9 +93,16 @@ def plan(
     price_per_gpu_hour: Annotated[float | None, typer.Option(
         help="Price of one GPU-hour: each configuration's price for the data set (with --dataset-samples)",
         rich_help_panel=SEARCH)] = None,
+    time_budget: Annotated[str | None, typer.Option(
+        help="With --min-gpus and --dataset-samples: the fewest GPUs that fit and finish the data set within this "
+        "wall time by memplan time's estimate (e.g. 6h, 90m, 3600s, 2d)", rich_help_panel=SEARCH)] = None,
     json: JsonOption = False,
     plot: PlotOption = None,
+    emit: emitting.EmitOption = None,
+    row: emitting.RowOption = None,
+    out: emitting.OutOption = None,
 ) -> None:
+    emitting.check(emit, out, row)
     if plot is not None and not any((max_batch, max_rollout_batch, max_score_batch)):
         raise InputError("plot", "draws a batch search: add --max-batch, --max-rollout-batch or --max-score-batch "
                          "(memplan estimate --plot draws one configuration)", str(plot))
@@ -91,8 +116,12 @@ def plan(
     objective = objective.strip().lower().replace("_", "-")
     if objective not in OBJECTIVES:
         raise InputError("objective", f"must be one of {', '.join(OBJECTIVES)}", objective)
+    budget = None if time_budget is None else parse_duration(time_budget)
+    if budget is not None and modes != ["min_gpus"]:
+        raise InputError("time_budget", "goes with --min-gpus (the fewest GPUs that finish within it)", time_budget)
     if modes == ["min_gpus"]:
-        result = gpu_limit(request, allow_tight=allow_tight)
+        result = gpu_limit(request, allow_tight=allow_tight, time_budget_seconds=budget,
+                           dataset_samples=dataset_samples)
     elif modes:
         field = {"max_batch": "micro_batch_size", "max_rollout_batch": "rollout_batch_size",
                  "max_score_batch": "score_micro_batch_size"}[modes[0]]
@@ -103,6 +132,13 @@ def plan(
                              price_per_gpu_hour=price_per_gpu_hour)
     if plot is not None:
         write_plot(plots.batch_curve, result, plot)
+    if emit is not None:  # the request as given, or the plan's row --row
+        if row is not None and modes:
+            raise InputError("row", "picks one of the plan's ranked configurations: not with --max-batch, "
+                             "--max-rollout-batch, --max-score-batch or --min-gpus", row)
+        emitting.write(emitting.picked(request, () if modes else result.candidates, row), emit, out, row)
+        if out is None:  # stdout is the launch file
+            return
     if json:
         render.json_out(result)
     elif modes:

@@ -122,6 +122,9 @@ def estimate(report: Report) -> None:
     if groups:
         out.print("Split placement, each phase on its busiest GPU group: " + "; ".join(
             f"{', '.join(phases_)} on the {group} GPUs" for group, phases_ in groups.items()), highlight=False)
+    lengths = [f"{ph.phase}: {ph.tokens}" for ph in report.phases if ph.tokens]
+    if lengths:
+        out.print("Tokens assumed — " + "; ".join(lengths), highlight=False)
 
     roles = Table(title="Resident models (per GPU, between phases)", title_justify="left")
     for col, just in [("role", "left"), ("model", "left"), ("params", "right"), ("trained", "left"),
@@ -152,6 +155,22 @@ def estimate(report: Report) -> None:
         out.print(f"{'!' if tight else '✗'} {reason}", style="yellow" if tight else "red")
     for note in report.notes:
         out.print(f"• {note}")
+
+
+def step_time(result: Any) -> None:
+    """Time rows under the estimate (``memplan.step_time`` of the same request): seconds and share per phase,
+    the step, tokens per second per GPU. ``memplan time`` gives each phase's blocks."""
+    out = _console()
+    table = Table(title=f"Time per step (estimated, {result.num_gpus}× {result.gpu})", title_justify="left")
+    for col, just in [("phase", "left"), ("seconds", "right"), ("share", "right"), ("bound by", "left")]:
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for ph in result.phases:
+        longest = max(ph.items, key=lambda i: i.seconds)
+        table.add_row(ph.phase, seconds(ph.seconds), f"{ph.share:.0%}", f"{longest.bound} ({longest.role})")
+    table.add_row("step", seconds(result.seconds_per_step), "100%", "", style="bold")
+    out.print(table)
+    out.print(f"{result.prompts_per_step} prompts per step · {result.tokens_per_second_per_gpu:.0f} tokens/s per GPU "
+              f"· `memplan time` for each phase's terms and a data set's wall time", highlight=False)
 
 
 def next_steps(found: PlanReport | None, command: str) -> None:
@@ -244,8 +263,8 @@ def compare(result: CompareReport) -> None:
         out.print(f"vs ppo: PPO with the same knobs peaks at {gib(result.ppo_peak_bytes_per_gpu)} GiB per GPU{time}")
     if any(row.seconds_per_step is not None for row in result.rows):
         out.print("s/step, speed vs ppo: memplan's time model (memplan time), per prompt, same knobs — an estimate, "
-                  "not a measurement: on the ReMax paper's own runs it puts PPO at ~1.1× ReMax's time per prompt "
-                  "where 2.1× was measured (benchmarks/results/timing.md)", style="dim")
+                  "not a measurement: on the ReMax paper's own runs it puts PPO at ~1.05× ReMax's time per prompt "
+                  "where 2.1× was measured (docs/time.md: what is unexplained)", style="dim")
 
 
 def _value(field: str, value: Any) -> str:
@@ -351,7 +370,12 @@ def limit(report: LimitReport) -> None:
     what = {"max_micro_batch_size": "Largest micro batch per GPU that fits",
             "max_rollout_batch_size": "Largest rollout batch per GPU (prompts) that fits",
             "max_score_micro_batch_size": "Largest scoring micro batch per GPU that fits",
-            "min_gpus": "Fewest GPUs that fit"}[report.search]
+            "min_gpus": "Fewest GPUs that fit",
+            "max_max_tokens_per_gpu": "Largest token cap of a training micro batch per GPU that fits (tokens)",
+            "max_score_max_tokens_per_gpu": "Largest token cap of a scoring forward per GPU that fits (tokens)",
+            }[report.search]
+    if report.time_budget_seconds is not None:
+        what += f" and finish within {report.time_budget_seconds / 3600:.2f} h (estimated)"
     value = getattr(report, report.search)
     if value is None:
         out.print(Text(f"{what}: NONE", style="bold red").append(
@@ -362,12 +386,17 @@ def limit(report: LimitReport) -> None:
     else:
         out.print(Text(f"{what}: {value}", style="bold green"))
     field = {"max_micro_batch_size": "micro_batch_size", "max_rollout_batch_size": "rollout_batch_size",
-             "max_score_micro_batch_size": "score_micro_batch_size", "min_gpus": "gpus"}[report.search]
+             "max_score_micro_batch_size": "score_micro_batch_size", "min_gpus": "gpus",
+             "max_max_tokens_per_gpu": "max_tokens_per_gpu",
+             "max_score_max_tokens_per_gpu": "score_max_tokens_per_gpu"}[report.search]
     for c in (report.at_limit, report.past_limit):
         if c is not None:
             capacity = c.peak_bytes_per_gpu + c.headroom_bytes
             setting = getattr(c.request, field)
             out.print(_candidate_line(f"  {field} {setting}: " + verdict_word(c.verdict), c, capacity))
+            if c.wall_seconds is not None:
+                out.print(f"    {seconds(c.seconds_per_step)} s per step, {c.wall_seconds / 3600:.2f} h for the data "
+                          "set (estimated)", highlight=False)
     out.print(f"{report.elapsed_ms:.0f} ms")
 
 

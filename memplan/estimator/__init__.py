@@ -55,9 +55,15 @@ Known limitations:
   upper bound and a marginal run may still fail to start. vLLM's ``max_model_len`` is taken as prompt + answer
   (verl's setting). In rollout the engine holds its reservation less that profile run's activations (freed after
   it) plus its own prefill's, and its persistent input buffers in every phase (vllm 0.23 sources).
-* What colocated vLLM holds beyond that cannot be read from sources: its CUDA-graph pool (vLLM measures it at
-  capture), the kernels it and torch.compile load, and its non-torch allocations, which stay when sleep mode frees
-  its CuMem pool. Measured on AgileRL's corpus (benchmarks/corpus/, vLLM 0.23/0.26, torch 2.11, in-process engine):
+* What colocated vLLM holds beyond that cannot be read from sources. Sleep (level 1, ``CuMemAllocator.sleep``)
+  backs up everything allocated under the 'weights' tag (``Worker.load_model``: weights, LoRA slots, rotary
+  caches), drops the 'kv_cache' tag, then runs ``gc.collect()`` and ``torch.cuda.empty_cache()``, which also
+  returns the sampler warm-up's and the profile run's cached blocks; what stays is the CUDA context, the input
+  buffers (counted), NCCL communicators above TP 1, and the CUDA graphs — their executables and the native graph
+  pool (vLLM PR #56373: "leaves graph executables and native CUDA graph pools resident"). The pool's tensors are
+  small at AgileRL's settings (capture sizes up to min(2 × max_num_seqs, 512) tokens, ``_set_cudagraph_sizes``:
+  8–32 tokens); the executables and the kernel images vLLM, flash-attn and torch.compile load are sized by no
+  source (vLLM itself measures its graphs at capture). Measured on AgileRL's corpus (benchmarks/corpus/, vLLM 0.23/0.26, torch 2.11, in-process engine):
   a sleeping engine's device floor lies a median 735–810 MiB (A100-40GB) and 385–490 MiB (L4) above memplan's
   CUDA context + cuBLAS workspace + vLLM's input buffers; awake, the rollout peak lies −80 to +470 MiB (median
   per fixture) from the estimate. The trainer above that floor is under-estimated by a median 160–430 MiB per
@@ -68,6 +74,13 @@ Known limitations:
 * ``logprob_kernel='chunked'`` (TRL 1.16's fused LM head) is read from trl's ``kernels/chunked_logprob.py`` and
   traced with a stand-in that makes the same allocations (within 1 % on tiny-llama, 0.05 % on Qwen2.5-0.5B GRPO),
   not measured; the stand-in folds its tiles in small fp32 blocks where the GPU folds them in registers.
+* Packed micro batches (``packing``, ``max_tokens_per_gpu``; ``tokens``) count the prompt at prompt_len and the
+  answers at gen_len_mean; a token cap is taken as the micro batch's size where verl balances ceil(total / cap)
+  micro batches, whose largest can exceed the cap by less than one sequence. Ulysses (``sequence_parallel``) is
+  read from verl's ``ulysses.py`` and ``monkey_patch.py``, not traced: its all-to-all buffers in backward and
+  the position ids' all-gather are not counted. The entropy (``entropy``, ``formulas.entropy_bytes``) is read
+  from verl's, TRL's and OpenRLHF's sources and torch's backward formulas, and traced (eager, fp32-chunked, TRL's
+  chunks); what torch.compile saves for the compiled one is taken as its input only (not traced). OpenRLHF's ring attention is not modeled (its reader says so).
 * The error band beside every estimate (``band``: the verdict TIGHT) comes from one public corpus — AgileRL's
   single-GPU LoRA GRPO runs with a colocated vLLM — and is an extrapolation for every other configuration (more
   GPUs, DeepSpeed or FSDP, full fine-tuning, other algorithms and rollout engines) and for phases it never
@@ -85,6 +98,8 @@ from memplan.estimator.band import judge
 from memplan.estimator.ledger import Item, Resident, largest_activity, line_item, phase_report, resident
 from memplan.estimator.parallel import States
 from memplan.estimator.resolve import RoleSetup, Run, for_algorithm, resolve
+from memplan.estimator.tokens import phase_tokens
+from memplan.frameworks.presets import preset_notes
 from memplan.report import ArchConfig, Breakdown, EstimateRequest, LineItem, ModelReport, PhaseReport, Report, trusted
 from memplan.units import GiB
 
@@ -199,6 +214,7 @@ def _compute(request: EstimateRequest) -> Report:
 
     reports: list[PhaseReport] = []
     residents: list[Resident] = []
+    lengths = phase_tokens(run)
     for phase, activities in recipe.items():
         extra = exp_item if phase != "rollout" else []
         if split:  # the group with the largest total (the first of equals); only its report is built
@@ -212,10 +228,10 @@ def _compute(request: EstimateRequest) -> Report:
                     best = (total, roles, group, own, largest)
             _total, roles, group, own, largest = best
             reports.append(phase_report(phase, group, own, extra if "actor" in roles else [], group="+".join(roles),
-                                        largest=largest))
+                                        largest=largest, tokens=lengths.get(phase, "")))
             residents.append(group)
         else:
-            reports.append(phase_report(phase, everything, activities, extra))
+            reports.append(phase_report(phase, everything, activities, extra, tokens=lengths.get(phase, "")))
             residents.append(everything)
 
     peak_index = 0  # the first of equals
@@ -224,7 +240,8 @@ def _compute(request: EstimateRequest) -> Report:
             peak_index = i
     peak = reports[peak_index]
     terms = sorted(residents[peak_index].line_items + peak.items, key=_line_bytes, reverse=True)[:TOP_TERMS]
-    host_per_node = res.host_per_gpu * run.gpus_per_node
+    vllm_host = _vllm_host_bytes(run)
+    host_per_node = (res.host_per_gpu + vllm_host) * run.gpus_per_node
     total = peak.total_bytes
     gpu_over = total > run.capacity_bytes
     reasons = []  # one per failed check: GPU memory (first), host RAM, vLLM's KV cache
@@ -232,13 +249,19 @@ def _compute(request: EstimateRequest) -> Report:
         reasons.append(f"GPU memory: the peak ({total / GiB:.2f} GiB per GPU, {peak.phase}) exceeds the GPU's "
                        f"{run.capacity_bytes / GiB:.2f} GiB")
     if host_per_node > run.host_ram_bytes_per_node:
-        reasons.append(f"host RAM: CPU offload needs {host_per_node / GiB:.1f} GiB per node, more than the "
+        who = ("CPU offload" if not vllm_host else "vLLM asleep at level 1" if not res.host_per_gpu
+               else "CPU offload and vLLM asleep at level 1")
+        reasons.append(f"host RAM: {who} needs {host_per_node / GiB:.1f} GiB per node, more than the "
                        f"{run.host_ram_bytes_per_node / GiB:.1f} GiB given (host_ram_bytes_per_node)")
-    notes = list(run.notes)
+    notes = [*preset_notes(request), *run.notes]  # framework: which fields hold its defaults
     if run.rollout_engine == "vllm" and run.rollout_seqs:
         notes.append(("vLLM assumed in sleep mode outside rollout" if run.vllm_sleep else "vLLM awake in every "
                       "phase (no sleep mode)") + "; its CUDA graphs are not counted (enforce_eager avoids them)")
         _vllm_verdict(run, vllm_pool(run, run.roles[0]), reasons, notes)
+        if vllm_host:
+            notes.append(f"vLLM sleeps at level 1 (OpenRLHF's sleep(level=1)): its weights, {vllm_host / GiB:.2f} GiB "
+                         "per GPU, wait in pinned host RAM (CuMemAllocator.sleep offloads the 'weights' tag), counted "
+                         "in host_bytes_per_node; vllm_sleep_level 2 discards them")
     elif run.rollout_engine == "remote" and run.rollout_seqs:
         notes.append("generation runs on other GPUs (rollout_engine 'remote'): those GPUs are not in this estimate")
     fits = not reasons  # the point estimate's verdict; the error band's (band.judge) may add a TIGHT reason
@@ -254,6 +277,17 @@ def _compute(request: EstimateRequest) -> Report:
         host_bytes_per_node=host_per_node,
         host_fits=host_per_node <= run.host_ram_bytes_per_node, notes=tuple(notes),
     ))
+
+
+def _vllm_host_bytes(run: Run) -> int:
+    """Host RAM per GPU that colocated vLLM asleep at level 1 keeps: vLLM's ``Worker.sleep(level=1)`` calls
+    ``CuMemAllocator.sleep(offload_tags=("weights",))``, which copies every allocation under the 'weights' tag into
+    a pinned CPU tensor before unmapping it (vllm device_allocator/cumem.py); level 2 (``offload_tags=()``)
+    discards them. Per GPU its engine's weights over its tensor-parallel GPUs, Ψ·e / vllm_tp (``VllmPool.weights``,
+    the bytes it wakes for the sync); 0 when vLLM does not sleep, or sleeps at level 2."""
+    if run.rollout_engine != "vllm" or not run.rollout_seqs or not run.vllm_sleep or run.vllm_sleep_level != 1:
+        return 0
+    return vllm_pool(run, run.roles[0]).weights
 
 
 def _vllm_verdict(run: Run, pool: VllmPool, reasons: list[str], notes: list[str]) -> None:

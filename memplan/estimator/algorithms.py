@@ -17,6 +17,14 @@ with the transient bytes it adds on top of the resident models. Knobs and their 
   workspace (KV cache included) in every phase; make-experience keeps the actor's and reference's
   ``past_key_values`` and full-sequence logits alive together; the log-prob path covers every position;
   attention is eager (4.31 has no SDPA path); PPO's actor logits outlive the critic's update.
+* ``packing``, ``max_tokens_per_gpu``, ``gen_len_mean`` — a scoring or training forward holds the tokens of its
+  micro batch (``tokens.micro_batch``: padded to the longest, packed at the mean length, or capped), and a packed
+  one takes logits at every position; HF generate's KV cache stays at the longest sequence.
+* ``sequence_parallel`` — Ulysses: each GPU holds its share of a micro batch's tokens; its layers save the
+  all-to-all'd attention output and K/V repeated to the sp size (``formulas.ulysses_saved_bytes_per_token``).
+* ``entropy`` — the actor's entropy over the vocabulary in its old log-prob forward (verl's metrics) or in its
+  loss (``formulas.entropy_beside_logprobs_bytes``): its own moment beside what the log-prob path keeps; verl's
+  fused cross-entropy then writes its gradient out of place.
 * ``group_size`` — completions per prompt: multiplies the rollout's KV cache and the experience buffer.
 * ReMax's greedy pass runs after the sampled one: same peak, twice the experience buffer.
 * micro-batches — when an update runs more than one micro-batch, the gradients of the earlier ones are alive
@@ -37,6 +45,7 @@ is two activities, and the ledger takes the larger. What stays alive across step
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -53,6 +62,8 @@ from memplan.estimator.formulas import (
     backward_transient_per_token,
     chunked_logprob_bytes,
     dequantized_weight_bytes,
+    entropy_beside_logprobs_bytes,
+    entropy_bytes,
     final_norm_bytes_per_token,
     fp32_fused_logprob_bytes,
     fused_logprob_bytes,
@@ -65,6 +76,8 @@ from memplan.estimator.formulas import (
     row_chunked_logprob_bytes,
     saved_bytes_per_token,
     tied_embedding_gradient_sum_bytes,
+    ulysses_forward_transient_per_token,
+    ulysses_saved_bytes_per_token,
 )
 from memplan.estimator.ledger import Activity, Item, keep_alive
 from memplan.estimator.parallel import States, Units, frozen_states, trainable_states
@@ -134,7 +147,8 @@ def _fsdp_copy_out(act: Activity, role: str, st: States, first: bool) -> None:
         return
     during, copy = (st.fsdp.first_forward, st.fsdp.first_copy_out) if first else (st.fsdp.forward, st.fsdp.copy_out)
     transient = sum(item[2] for item in act.items if item[0] == role and item[1] in ("activation", "temp", "logits"))
-    act.add(role, "parameter", copy - during - transient, "FSDP2 copy-out: the previous unit's all-gather output")
+    act.add(role, "parameter", copy - during - transient, "FSDP2 copy-out: the previous unit's all-gather output"
+            if st.fsdp.version == 2 else "FSDP1 unshard: the bf16 copy of the shard being all-gathered")
 
 
 def role_states(r: RoleSetup, run: Run) -> States:
@@ -249,11 +263,15 @@ def forward(run: Run, r: RoleSetup, st: States, name: str, seqs: int, first: boo
     """A no-grad forward over ``seqs`` full sequences: log-probs (actor, reference) or scores (critic, reward),
     as two moments: inside the layers, and (for an LM head) the vocabulary-wide log-softmax after them.
     ``first``: the model's first forward in the step (FSDP2 at stage 2 unshards its layers there)."""
-    role, spec, e, tp, tokens = r.role, r.spec, run.e, run.tp, seqs * run.train_seq_len
+    role, spec, e, tp = r.role, r.spec, run.e, run.tp
+    tokens, positions = _batch(run, seqs, training=False)
     lora_mlp = _lora_mlp(r, run)  # a LoRA-shared reference runs with adapters off (its ``lora`` is False)
+    per_token = _forward_per_token(spec, e, tp, lora_mlp)
+    if run.sp > 1:  # Ulysses: the all-to-all around attention may outgrow the MLP
+        per_token = max(per_token, ulysses_forward_transient_per_token(spec, e, run.sp))
     layers = Activity(name, [
         (role, "parameter", _gathered(st, first), "gathered weights"),
-        (role, "activation", int(tokens * _forward_per_token(spec, e, tp, lora_mlp)), ""),
+        (role, "activation", int(tokens * per_token), ""),
     ])
     if r.quantized:
         layers.items.append((role, "temp", dequantized_weight_bytes(spec, e, tp), DEQUANT_NOTE))
@@ -265,11 +283,16 @@ def forward(run: Run, r: RoleSetup, st: States, name: str, seqs: int, first: boo
         (role, "parameter", st.fsdp.after_forward if st.fsdp else st.gather, "gathered weights"),
         (role, "logits", logits, "log-probs"),
     ])
+    if role == "actor" and "scoring" in run.entropy:  # verl: the old log-probs' entropy, for metrics
+        logprobs.add(role, "logits", entropy_beside_logprobs_bytes(
+            positions, spec.vocab_size, _logits_bytes(run), training=False, kernel=run.entropy_kernel,
+            logprob_kernel=run.logprob_kernel, logprob_bytes=logits, tp=tp),
+                     f"entropy over the vocabulary ({run.entropy_kernel}), beyond the log-probs' peak")
     if st.fsdp is None:
         return [layers, logprobs]
     head = Activity(f"{name}: LM head", [  # FSDP2 keeps the root until the forward returns its logits
         (role, "parameter", st.fsdp.lm_head, "gathered weights"),
-        (role, "logits", logits if chunked else int(seqs * run.logit_tokens * spec.vocab_size * e / tp), "logits"),
+        (role, "logits", logits if chunked else int(positions * spec.vocab_size * e / tp), "logits"),
     ])
     return [layers, head, logprobs]
 
@@ -286,10 +309,14 @@ class TrainSetup(NamedTuple):
 
 
 def _train_setup(run: Run, r: RoleSetup, st: States) -> TrainSetup:
-    spec, tokens = r.spec, run.train_seqs * run.train_seq_len
+    spec, tokens = r.spec, _batch(run, run.train_seqs, training=True)[0]
     per = _saved_per_token(spec, run.e, run.train_seq_len, not r.lora, run.lora_rank if r.lora else 0,
                            run.lora_targets, _adapter_bytes(r, run.e), _eager(run), run.tp)
-    accumulating = run.rollout_seqs > run.train_seqs and not st.gradient_persists
+    if run.sp > 1:  # Ulysses: repeated K/V heads and the all-to-all'd attention output, per local token
+        per = replace(per, base=per.base + ulysses_saved_bytes_per_token(spec, run.e, run.sp,
+                                                                         weights_trainable=not r.lora))
+    accumulates = run.rollout_seqs > run.train_seqs if run.accumulates is None else run.accumulates
+    accumulating = accumulates and not st.gradient_persists
 
     def moment(name: str, gather: int | None = None) -> Activity:
         items = [(r.role, "parameter", st.gather if gather is None else gather, "gathered weights")]
@@ -319,19 +346,54 @@ def _logprob_bytes(run: Run, r: RoleSetup, seqs: int, training: bool) -> int:
     """The log-prob path over ``seqs`` sequences' scored positions, by ``run.logprob_kernel``: log-softmax of the
     fp32 logits, a fused cross-entropy (of the 16-bit logits, or of their fp32 copy: OpenRLHF), or a chunked LM
     head (no logits; in training, the LM head's gradient accumulators when it trains)."""
-    positions, vocab, e, tp = seqs * run.logit_tokens, r.spec.vocab_size, run.e, run.tp
+    tokens, positions = _batch(run, seqs, training)
+    vocab, e, tp = r.spec.vocab_size, run.e, run.tp
     if run.logprob_kernel == "row-chunked":
         return row_chunked_logprob_bytes(positions, seqs, vocab, r.spec.hidden_size, e,
                                          rows=row_chunk_rows(vocab, run.logprob_chunk_rows), training=training,
                                          head_trains=training and not r.lora, tp=tp)
     if run.logprob_kernel == "chunked":
-        return chunked_logprob_bytes(positions, seqs * run.train_seq_len, vocab, r.spec.hidden_size, e,
+        return chunked_logprob_bytes(positions, tokens, vocab, r.spec.hidden_size, e,
                                      training=training, head_trains=training and not r.lora, tp=tp)
     if run.logprob_kernel == "fused":
         return fused_logprob_bytes(positions, vocab, e, tp)
     if run.logprob_kernel == "fp32-fused":
         return fp32_fused_logprob_bytes(positions, vocab, e, training, tp)
     return logprob_logits_bytes(positions, vocab, e, training, tp)
+
+
+def _batch(run: Run, seqs: int, training: bool) -> tuple[int, int]:
+    """Tokens through the layers and positions through the LM head per GPU for a forward of ``seqs`` sequences:
+    the run's packed (capped, sequence-parallel) micro batch (``tokens.micro_batch``) when it has one, else
+    ``seqs`` padded to the longest sequence."""
+    batch = run.train_batch if training else run.score_batch
+    if batch is not None and seqs == (run.train_seqs if training else run.score_seqs):
+        return batch.tokens, batch.positions
+    return seqs * run.train_seq_len, seqs * run.logit_tokens
+
+
+def _logits_bytes(run: Run) -> int:
+    """Bytes per element of the logits the entropy reads: fp32 where the log-prob path casts them (OpenRLHF's
+    ``Actor.forward``, 'fp32-fused'), else the run's dtype."""
+    return 4 if run.logprob_kernel == "fp32-fused" else run.e
+
+
+def _entropy_loss(run: Run, r: RoleSetup, act: Activity, positions: int, logprob_bytes: int) -> None:
+    """The entropy in the update's loss (verl ``entropy_coeff`` ≠ 0, TRL ``entropy_coef`` ≠ 0) beside the log-prob
+    path's ``logprob_bytes``: its backward's peak, or the log-prob path's backward with the entropy's gradient of
+    the logits and, for verl's fused cross-entropy, its gradient written out of place (dp_actor.py:
+    ``inplace_backward = False`` when ``calculate_entropy``), whichever is larger
+    (``formulas.entropy_beside_logprobs_bytes``). Without grad (TRL's top_entropy_quantile mask) it is added."""
+    vocab, tp = r.spec.vocab_size, run.tp
+    if run.entropy == "update-no-grad":  # TRL's top_entropy_quantile mask: taken under no_grad
+        act.add(r.role, "logits", entropy_bytes(positions, vocab, _logits_bytes(run), training=False,
+                                                kernel=run.entropy_kernel, tp=tp),
+                f"entropy over the vocabulary in the loss ({run.entropy_kernel}), without grad")
+        return
+    act.add(r.role, "logits", entropy_beside_logprobs_bytes(
+        positions, vocab, _logits_bytes(run), training=True, kernel=run.entropy_kernel,
+        logprob_kernel=run.logprob_kernel, logprob_bytes=logprob_bytes, tp=tp),
+            f"entropy over the vocabulary in the loss ({run.entropy_kernel}): its backward, beyond the log-probs'")
 
 
 def _checkpointed_inputs(run: Run, r: RoleSetup, tokens: int) -> int:
@@ -348,14 +410,17 @@ def _loss(run: Run, r: RoleSetup, act: Activity, tokens: int) -> None:
     """The final norm's saved tensors and the log-softmax path, alive when backward starts at the loss."""
     dschat = hybrid(run)
     chunked = run.logprob_kernel in ("chunked", "row-chunked")  # the LM head never runs as a layer
-    lm_head_input = not (r.lora or chunked) and (run.logit_tokens == run.train_seq_len or dschat)
+    batch_tokens, positions = _batch(run, run.train_seqs, training=True)
+    lm_head_input = not (r.lora or chunked) and (positions == batch_tokens or dschat)
     per_token = final_norm_bytes_per_token(r.spec, run.e, weights_trainable=not r.lora, lm_head_input=lm_head_input)
     act.add(r.role, "activation", int(tokens * per_token), "final norm")
     if r.lm_head and dschat:  # DeepSpeed-Chat / ReMax: log-softmax over every position's (fp32) logits
         logprob_loss(run, r, act)
     elif r.lm_head:
-        act.add(r.role, "logits", _logprob_bytes(run, r, run.train_seqs, training=True),
-                TRAINING_LOGPROB_NOTES[run.logprob_kernel])
+        logprob = _logprob_bytes(run, r, run.train_seqs, training=True)
+        act.add(r.role, "logits", logprob, TRAINING_LOGPROB_NOTES[run.logprob_kernel])
+        if r.role == "actor" and "update" in run.entropy:
+            _entropy_loss(run, r, act, positions, logprob)
     else:  # a scalar head: backward starts with the final norm's (or the last layer's) gradients
         grads = max(norm_backward_transient_per_token(r.spec, run.e),
                     backward_transient_per_token(r.spec, run.e, run.tp, _lora_mlp(r, run)))
@@ -416,7 +481,9 @@ def fsdp_backward(run: Run, r: RoleSetup, st: States, setup: TrainSetup | None =
     """FSDP2's other moments of a training step (``engine='fsdp'``, stage 2 or 3; module docstring of
     ``parallel``): without checkpointing, backward's first layers (L − 1 layers' saved tensors, the loss's
     freed); backward's last layers (layer 1 with layer 0 prefetched: one layer's tensors, the sharded gradients
-    of the L − 2 layers reduced before); and the root's reduce-scatter after every layer's."""
+    of the L − 2 layers reduced before); and the root's reduce-scatter after every layer's. FSDP1 adds its
+    layers' reduce-scatters (``fsdp1``), the first in backward (L − 1 layers' checkpointed inputs or saved
+    tensors) and layer 1's (layer 0 prefetched, the sharded gradients of L − 2 layers)."""
     fs = st.fsdp
     if fs is None or r.lora:
         return []
@@ -434,23 +501,57 @@ def fsdp_backward(run: Run, r: RoleSetup, st: States, setup: TrainSetup | None =
                                                                        else "'s saved tensors"))
     last.add(r.role, "activation", int(tokens * grads), "that layer's gradients")
     end = moment("root's reduce-scatter", fs.backward_end)
-    for act, layers in ((last, max(spec.num_layers - 2, 0)), (end, spec.num_layers)):
+    reduced = [(last, max(spec.num_layers - 2, 0)), (end, spec.num_layers)]
+    if fs.first_reduce_scatter:  # FSDP1: a layer's bf16 and fp32 gradients, padded copy and new shard
+        n_layers, hidden = spec.num_layers, int(tokens * run.e * spec.hidden_size / run.tp)
+        first_rs = moment("first layer's reduce-scatter", fs.first_reduce_scatter)
+        first_rs.add(r.role, "activation", _checkpointed_inputs(run, r, tokens) * (n_layers - 1) // n_layers
+                     if run.gradient_checkpointing else int(tokens * (n_layers - 1) * layer),
+                     f"{n_layers - 1} layers' " + ("inputs" if run.gradient_checkpointing else "saved tensors"))
+        last_rs = moment("layer 1's reduce-scatter", fs.last_reduce_scatter)  # layer 0 prefetched
+        last_rs.add(r.role, "activation", _checkpointed_inputs(run, r, tokens) // n_layers
+                    if run.gradient_checkpointing else int(tokens * layer), "layer 0's " + (
+                        "input" if run.gradient_checkpointing else "saved tensors"))
+        for act in (first_rs, last_rs):
+            act.add(r.role, "activation", hidden, "the layer's input gradient")
+        out += [first_rs, last_rs]
+        reduced.append((last_rs, max(n_layers - 2, 0)))
+    for act, layers in reduced:
         if not any(item[1] == "gradient" for item in act.items):  # else: earlier micro-batches' (whole)
             act.add(r.role, "gradient", int(st.gradient * layers * spec.layer_params / r.num_params),
                     f"sharded gradients of the {layers} layers reduced so far")
     return [*out, last, end]
 
 
+def _fsdp1_lazy_init(recipe: dict[str, list[Activity]], states: dict[str, States]) -> None:
+    """FSDP1's lazy init, at a trained model's first use in the run (``fsdp1``): one more moment before its first
+    activity. The optimizer states do not exist yet then, and the resident ledger counts them: the moment's item
+    is the part of the transient above them."""
+    for role, st in states.items():
+        extra = st.fsdp.lazy_init - st.optstate if st.fsdp is not None else 0
+        if extra <= 0:
+            continue
+        for activities in recipe.values():
+            at = next((i for i, act in enumerate(activities) if act.role == role), None)
+            if at is not None:
+                activities.insert(at, Activity(f"{role}: FSDP1 lazy init", [Item(
+                    role, "parameter", extra, "the largest unit's fp32 unsharded buffer, allocated and freed once "
+                    "(first forward of the run), less the optimizer states not yet made")]))
+                break
+
+
 def _fsdp_persisting_layers(run: Run, recipe: dict[str, list[Activity]], states: dict[str, States]) -> None:
     """FSDP2 at stage 2 (``reshard_after_forward=False``): a trained model's layers stay unsharded from its first
-    forward in a step to its backward; add them to the other models' activities in between."""
+    forward in a step to its backward; add them to the other models' activities in between. FSDP1 (stage 2 and
+    3) also gets its lazy-init moment here (``_fsdp1_lazy_init``)."""
+    _fsdp1_lazy_init(recipe, states)
     for role, st in states.items():
         if st.fsdp is None or not st.fsdp.persists:
             continue
         gpus = run.gpus_of(role)  # split placement: the other roles on its GPUs only
         started = False
-        kept = (Item(role, "parameter", st.fsdp.persists,
-                     "FSDP2 reshard_after_forward=False: layers unsharded until its backward"),)
+        kept = (Item(role, "parameter", st.fsdp.persists, ("FSDP2 reshard_after_forward=False" if st.fsdp.version
+                     == 2 else "FSDP1 SHARD_GRAD_OP") + ": layers unsharded until its backward"),)
         for phase, activities in recipe.items():
             if phase == f"{role}_update":
                 break

@@ -36,7 +36,7 @@ def for_algorithm(request: EstimateRequest, algo: str) -> EstimateRequest:
         update["seq_len"] = None
     else:
         update.update(group_size=None, rollout_batch_size=None, rollout_engine="hf", **_DEFAULTS,
-                      gather_for_generation=False, weight_sync_bucket_mb=0)
+                      gather_for_generation=False, weight_sync_bucket_mb=0, entropy="none", gen_len_mean=None)
         if request.score_micro_batch_size is not None and request.rollout_engine == "hybrid-engine":
             update["score_micro_batch_size"] = None
     return EstimateRequest.model_validate({**request.model_dump(), **update})
@@ -72,6 +72,12 @@ def ignored_options(req: EstimateRequest, algo: str, ref_mode: str, reward_mode:
             raise InputError("seq_len", f"is the SFT/DPO sequence length; {algo}'s sequences are prompt_len + gen_len "
                              f"({req.prompt_len} + {req.gen_len}): set those instead", req.seq_len)
         notes.append(f"seq_len {req.seq_len}: ignored, {algo}'s sequences are prompt_len + gen_len")
+    if req.gen_len_mean is not None and (algo not in GENERATES or not req.packing):
+        notes.append(f"gen_len_mean {req.gen_len_mean}: ignored, " + (
+            f"{algo}'s sequences are seq_len long" if algo not in GENERATES
+            else "a padded micro batch is as long as its longest sequence (set packing to count the mean)"))
+    if req.entropy == "none" and req.entropy_kernel != "compiled":
+        notes.append(f"entropy_kernel {req.entropy_kernel}: ignored, the run takes no entropy (entropy 'none')")
     reward = algo in ROLES_WITH_REWARD and reward_mode == "model"
     if req.offload_ref and ref_mode == "none":
         raise InputError("offload_ref", "this run has no reference model (ref 'none'): leave it off", True)

@@ -520,3 +520,166 @@ def dschat_logprob_backward_bytes(seqs: int, seq_len: int, vocab: int, element_b
     v = vocab // tp
     kept = seqs * seq_len * v * element_bytes if logits_kept else 0
     return 3 * seqs * (seq_len - 1) * v * element_bytes + kept
+
+
+# --- Ulysses sequence parallelism and vocabulary-wide entropy -------------------------------------------------
+
+
+def ulysses_saved_bytes_per_token(spec: ModelSpec, e: int, sp: int, *, weights_trainable: bool) -> float:
+    """What one local token saves for backward in one decoder layer under Ulysses sequence parallelism (verl
+    ``monkey_patch.py::_ulysses_flash_attention_forward``), beyond ``saved_bytes_per_token``.
+
+    Each GPU holds T/sp tokens with every head outside attention; around flash attention an all-to-all
+    (``ulysses.py::gather_seq_scatter_heads``) gives it every token of a/sp heads. Flash attention saves the
+    gathered q, k, v and its output (per local token as many elements as unsplit: a·d, k'·d, k'·d, a·d), but
+
+    * K and V are first repeated to k' = k · max(sp // k, 1) heads so that sp divides them (``repeat_kv``):
+      2·e·(k' − k)·d more per local token when k < sp;
+    * the output goes back through a second all-to-all (``gather_heads_scatter_seq``: ``torch.cat(...)
+      .contiguous()``, a new tensor), which o_proj keeps for its weight's gradient beside flash's own copy:
+      e·a·d more when the weights train.
+
+    Llama-3-8B (a = 32, k = 8, d = 128), sp = 16, bf16: 2·2·8·128 + 2·32·128 = 12,288 B per local token.
+    """
+    d, a, k = spec.head_dim, spec.num_heads, spec.num_kv_heads
+    repeated = k * max(sp // k, 1) if sp > 1 else k
+    out_copy = e * a * d if weights_trainable and sp > 1 else 0
+    return 2 * e * (repeated - k) * d + out_copy
+
+
+def ulysses_forward_transient_per_token(spec: ModelSpec, e: int, sp: int) -> float:
+    """Peak bytes per local token inside one layer's no-grad forward at Ulysses' second all-to-all: the local q,
+    k, v (e·d·(a + 2k)), the gathered ones (e·d·(a + 2k')), flash attention's output, the all-to-all's contiguous
+    send chunks, its receive buffers and their ``torch.cat`` (4·e·a·d: ``ulysses.py::all_to_all_tensor``), beside
+    the residual stream and the norm's output and fp32 upcast (2·e·h + 4·h, as ``layer_forward_transient_per_token``):
+    e·d·(6a + 2k + 2k') + 2·e·h + 4·h. The forward's peak is the larger of this and the MLP's.
+
+    Llama-2-7B (a = k = 32, d = 128, h = 4096), sp = 2, bf16: 2·128·320 + 4·4096 + 4·4096 = 114,688 B.
+    """
+    d, a, k, h = spec.head_dim, spec.num_heads, spec.num_kv_heads, spec.hidden_size
+    repeated = k * max(sp // k, 1)
+    return e * d * (6 * a + 2 * k + 2 * repeated) + 2 * e * h + 4 * h
+
+
+ENTROPY_CHUNK_ROWS = {"chunked": 128, "fp32-chunked": 2048}
+"""Rows per chunk: TRL's ``trainer/utils.py::entropy_from_logits(chunk_size=128)``; verl's
+``torch_functional.py::entropy_from_logits_with_chunking(chunk_size=2048)``."""
+
+
+def fp32_chunked_entropy_backward_bytes(positions: int, v: int, e: int) -> int:
+    """Peak of the backward of verl's ``entropy_from_logits_with_chunking`` over ``positions`` rows of ``v``
+    columns (n chunks of C = 2048 rows, the last of r), beyond the logits; autograd runs the last chunk first.
+
+    Each chunk saves its fp32 copy and fp32 softmax (8·v per row). Its backward, at ``logsumexp_backward``
+    (torch ``tools/autograd/derivatives.yaml``: ``grad * (self - result).exp()``, whose two temporaries live to
+    the end of that C++ expression), holds the product's two gradients (``mul.Tensor``: ∂pd and ∂z), z − lse, its
+    exp and the product: 5 fp32 [rows, v] (20·v per row). The chunk's slice (``logits[i:i + 2048]``) goes back
+    through ``slice_backward``: a zero-filled e·v·T gradient of the whole logits, into which the next chunks'
+    are summed. Three moments, the largest counts:
+
+    * the last chunk: every chunk's saved tensors and its temporaries, 8·v·T + 20·v·r;
+    * the chunk before it: the saved tensors of the chunks left, the whole-logits gradient, its temporaries,
+      8·v·(n − 1)·C + e·v·T + 20·v·C;
+    * that chunk's ``slice_backward``: a second zero-filled e·v·T beside the first and its e·v·C chunk,
+      8·v·(n − 2)·C + 2·e·v·T + e·v·C.
+
+    One chunk (T ≤ 2048) is not sliced (``logits[0:T]`` returns the logits themselves): 28·v·T.
+    Qwen2.5-0.5B (v = 151,936), T = 3,072, bf16: n = 2, r = 1,024; 45,056·v, 63,488·v, 16,384·v:
+    63,488 · 151,936 = 9,646,112,768 B (traced: the same, beside the logits).
+    """
+    c = ENTROPY_CHUNK_ROWS["fp32-chunked"]
+    n = -(-positions // c)
+    if n <= 1:
+        return 28 * v * positions
+    last = positions - (n - 1) * c
+    return max(8 * v * positions + 20 * v * last,
+               8 * v * (n - 1) * c + e * v * positions + 20 * v * c,
+               8 * v * (n - 2) * c + 2 * e * v * positions + e * v * c)
+
+
+def entropy_bytes(positions: int, vocab: int, e: int, *, training: bool, kernel: str, tp: int = 1) -> int:
+    """The entropy over the vocabulary of ``positions`` logits rows (``e`` bytes each), beyond the logits
+    themselves (``entropy_beside_logprobs_bytes`` says who keeps them): at its peak without autograd, or at its
+    backward's peak with what it saved (autograd runs the entropy's backward before the log-probs', which
+    verl computes first: ``dp_actor.py::_forward_micro_batch``).
+
+    * 'compiled' — verl's ``entropy_from_logits`` (``softmax``, ``logsumexp``, ``sum(pd * logits)``) under
+      ``torch.compile`` (dp_actor.py: ``use_torch_compile``, default True): one fused reduction, the fp32 entropy
+      per position (4). In the update the compiled backward writes the entropy's gradient of the logits (e·V).
+    * 'eager' — the same uncompiled: the softmax (e·V) beside the logsumexp's ``exp`` or the product ``pd *
+      logits`` (e·V): 2·e·V. In the update autograd saves the softmax (``_softmax`` keeps its result) and the
+      logits; backward (torch ``derivatives.yaml``) runs the product's node first (``mul.Tensor``: ∂pd = g·z and
+      ∂z = g·pd, both waiting for their consumers), then ``logsumexp_backward``'s ``grad * (self - result).exp()``
+      (z − lse, its exp and the product, alive to the end of the C++ expression): 6·e·V (traced).
+    * 'chunked' — TRL's ``entropy_from_logits`` over 128-row chunks: ``log_softmax``, ``exp`` and their product
+      in the logits' dtype, one chunk at a time (3·e·V·128). With grad (TRL's entropy bonus) every chunk's
+      ``logps`` and ``exp(logps)`` are saved (2·e·V per position) and backward builds the logits' gradient
+      (e·V): 3·e·V.
+    * 'fp32-chunked' — verl's ``entropy_from_logits_with_chunking``: each 2048-row chunk cast to fp32, its
+      softmax and product (12·V·2048). With grad: ``fp32_chunked_entropy_backward_bytes``; and the fp32 [T]
+      entropy it writes into (4).
+
+    ``entropy_checkpointing`` (verl) drops what the entropy saves during the layers' backward, but recomputes it
+    at the loss, where memplan places the update's peak: the same bytes.
+    Qwen2.5-0.5B (V = 151,936), 4,096 positions, bf16, 'eager' no grad: 2·2·151,936·4,096 = 2,489,319,424 B.
+    """
+    v = vocab // tp
+    if kernel == "compiled":
+        return positions * (e * v + 4) if training else positions * 4
+    if kernel == "eager":
+        return positions * (6 if training else 2) * e * v
+    if kernel == "chunked":
+        if training:
+            return positions * 3 * e * v
+        return 3 * e * v * min(positions, ENTROPY_CHUNK_ROWS[kernel]) + positions * 4
+    if kernel == "fp32-chunked":
+        if training:
+            return fp32_chunked_entropy_backward_bytes(positions, v, e) + positions * 4
+        return 12 * v * min(positions, ENTROPY_CHUNK_ROWS[kernel]) + positions * 4
+    raise ValueError(kernel)
+
+
+ENTROPY_SAVES_LOGITS = {"compiled": True, "eager": True, "chunked": False, "fp32-chunked": False}
+"""Whether the entropy's graph keeps the logits it reads: ``logsumexp`` and ``mul`` save their input (a compiled
+graph's backward takes it as input); TRL's ``log_softmax`` saves its output, verl's chunks their fp32 copies."""
+LOGPROB_HELD_PER_POSITION = {"log-softmax": (4, 4), "fused": (8, 8), "fp32-fused": (20, 16)}
+"""What the log-prob path holds beyond the logits while the entropy runs, per position: (scoring, training) bytes
+and, in training, 4·V more for 'log-softmax' (the fp32 log-softmax it saved). Scoring, after its own peak: the
+fp32 log-prob (4); the fused kernel's fp32 log-prob and log-sum-exp (8); OpenRLHF's three fp32 kernel outputs and
+int64 label (20). Training: what each saved for backward (``fused_logprob_bytes``, ``fp32_fused_logprob_bytes``)."""
+
+
+def entropy_beside_logprobs_bytes(positions: int, vocab: int, e: int, *, training: bool, kernel: str,
+                                  logprob_kernel: str, logprob_bytes: int, tp: int = 1) -> int:
+    """What the entropy of ``positions`` logits rows adds to the log-prob path's peak ``logprob_bytes`` (its
+    formula, e.g. ``logprob_logits_bytes``), ``e`` the logits' bytes per element. Each is a moment of its own:
+
+    * scoring — verl takes the entropy after the log-probs (``dp_actor.py::_forward_micro_batch``), so the
+      log-softmax's fp32 copies are gone: the logits (e·V), what the log-prob path keeps
+      (``LOGPROB_HELD_PER_POSITION``) and the entropy's own peak;
+    * training, in the entropy's backward (it runs first: its nodes are the newer) — the logits where either
+      saved them, what the log-prob path saved, and ``entropy_bytes``' backward peak;
+    * training, in the log-prob path's backward — its own peak, the entropy's gradient of the logits waiting in
+      their input buffer (e·V) and, for verl's fused cross-entropy, the gradient it writes out of place when the
+      entropy reads the logits too (dp_actor.py: ``inplace_backward = False``; e·V).
+
+    The entropy adds the largest moment less ``logprob_bytes`` (0 when the log-prob path's peak is larger). A
+    chunked LM head has no logits to share: there the entropy's bytes are added.
+    Qwen2.5-0.5B (V = 151,936) scoring, 512 positions, bf16, log-softmax and 'eager': max(10·V, 2·V + 4 + 4·V)
+    per position, the log-softmax's: 0. The update, fused kernel: max(2·V + 8, 2·V + 8 + 12·V, 6·V + 8) − (2·V +
+    8) = 12·V per position.
+    """
+    ent = entropy_bytes(positions, vocab, e, training=training, kernel=kernel, tp=tp)
+    if logprob_kernel not in LOGPROB_HELD_PER_POSITION:
+        return ent
+    v = vocab // tp
+    logits = positions * e * v
+    held = positions * LOGPROB_HELD_PER_POSITION[logprob_kernel][training]
+    if not training:
+        return max(0, logits + held + ent - logprob_bytes)
+    if logprob_kernel == "log-softmax":
+        held += positions * 4 * v
+    kept = logits if logprob_kernel != "log-softmax" or ENTROPY_SAVES_LOGITS[kernel] else 0
+    during = kept + held + ent
+    after = logprob_bytes + logits + (positions * e * v if logprob_kernel == "fused" else 0)
+    return max(0, during - logprob_bytes, after - logprob_bytes)

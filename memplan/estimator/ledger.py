@@ -130,9 +130,9 @@ def largest_activity(activities: list[Activity]) -> tuple[Activity, int]:
 
 
 def phase_report(phase: str, res: Resident, activities: list[Activity], extra: list[Item],
-                 group: str | None = None, largest: Activity | None = None) -> PhaseReport:
+                 group: str | None = None, largest: Activity | None = None, tokens: str = "") -> PhaseReport:
     """Resident items, plus the phase's own buffers and its largest activity (``largest_activity``, unless
-    given)."""
+    given); ``tokens`` says which tokens per GPU the phase assumed (``tokens.phase_tokens``)."""
     if largest is None:
         largest = largest_activity(activities)[0]
     sums = dict(res.sums)
@@ -148,4 +148,4 @@ def phase_report(phase: str, res: Resident, activities: list[Activity], extra: l
                 items.append(line_item(item, name))
     return trusted(PhaseReport, {"phase": phase, "total_bytes": sum(sums.values()),
                                  "breakdown": trusted(Breakdown, sums), "resident_bytes": res.total,
-                                 "activity": name, "items": tuple(items), "group": group})
+                                 "activity": name, "items": tuple(items), "group": group, "tokens": tokens})

@@ -92,6 +92,8 @@ class Sharding:
     """verl's ``param_offload``: the weight shards wait on the CPU while the role is idle (trained roles)."""
     idle_optimizer: bool = False
     """verl's ``optimizer_offload``: the optimizer states wait on the CPU outside the role's update."""
+    fsdp_version: int = 2
+    """``engine='fsdp'``: 2 is FSDP2 (``fully_shard``), 1 is FSDP1 (``FullyShardedDataParallel``, ``fsdp1``)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -133,6 +135,17 @@ class Unsharded:
     """The root's reduce-scatter, after every layer's."""
     persists: int
     """Kept while other models compute, from the model's first forward in a step to its backward (stage 2)."""
+    version: int = 2
+    """2: FSDP2 (this module); 1: FSDP1 (``memplan.estimator.fsdp1``)."""
+    first_reduce_scatter: int = 0
+    """FSDP1: the first layer's gradient reduce-scattered in backward (its bf16 and fp32 gradients, padded copy,
+    new shard) beside the weights then unsharded (0: FSDP2, whose reduce-scatter input is in ``backward``)."""
+    lazy_init: int = 0
+    """FSDP1, mixed precision: the fp32 full-precision unsharded buffer of the largest unit, allocated and freed
+    once per unit at the first forward of the run (``FlatParamHandle.init_flat_param_attributes``)."""
+    last_reduce_scatter: int = 0
+    """FSDP1: the same for layer 1 (layer 0 prefetched; the largest of the later ones: the sharded gradients of
+    L − 2 layers are then alive, the checkpointed input of one)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -181,7 +194,12 @@ def gathered_elems(sh: Sharding, largest_param: int, largest_unit: int) -> int:
 
 def fsdp_unsharded(units: Units, params: int, e: float, sh: Sharding, *, trains: bool) -> Unsharded:
     """What FSDP2 holds unsharded on one GPU at each moment (module docstring), for a trained model at stage 2
-    or 3, or a frozen model at stage 3 (``e``: its bytes per weight; backward gathers as a forward: LoRA)."""
+    or 3, or a frozen model at stage 3 (``e``: its bytes per weight; backward gathers as a forward: LoRA).
+    FSDP1 (``sh.fsdp_version == 1``): ``fsdp1.fsdp1_unsharded``."""
+    if sh.fsdp_version == 1:
+        from memplan.estimator.fsdp1 import fsdp1_unsharded  # fsdp1 imports this module's types
+
+        return fsdp1_unsharded(units, params, e, sh, trains=trains)
     tp = sh.tp
     root, u, head, psi = units.root / tp, units.layer / tp, units.head / tp, params / tp
     r = 4 if sh.master_weights else e  # MixedPrecisionPolicy(reduce_dtype=fp32)
@@ -216,6 +234,10 @@ def frozen_states(params: int, bytes_per_param: float, largest_param: int, large
     if sh.engine == "fsdp" and sharded and units is not None:
         fsdp = fsdp_unsharded(units, params, bytes_per_param, sh, trains=False)
         gather = fsdp.forward
+        if sh.fsdp_version == 1:  # padded flat shards: ⌈F/N⌉ per unit
+            from memplan.estimator.fsdp1 import shard_elems
+
+            on_gpu = int(-(-shard_elems(units, params, sh.dp, sh.tp) * bytes_per_param // 1))
     elif sharded or sh.offload_params:
         gather = _div(gathered_elems(sh, largest_param, largest_unit) * bytes_per_param, sh.tp)
     if sh.offload_params:
@@ -278,10 +300,15 @@ def trainable_states(params: int, largest_param: int, largest_unit: int, e: int,
 
     if sh.engine == "fsdp" and sh.zero_stage >= 1:
         w = 4 if sh.master_weights else e  # sharded parameters are the master copy
-        weights = _div(w * psi, n)
-        grads = _div(w * psi, n)
-        states = _div(opt * psi, n)
-        temp = _div(temp_per_param * psi, n) + int(loop_temp)
+        shards, k = psi, n
+        if sh.fsdp_version == 1 and units is not None:  # FSDP1's padded flat shards: ⌈F/N⌉ per unit
+            from memplan.estimator.fsdp1 import shard_elems
+
+            shards, k = shard_elems(units, params, n, tp), 1
+        weights = _div(w * shards, k)
+        grads = _div(w * shards, k)
+        states = _div(opt * shards, k)
+        temp = _div(temp_per_param * shards, k) + int(loop_temp)
         fsdp = None
         if sh.zero_stage >= 2 and units is not None:
             fsdp = fsdp_unsharded(units, params, e, sh, trains=True)

@@ -17,6 +17,7 @@ from memplan.estimator.consistency import (
     DEFAULT_GROUP, GENERATES, ROLES_BY_ALGO, ROLES_WITH_REWARD, for_algorithm, ignored_options,
 )
 from memplan.estimator.parallel import Sharding
+from memplan.estimator.tokens import MicroBatch, micro_batch
 from memplan.report import ArchConfig, EstimateRequest
 from memplan.specs import ModelSpec, hashed_once
 
@@ -111,12 +112,33 @@ class Run(NamedTuple):
     """Colocated vLLM's ``max_num_batched_tokens`` (its profile run, its persistent input buffers)."""
     logprob_chunk_rows: int | None = None
     """Rows per tile of ``logprob_kernel='row-chunked'`` (None: its auto-tune, ``formulas.row_chunk_rows``)."""
+    train_batch: MicroBatch | None = None
+    """A training micro batch's tokens per GPU (``tokens.micro_batch``); None: train_seqs × train_seq_len."""
+    score_batch: MicroBatch | None = None
+    """A scoring forward's tokens per GPU; None: score_seqs × train_seq_len."""
+    sp: int = 1
+    """Ulysses sequence-parallel size: each micro batch's tokens split over sp GPUs (``sequence_parallel``)."""
+    entropy: str = "none"
+    """Where the actor takes the vocabulary-wide entropy: 'none', 'scoring', 'update', 'scoring+update'."""
+    entropy_kernel: str = "compiled"
+    accumulates: bool | None = None
+    """A step trains more than one micro batch (the earlier ones' gradients stay); None: rollout_seqs > train_seqs."""
+    vllm_sleep_level: int = 2
+    """vLLM's sleep level (``vllm_sleep_level``): 1 keeps its weights in host RAM while it sleeps."""
 
     def gpus_of(self, role: str) -> tuple[str, ...] | None:
         """The roles sharing ``role``'s GPUs under split placement; None when every role is on every GPU."""
         if not self.groups:
             return None
         return next(group for group in self.groups if role in group)
+
+
+def _sleep_level(req: EstimateRequest) -> int:
+    """vLLM's sleep level: the request's, else its framework's (OpenRLHF 1, the others 2); 2 when vLLM does not
+    sleep (the level then changes nothing: one run, whatever the field says)."""
+    if req.rollout_engine != "vllm" or not req.vllm_sleep_mode:
+        return 2
+    return req.vllm_sleep_level or (1 if req.framework == "openrlhf" else 2)
 
 
 def _lookup(model: str | ArchConfig, field: str) -> ModelSpec:
@@ -248,6 +270,9 @@ def resolve(req: EstimateRequest) -> Run:
     if req.tp > 1 and req.engine == "torch":
         raise InputError("tp", "engine 'torch' (one GPU or DDP) has no tensor parallelism: use 1, or engine 'fsdp'",
                          req.tp)
+    if req.fsdp_version != 2 and req.engine != "fsdp":
+        raise InputError("fsdp_version", f"picks FSDP1 or FSDP2 for engine 'fsdp'; engine is {req.engine!r}: set "
+                         "engine 'fsdp', or leave fsdp_version at 2", req.fsdp_version)
     if n % req.tp:
         raise InputError("tp", f"must divide the number of GPUs ({n})", req.tp)
     if req.tp > 1 and cluster.gpus_per_node % req.tp:
@@ -299,7 +324,7 @@ def resolve(req: EstimateRequest) -> Run:
         req.engine, req.offload, req.idle_offload, req.offload_ref, req.offload_reward, shard_dp, req.tp, master,
         req.optimizer, impl,
         req.dtype, (actor_spec, critic_spec, reward_spec), req.quantize_base,
-        req.lora_rank, req.lora_targets,
+        req.lora_rank, req.lora_targets, fsdp_version=req.fsdp_version,
     )
 
     prompts = req.rollout_batch_size or req.micro_batch_size
@@ -329,6 +354,8 @@ def resolve(req: EstimateRequest) -> Run:
                          "whole (rollout_batch_size × group_size): leave it unset", score_micro)
     else:  # a micro batch holds at most the sequences there are: generated ones, or the step's DPO pairs
         score_micro = min(score_micro, prompts * group if generates else req.micro_batch_size)
+    batches = _token_batches(req, algo, actor_spec, seq, logit_tokens, score_micro,
+                             prompts * group if generates else None, group_gpus)
     for limit, name in _learned_positions(roles):  # learned positions cannot extrapolate
         if seq > limit:
             raise InputError("prompt_len" if generates else "seq_len",
@@ -347,12 +374,68 @@ def resolve(req: EstimateRequest) -> Run:
         gradient_checkpointing=req.gradient_checkpointing, eager_attention=req.attention == "eager",
         lora_rank=req.lora_rank, lora_targets=req.lora_targets, rollout_engine=req.rollout_engine,
         vllm_utilization=req.vllm_gpu_memory_utilization, vllm_sleep=req.vllm_sleep_mode,
+        vllm_sleep_level=_sleep_level(req),
         vllm_tp=req.vllm_tensor_parallel_size, vllm_batched_tokens=req.vllm_max_num_batched_tokens or 8192,
         logprob_chunk_rows=req.logprob_chunk_rows,
         gather_for_generation=req.gather_for_generation, sync_bucket_bytes=req.weight_sync_bucket_mb << 20,
         tp=req.tp, placement=req.placement, groups=groups,
-        host_ram_bytes_per_node=req.host_ram_bytes_per_node, notes=tuple(notes),
+        host_ram_bytes_per_node=req.host_ram_bytes_per_node, notes=tuple(notes), **batches,
     )
+
+
+def _token_batches(req: EstimateRequest, algo: str, spec: ModelSpec, seq: int, logit_tokens: int, score_micro: int,
+                   pool: int | None, gpus: int) -> dict:
+    """The Run fields of packing, token caps, Ulysses and entropy (none when the request uses none of them);
+    checks them. ``pool``: the sequences one GPU generates in a step (None for SFT/DPO); ``gpus``: the actor's."""
+    sp, packed = req.sequence_parallel, req.packing
+    gen_mean = req.gen_len_mean
+    extra: dict = {}
+    if req.entropy != "none":
+        if algo in ("sft", "dpo"):
+            raise InputError("entropy", f"{algo} takes no entropy over the vocabulary: leave it 'none'", req.entropy)
+        if req.logprob_kernel in ("chunked", "row-chunked"):
+            raise InputError("entropy", f"logprob_kernel {req.logprob_kernel!r} never holds the logits the entropy "
+                             "reads: use 'log-softmax' or 'fused', or leave entropy 'none'", req.entropy)
+        extra.update(entropy=req.entropy, entropy_kernel=req.entropy_kernel)
+    if gen_mean is not None and gen_mean > req.gen_len:
+        raise InputError("gen_len_mean", f"is the mean answer length: at most gen_len ({req.gen_len})", gen_mean)
+    for name, value in (("max_tokens_per_gpu", req.max_tokens_per_gpu),
+                        ("score_max_tokens_per_gpu", req.score_max_tokens_per_gpu)):
+        if value is not None and not packed:
+            raise InputError(name, "a token cap sizes packed micro batches (verl's use_dynamic_bsz needs "
+                             "use_remove_padding's packing): set packing, or leave it unset", value)
+    if sp > 1:
+        if not packed:
+            raise InputError("sequence_parallel", "verl's Ulysses slices the packed row (use_remove_padding): set "
+                             "packing, or use 1", sp)
+        if gpus % sp:  # fsdp_workers.py: a (dp, sp) device mesh, dp = world // sp
+            raise InputError("sequence_parallel", f"must divide the GPUs ({gpus})", sp)
+        if spec.num_heads % sp:  # verl monkey_patch.py::apply_monkey_patch's asserts
+            raise InputError("sequence_parallel", f"must divide the attention heads ({spec.num_heads})", sp)
+        if spec.num_kv_heads % sp and sp % spec.num_kv_heads:
+            raise InputError("sequence_parallel", f"must divide the key/value heads ({spec.num_kv_heads}) or be a "
+                             "multiple of them", sp)
+        if req.tp > 1:
+            raise InputError("sequence_parallel", "verl's FSDP workers run Ulysses without tensor parallelism: use "
+                             "tp 1", sp)
+    if not packed:
+        return extra
+    if req.attention == "eager":
+        raise InputError("packing", "packed sequences need a variable-length attention kernel (flash-attn's varlen: "
+                         "verl, OpenRLHF, TRL's padding_free): set attention 'flash'", True)
+    if req.rollout_engine == "hybrid-engine" and algo in GENERATES:
+        raise InputError("packing", "DeepSpeed-Chat's trainer pads its batches: leave packing off", True)
+    mean = seq if algo not in GENERATES else req.prompt_len + (gen_mean or req.gen_len)
+    # a packed forward's LM head runs over every packed position (verl's logits_rmpad)
+    train_seqs = req.micro_batch_size * (2 if algo == "dpo" else 1)
+    cap = req.max_tokens_per_gpu
+    score_cap = req.score_max_tokens_per_gpu if req.score_max_tokens_per_gpu is not None else cap
+    train = micro_batch(seqs=train_seqs, seq_len=seq, mean_len=mean, logit_tokens=logit_tokens, packed=True,
+                        cap=cap, pool_seqs=pool, sp=sp)
+    score = micro_batch(seqs=score_micro * (2 if algo == "dpo" else 1), seq_len=seq, mean_len=mean,
+                        logit_tokens=logit_tokens, packed=True, cap=score_cap, pool_seqs=pool, sp=sp)
+    accumulates = pool is not None and pool * mean > train.tokens * sp
+    return {**extra, "train_batch": train, "score_batch": score, "sp": sp, "accumulates": accumulates}
 
 
 @lru_cache(maxsize=1024)
@@ -360,7 +443,7 @@ def _roles(algo: str, ref_mode: str, reward_mode: str, role_stages: tuple[int | 
            engine: str, offload: str, idle_offload: str, offload_ref: bool, offload_reward: bool, shard_dp: int,
            tp: int, master: bool,
            optimizer: str, impl: str, dtype: str, specs: tuple[ModelSpec, ModelSpec, ModelSpec],
-           quantize_base: str, lora_rank: int, lora_targets: str) -> tuple[RoleSetup, ...]:
+           quantize_base: str, lora_rank: int, lora_targets: str, fsdp_version: int = 2) -> tuple[RoleSetup, ...]:
     """Each resident model of the run, checked: the request's knobs ``resolve`` passes on (its role stages in
     ``STAGE_FIELD``'s order; the actor's, critic's and reward model's specs). Cached: the same roles recur
     across the batch sizes and lengths of a sweep's or a plan's requests."""
@@ -398,6 +481,7 @@ def _roles(algo: str, ref_mode: str, reward_mode: str, role_stages: tuple[int | 
             offload_params=offload_params, master_weights=master, optimizer=optimizer, optimizer_impl=impl,
             dtype=dtype, idle_params=trains and "params" in idle_offload,
             idle_optimizer=trains and "optimizer" in idle_offload,
+            fsdp_version=fsdp_version if engine == "fsdp" else 2,
         )
         spec = critic_spec if role == "critic" else reward_spec if role == "reward" else actor_spec
         lm_head = role in ("actor", "reference")

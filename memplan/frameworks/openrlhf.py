@@ -36,7 +36,8 @@ What is read:
     data.max_len, rollout.max_new_tokens
                                       the sequence and its answer
     vllm.gpu_memory_utilization, vllm.enable_sleep, vllm.tensor_parallel_size
-                                      the colocated engines' reservation, sleep mode and TP
+                                      the colocated engines' reservation, sleep mode (at level 1: vLLM's
+                                      weights wait in host RAM, vllm_sleep_level 1) and TP
     (always)                          logprob_kernel 'fp32-fused': ``Actor.forward`` casts every position's
                                       logits to fp32 and ``log_probs_from_logits`` takes them with flash-attn's
                                       cross-entropy (flash-attn 2.8.3 is a dependency of openrlhf 0.11.2)
@@ -65,7 +66,8 @@ DEFAULTS: dict[str, Any] = {  # openrlhf 0.11.2 cli/train_ppo_ray.py, what this 
     "rollout.batch_size": 1024, "rollout.micro_batch_size": 1, "train.micro_batch_size": 1,
     "rollout.n_samples_per_prompt": 1, "data.max_len": 2048, "rollout.max_new_tokens": None,
     "algo.advantage.estimator": "gae", "algo.kl.init_coef": 0.01, "algo.kl.use_loss": False, "ref.offload": False,
-    "reward.offload": False,
+    "reward.offload": False, "train.max_tokens_per_gpu": 16192, "rollout.max_tokens_per_gpu": None,
+    "actor.entropy_coef": None,
 }
 LEGACY = {  # the flat names of OpenRLHF ≤ 0.9's train_ppo_ray
     "pretrain": "actor.model_name_or_path", "reward_pretrain": "reward.model_name_or_path",
@@ -83,7 +85,8 @@ LEGACY = {  # the flat names of OpenRLHF ≤ 0.9's train_ppo_ray
     "rollout_batch_size": "rollout.batch_size", "n_samples_per_prompt": "rollout.n_samples_per_prompt",
     "generate_max_len": "rollout.max_new_tokens", "advantage_estimator": "algo.advantage.estimator",
     "init_kl_coef": "algo.kl.init_coef", "use_kl_loss": "algo.kl.use_loss",
-    "ring_attn_size": "ds.ring_attn_size",
+    "ring_attn_size": "ds.ring_attn_size", "train_max_tokens_per_gpu": "train.max_tokens_per_gpu",
+    "rollout_max_tokens_per_gpu": "rollout.max_tokens_per_gpu", "entropy_loss_coef": "actor.entropy_coef",
 }
 
 
@@ -199,6 +202,8 @@ def fields(args: dict[str, Any], gpu: str | None = None) -> OpenRLHFRun:
             out["vllm_gpu_memory_utilization"] = number(get("vllm.gpu_memory_utilization"),
                                                         "vllm.gpu_memory_utilization", FIELD, 0.01, 1.0)
             out["vllm_sleep_mode"] = flag("vllm.enable_sleep")
+            if out["vllm_sleep_mode"]:  # trainer/ray/vllm_engine.py: sleep(self, level=1), called without a level
+                out["vllm_sleep_level"] = 1
             out["vllm_tensor_parallel_size"] = num("vllm.tensor_parallel_size")
         if flag("ds.enable_sleep") and "offload" not in out:  # offload_deepspeed_states: not with adam_offload
             out["idle_offload"] = "optimizer"  # optimizer states, masters, gradients; the 16-bit weights stay
@@ -245,11 +250,23 @@ def fields(args: dict[str, Any], gpu: str | None = None) -> OpenRLHFRun:
         raise InputError(FIELD, f"rollout.max_new_tokens {answer} leaves no prompt within data.max_len {total}",
                          answer)
     out["prompt_len"], out["gen_len"] = total - answer, answer
-    if flag("ds.packing_samples") or flag("train.dynamic_batch_enable"):
-        notes.append("packing_samples / dynamic batches: sequences counted at full length (an upper bound)")
-    for key, what in (("ds.tensor_parallel_size", "DeepSpeed AutoTP"), ("ds.ring_attn_size", "ring attention")):
-        if num(key) > 1:
-            notes.append(f"{key} {get(key)} ({what}): not modeled; estimated without it (an upper bound)")
+    # cli/train_ppo_ray.py: dynamic batches and ring attention turn packing_samples on
+    if flag("ds.packing_samples") or flag("train.dynamic_batch_enable") or num("ds.ring_attn_size") > 1:
+        out["packing"] = True
+    if flag("train.dynamic_batch_enable"):  # seqlen_balancing.py::get_minimum_num_micro_batch_size: first fit
+        out["max_tokens_per_gpu"] = num("train.max_tokens_per_gpu")
+        rollout_cap = get("rollout.max_tokens_per_gpu")  # unset: the training cap (cli/train_ppo_ray.py)
+        out["score_max_tokens_per_gpu"] = (integer(rollout_cap, "rollout.max_tokens_per_gpu", FIELD)
+                                           if rollout_cap is not None else out["max_tokens_per_gpu"])
+    if get("actor.entropy_coef") is not None:  # ppo_actor.py: return_entropy when the coefficient is set (0: logs)
+        out["entropy"], out["entropy_kernel"] = "update", "eager"  # models/utils.py::compute_entropy, uncompiled
+    if num("ds.tensor_parallel_size") > 1:
+        notes.append(f"ds.tensor_parallel_size {get('ds.tensor_parallel_size')} (DeepSpeed AutoTP): not modeled; "
+                     "estimated without it (an upper bound)")
+    if num("ds.ring_attn_size") > 1:  # ring_flash_attn's llama3 varlen kernel: its K/V exchange is not modeled
+        notes.append(f"ds.ring_attn_size {get('ds.ring_attn_size')}: ring attention is not modeled (memplan models "
+                     "Ulysses, verl's sequence parallelism, whose all-to-all it does not share): every token of a "
+                     "micro batch counted on each GPU of the ring (an upper bound)")
     out["logprob_kernel"] = "fp32-fused"  # Actor.forward: every position's logits in fp32, flash-attn's cross-entropy
     return OpenRLHFRun(out, notes)
 

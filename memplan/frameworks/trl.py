@@ -43,8 +43,9 @@ What is read:
   accelerate config:
     distributed_type                  DEEPSPEED → engine 'deepspeed' (zero_stage, offload_optimizer_device,
                                       offload_param_device); FSDP → engine 'fsdp' (fsdp_version 2's
-                                      fsdp_reshard_after_forward, or FSDP1's fsdp_sharding_strategy;
-                                      fsdp_offload_params); MULTI_GPU / NO → engine 'torch'
+                                      fsdp_reshard_after_forward true/false; FSDP1's fsdp_sharding_strategy,
+                                      which accelerate runs before fsdp_reshard_after_forward: ``_fsdp1_strategy``;
+                                      fsdp_offload_params); MULTI_GPU / NO (quoted or not) → engine 'torch'
     num_processes, num_machines       gpus, with the GPU kind named by the caller
 """
 
@@ -74,10 +75,12 @@ COMMON: dict[str, Any] = {
     "ds3_gather_for_generation": True,
     "dtype": "float32", "use_peft": False, "lora_r": 16, "lora_target_modules": None, "load_in_4bit": False,
     "load_in_8bit": False, "attn_implementation": None, "use_liger_kernel": False, "top_entropy_quantile": 1.0,
-    "entropy_coef": 0.0, "cast_lm_head_to_fp32": False,
+    "entropy_coef": 0.0, "use_adaptive_entropy": False, "cast_lm_head_to_fp32": False,
 }
 _SHARDING_STRATEGY = {"FULL_SHARD": 3, "1": 3, "SHARD_GRAD_OP": 2, "2": 2, "NO_SHARD": 0, "3": 0,
-                      "HYBRID_SHARD": 3, "4": 3, "_HYBRID_SHARD_ZERO2": 2, "5": 2}
+                      "HYBRID_SHARD": 3, "4": 3, "HYBRID_SHARD_ZERO2": 2, "_HYBRID_SHARD_ZERO2": 2, "5": 2}
+"""accelerate's FSDP_SHARDING_STRATEGY names (utils/constants.py), torch's ShardingStrategy names and numbers → the
+ZeRO stage they shard like."""
 
 
 class TrlRun(NamedTuple):
@@ -123,7 +126,10 @@ def read_accelerate(text: str) -> dict[str, Any]:
 
 def _parallel(acc: dict[str, Any], notes: list[str]) -> dict[str, Any]:
     """Engine, sharding and offload of accelerate's config."""
-    kind = str(acc.get("distributed_type", "NO")).upper()
+    kind = acc.get("distributed_type", "NO")
+    # an unquoted `distributed_type: NO` is YAML 1.1's false (accelerate writes 'NO' quoted: config_args.py
+    # to_yaml_file, yaml.safe_dump; its from_yaml_file reads the false back and runs undistributed)
+    kind = "NO" if kind is False else str(kind).upper()
     out: dict[str, Any] = {}
     if kind == "DEEPSPEED":
         ds = acc.get("deepspeed_config") or {}
@@ -148,16 +154,17 @@ def _parallel(acc: dict[str, Any], notes: list[str]) -> dict[str, Any]:
             raise InputError(ACCELERATE_FIELD, "fsdp_config must be a mapping", fsdp)
         out["engine"] = "fsdp"
         if str(fsdp.get("fsdp_version", 1)) == "2":
-            reshard = fsdp.get("fsdp_reshard_after_forward", True)
+            reshard = fsdp.get("fsdp_reshard_after_forward", True)  # FSDP2 ignores fsdp_sharding_strategy
+            if str(reshard).upper() in _SHARDING_STRATEGY:  # accelerate: "not supported with FSDP2"
+                raise InputError(ACCELERATE_FIELD, f"fsdp_reshard_after_forward {reshard!r} is an FSDP1 sharding "
+                                 "strategy: with fsdp_version 2 it is true (full shard) or false (SHARD_GRAD_OP)",
+                                 reshard)
             out["zero_stage"] = 3 if boolean(reshard, "fsdp_reshard_after_forward", ACCELERATE_FIELD) else 2
         else:
-            strategy = str(fsdp.get("fsdp_sharding_strategy", "FULL_SHARD")).upper()
-            if strategy not in _SHARDING_STRATEGY:
-                raise InputError(ACCELERATE_FIELD, f"fsdp_sharding_strategy {strategy!r} is not one of "
-                                 f"{', '.join(k for k in _SHARDING_STRATEGY if not k.isdigit())}", strategy)
+            strategy = _fsdp1_strategy(fsdp, notes)
             out["zero_stage"] = _SHARDING_STRATEGY[strategy]
             out["hybrid_shard"] = "HYBRID" in strategy or strategy in ("4", "5")
-            notes.append("fsdp_version 1: modeled as FSDP2 (fully_shard per decoder layer)")
+            out["fsdp_version"] = 1  # FullyShardedDataParallel, one flat parameter per wrapped decoder layer
         if boolean(fsdp.get("fsdp_offload_params", False), "fsdp_offload_params", ACCELERATE_FIELD):
             out["offload"] = "optimizer+params"
         if boolean(fsdp.get("fsdp_activation_checkpointing", False), "fsdp_activation_checkpointing",
@@ -169,6 +176,37 @@ def _parallel(acc: dict[str, Any], notes: list[str]) -> dict[str, Any]:
         raise InputError(ACCELERATE_FIELD, f"distributed_type {kind!r} is not modeled: use DEEPSPEED, FSDP, "
                          "MULTI_GPU or NO", kind)
     return out
+
+
+def _strategy_name(value: Any, key: str) -> str:
+    """An FSDP1 sharding strategy as accelerate reads it: a name of ``FSDP_SHARDING_STRATEGY`` or
+    ``ShardingStrategy``, or its number 1–5; anything else names the key."""
+    name = str(value).upper()
+    if isinstance(value, bool) or name not in _SHARDING_STRATEGY:
+        raise InputError(ACCELERATE_FIELD, f"{key} {value!r} with fsdp_version 1 is not one of "
+                         f"{', '.join(k for k in _SHARDING_STRATEGY if not k.isdigit())}", value)
+    return name
+
+
+def _fsdp1_strategy(fsdp: dict[str, Any], notes: list[str]) -> str:
+    """The sharding strategy an FSDP1 run gets from accelerate 1.16: ``fsdp_sharding_strategy`` (FULL_SHARD when
+    unset), whatever ``fsdp_reshard_after_forward`` says. accelerate's launcher always exports
+    FSDP_SHARDING_STRATEGY (its ``--fsdp_sharding_strategy`` defaults to FULL_SHARD: utils/launch.py
+    ``prepare_multi_gpu_env``); ``FullyShardedDataParallelPlugin.__post_init__`` takes it under fsdp_version 1
+    and reads ``reshard_after_forward`` only when no strategy is set; ``Accelerator.prepare_model`` passes
+    ``sharding_strategy or reshard_after_forward``. ``accelerate config`` writes only the newer key for FSDP1
+    (commands/config/cluster.py), and TRL's examples/accelerate_configs/fsdp1.yaml uses it (FULL_SHARD)."""
+    strategy = _strategy_name(fsdp.get("fsdp_sharding_strategy", "FULL_SHARD"), "fsdp_sharding_strategy")
+    if fsdp.get("fsdp_reshard_after_forward") is not None:
+        reshard = fsdp["fsdp_reshard_after_forward"]
+        wanted = None if isinstance(reshard, bool) else _strategy_name(reshard, "fsdp_reshard_after_forward")
+        if wanted is None or _SHARDING_STRATEGY[wanted] != _SHARDING_STRATEGY[strategy] or (
+                "HYBRID" in wanted) != ("HYBRID" in strategy):
+            given = "" if "fsdp_sharding_strategy" in fsdp else ", its default"
+            notes.append(f"fsdp_reshard_after_forward {reshard!r} with fsdp_version 1: accelerate 1.16 runs "
+                         f"fsdp_sharding_strategy ({strategy}{given}), which its FSDP plugin takes first; estimated "
+                         f"as {strategy} (set fsdp_sharding_strategy to run another)")
+    return strategy
 
 
 def _processes(acc: dict[str, Any] | None) -> int:
@@ -334,8 +372,17 @@ def _online(recipe: dict[str, Any], get: Callable[[str], Any], out: dict[str, An
         if engine["engine"] == "deepspeed" and engine.get("zero_stage") == 3:
             out["gather_for_generation"] = boolean(get("ds3_gather_for_generation"), "ds3_gather_for_generation",
                                                    FIELD)
-    if get("top_entropy_quantile") != 1.0 or get("entropy_coef"):
-        notes.append("entropies over the vocabulary (top_entropy_quantile, entropy_coef) are not counted")
+    # grpo_trainer.py::_get_per_token_logps_and_entropies: the loss forward takes utils.entropy_from_logits (128-row
+    # chunks) with grad when the entropy bonus is on (entropy_coef ≠ 0), else under no_grad for the
+    # top_entropy_quantile mask
+    if get("entropy_coef") or boolean(get("use_adaptive_entropy"), "use_adaptive_entropy", FIELD):
+        out["entropy"], out["entropy_kernel"] = "update", "chunked"
+    elif get("top_entropy_quantile") != 1.0:
+        out["entropy"], out["entropy_kernel"] = "update-no-grad", "chunked"
+    if "entropy" in out and out.get("logprob_kernel") in ("chunked", "row-chunked"):
+        out["logprob_kernel"] = "log-softmax"  # the entropy reads the logits: outputs.logits, selective_log_softmax
+        notes.append("entropies (entropy_coef, top_entropy_quantile) are taken from the logits (grpo_trainer.py "
+                     "_get_per_token_logps_and_entropies): every forward estimated with its logits and log-softmax")
     if boolean(get("cast_lm_head_to_fp32"), "cast_lm_head_to_fp32", FIELD):
         notes.append("cast_lm_head_to_fp32: the fp32 LM head and its fp32 logits are not counted")
     iterations = integer(recipe.get("num_iterations", 1), "num_iterations", FIELD)
@@ -350,7 +397,13 @@ def _offline(recipe: dict[str, Any], get: Callable[[str], Any], out: dict[str, A
     out["seq_len"] = integer(get("max_length"), "max_length", FIELD)
     if boolean(get("padding_free"), "padding_free", FIELD) or boolean(recipe.get("packing", False), "packing",
                                                                        FIELD):
-        notes.append("padding_free / packing: sequences counted at max_length each (an upper bound)")
+        # DataCollatorForLanguageModeling(padding_free=True) flattens a micro batch into one row with position_ids;
+        # packing (bfd) fills rows of max_length: either way a micro batch of at most micro × max_length tokens
+        if out.get("attention") == "eager":
+            notes.append("padding_free / packing with eager attention (TRL needs flash-attn's varlen kernel): "
+                         "estimated padded")
+        else:
+            out["packing"] = True
     if out["algo"] == "sft":
         return
     precompute = boolean(get("precompute_ref_log_probs"), "precompute_ref_log_probs", FIELD)

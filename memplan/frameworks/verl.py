@@ -16,15 +16,27 @@ What is read (``A`` = ``actor_rollout_ref``):
                                       parameters on the CPU (CPUOffload for forward-only workers)
     reward_model.enable, .model.path  reward 'model' and its architecture, else 'rule'
     critic.model.path                 PPO's critic architecture
-    A.actor.strategy                  fsdp / fsdp2 → engine 'fsdp' (megatron is not modeled)
+    A.actor.strategy                  fsdp → engine 'fsdp', fsdp_version 1 (FSDP1, FlatParameter per decoder
+                                      layer); fsdp2 → fsdp_version 2 (fully_shard) (megatron is not modeled)
     A.actor.fsdp_config.*             reshard_after_forward → ZeRO stage 3 (else 2); fsdp_size = GPUs per
                                       node → hybrid_shard; offload_policy → offload 'optimizer+params';
                                       param_offload / optimizer_offload → idle_offload; dtype, model_dtype
     A.model.enable_gradient_checkpointing, A.model.lora_rank, A.model.target_modules
-    A.actor.ppo_micro_batch_size_per_gpu (or use_dynamic_bsz: ppo_max_token_len_per_gpu ÷ sequence length)
+    A.model.use_remove_padding        packing (verl 0.9's default: True)
+    A.actor.ppo_micro_batch_size_per_gpu
                                       micro_batch_size
+    A.actor.use_dynamic_bsz, ppo_max_token_len_per_gpu
+                                      max_tokens_per_gpu when packed (unpadded: the cap ÷ sequence length
+                                      sequences, noted)
     A.rollout / A.ref log_prob_micro_batch_size_per_gpu, critic.forward_micro_batch_size_per_gpu
-                                      score_micro_batch_size (the largest)
+                                      score_micro_batch_size (the largest); with log_prob_use_dynamic_bsz, the
+    A.rollout / A.ref log_prob_max_token_len_per_gpu, critic.forward_max_token_len_per_gpu
+                                      score_max_tokens_per_gpu (the largest)
+    A.actor.ulysses_sequence_parallel_size
+                                      sequence_parallel
+    A.actor.entropy_coeff, calculate_entropy, use_torch_compile, entropy_from_logits_with_chunking
+                                      entropy: 'scoring' for a full fine-tune (the old log-probs' metrics),
+                                      'update' when entropy_coeff ≠ 0; entropy_kernel
     data.train_batch_size ÷ GPUs      rollout_batch_size (prompts per GPU); A.rollout.n → group_size
     data.max_prompt_length, data.max_response_length
                                       prompt_len, gen_len
@@ -33,6 +45,7 @@ What is read (``A`` = ``actor_rollout_ref``):
                                       vllm_tensor_parallel_size (2); the engine's GPU workers are processes
                                       beside the FSDP worker (processes_per_gpu 2)
     A.rollout.max_num_batched_tokens  vllm_max_num_batched_tokens (vLLM's profile run, its input buffers)
+    A.rollout.free_cache_engine       vllm_sleep_mode (true: the engine sleeps outside rollout)
     A.rollout.checkpoint_engine.update_weights_bucket_megabytes
                                       weight_sync_bucket_mb (2048): the weights go to the engine through it
     (always)                          logprob_kernel 'fused': flash-attn's cross-entropy (logprobs_from_logits)
@@ -50,7 +63,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from memplan.errors import InputError
-from memplan.frameworks.common import catalog_model, integer, launch_text, number, typed
+from memplan.frameworks.common import boolean, catalog_model, integer, launch_text, number, typed
 
 FIELD = "verl"
 A = "actor_rollout_ref"
@@ -60,7 +73,9 @@ DEFAULTS: dict[str, Any] = {  # verl 0.9.1 _generated_ppo_trainer.yaml, what thi
     "algorithm.adv_estimator": "gae", "algorithm.use_kl_in_reward": False,
     f"{A}.actor.strategy": "fsdp", f"{A}.actor.use_kl_loss": False, f"{A}.actor.entropy_coeff": 0,
     f"{A}.actor.use_dynamic_bsz": False, f"{A}.actor.ppo_max_token_len_per_gpu": 16384,
-    f"{A}.actor.ulysses_sequence_parallel_size": 1,
+    f"{A}.actor.ulysses_sequence_parallel_size": 1, f"{A}.model.use_remove_padding": True,
+    f"{A}.actor.use_torch_compile": True, f"{A}.actor.entropy_from_logits_with_chunking": False,
+    f"{A}.actor.calculate_entropy": False, "critic.ppo_max_token_len_per_gpu": 32768,
     f"{A}.actor.fsdp_config.param_offload": False, f"{A}.actor.fsdp_config.optimizer_offload": False,
     f"{A}.actor.fsdp_config.offload_policy": False, f"{A}.actor.fsdp_config.reshard_after_forward": True,
     f"{A}.actor.fsdp_config.fsdp_size": -1, f"{A}.actor.fsdp_config.model_dtype": "fp32",
@@ -71,6 +86,7 @@ DEFAULTS: dict[str, Any] = {  # verl 0.9.1 _generated_ppo_trainer.yaml, what thi
     f"{A}.rollout.tensor_model_parallel_size": 2,
     f"{A}.rollout.checkpoint_engine.update_weights_bucket_megabytes": 2048,
     f"{A}.rollout.max_num_batched_tokens": 8192,
+    f"{A}.rollout.free_cache_engine": True,
     "reward_model.enable": False, "trainer.nnodes": 1, "trainer.n_gpus_per_node": 8,
 }
 _OVERRIDE = re.compile(r"^\+{0,2}([A-Za-z_]\w*(?:\.\w+)+)=(.*)$", re.S)
@@ -166,8 +182,7 @@ def fields(overrides: dict[str, Any], gpu: str | None = None) -> VerlRun:
         raise InputError(FIELD, f"actor strategy {strategy!r} is not modeled: memplan models verl's FSDP workers "
                          "(fsdp, fsdp2)", strategy)
     out["engine"] = "fsdp"
-    if strategy == "fsdp":
-        notes.append("strategy fsdp (FSDP1): modeled as FSDP2 (fully_shard per decoder layer)")
+    out["fsdp_version"] = 1 if strategy == "fsdp" else 2
 
     def num(key: str, low: int = 1) -> int:
         return integer(get(key), key, FIELD, low)
@@ -200,7 +215,9 @@ def fields(overrides: dict[str, Any], gpu: str | None = None) -> VerlRun:
         out["hybrid_shard"] = True
         if fsdp_size != per_node:
             notes.append(f"fsdp_size {fsdp_size}: estimated as sharding within a node ({per_node} GPUs)")
-    if get(f"{fsdp}.offload_policy"):
+    if get(f"{fsdp}.offload_policy") and strategy == "fsdp":
+        notes.append("fsdp_config.offload_policy is FSDP2's CPUOffloadPolicy: verl's FSDP1 workers ignore it")
+    elif get(f"{fsdp}.offload_policy"):
         out["offload"] = "optimizer+params"
     idle = [name for name, key in (("params", "param_offload"), ("optimizer", "optimizer_offload"))
             if get(f"{fsdp}.{key}")]
@@ -235,15 +252,41 @@ def fields(overrides: dict[str, Any], gpu: str | None = None) -> VerlRun:
     seq = prompt + response
     out["prompt_len"], out["gen_len"] = prompt, response
     dynamic = bool(get(f"{A}.actor.use_dynamic_bsz"))
-    micro = _per_gpu(get(f"{A}.actor.ppo_micro_batch_size_per_gpu", None), dynamic,
+    packed = bool(get(f"{A}.model.use_remove_padding"))  # unpad_input: one [1, total_nnz] row per micro batch
+    out["packing"] = packed
+    sp = num(f"{A}.actor.ulysses_sequence_parallel_size")
+    if algo == "ppo" and packed and not get("critic.model.use_remove_padding", False):
+        notes.append("critic.model.use_remove_padding False (verl's default): the critic estimated packed, as the "
+                     "actor")
+    if sp > 1:
+        out["sequence_parallel"] = sp
+        if algo == "ppo" and integer(get("critic.ulysses_sequence_parallel_size", 1),
+                                     "critic.ulysses_sequence_parallel_size", FIELD) != sp:
+            notes.append("the critic's ulysses_sequence_parallel_size differs from the actor's: estimated with the "
+                         "actor's")
+    if dynamic and packed:  # rearrange_micro_batches: micro batches of at most max_token_len × sp tokens
+        out["max_tokens_per_gpu"] = integer(get(f"{A}.actor.ppo_max_token_len_per_gpu"),
+                                            f"{A}.actor.ppo_max_token_len_per_gpu", FIELD)
+        if out["max_tokens_per_gpu"] * sp < seq:  # seqlen_balancing.py::rearrange_micro_batches asserts it
+            raise InputError(FIELD, f"{A}.actor.ppo_max_token_len_per_gpu {out['max_tokens_per_gpu']} × ulysses "
+                             f"{sp} is under max_prompt_length + max_response_length ({seq}): verl asserts "
+                             "'max_token_len must be greater than the sequence length'", out["max_tokens_per_gpu"])
+        if algo == "ppo" and integer(get("critic.ppo_max_token_len_per_gpu"), "critic.ppo_max_token_len_per_gpu",
+                                     FIELD) > out["max_tokens_per_gpu"]:
+            notes.append(f"critic.ppo_max_token_len_per_gpu {get('critic.ppo_max_token_len_per_gpu')}: the critic's "
+                         "update estimated with the actor's token cap")
+    micro = _per_gpu(get(f"{A}.actor.ppo_micro_batch_size_per_gpu", None), dynamic and not packed,
                      get(f"{A}.actor.ppo_max_token_len_per_gpu"), seq, "ppo micro batch", notes)
+    if micro is None and dynamic and packed:
+        micro = max(1, out["max_tokens_per_gpu"] * sp // seq)  # what a cap holds at full length (planner, timing)
     if micro is None and get(f"{A}.actor.ppo_micro_batch_size", None) is not None:
         micro = max(1, num(f"{A}.actor.ppo_micro_batch_size") // world)
     if micro is None:
         raise InputError(FIELD, f"{A}.actor.ppo_micro_batch_size_per_gpu is not set (verl needs it unless "
                          "use_dynamic_bsz): pass --micro-batch-size", None)
     out["micro_batch_size"] = micro
-    scoring = {}  # verl's log-prob and value forwards, each with its own micro batch
+    scoring = {}  # verl's log-prob and value forwards, each with its own micro batch (or token cap)
+    caps = {}
     for worker, size_key, tokens_key, on in (
         (f"{A}.rollout", "log_prob_micro_batch_size_per_gpu", "log_prob_max_token_len_per_gpu", True),
         (f"{A}.ref", "log_prob_micro_batch_size_per_gpu", "log_prob_max_token_len_per_gpu", bool(uses_ref)),
@@ -251,9 +294,18 @@ def fields(overrides: dict[str, Any], gpu: str | None = None) -> VerlRun:
     ):
         size = get(f"{worker}.{size_key}", None)
         worker_dynamic = bool(get(f"{worker}.log_prob_use_dynamic_bsz", dynamic))
-        if on and (size is not None or worker_dynamic):
+        if on and worker_dynamic and packed:
+            default = get("critic.ppo_max_token_len_per_gpu") if worker == "critic" else get(
+                f"{A}.actor.ppo_max_token_len_per_gpu")
+            caps[worker] = integer(get(f"{worker}.{tokens_key}", default), f"{worker}.{tokens_key}", FIELD)
+        elif on and (size is not None or worker_dynamic):
             tokens = get(f"{worker}.{tokens_key}", get(f"{A}.actor.ppo_max_token_len_per_gpu"))
             scoring[worker] = _per_gpu(size, worker_dynamic, tokens, seq, f"{worker} {size_key}", notes)
+    if caps:
+        out["score_max_tokens_per_gpu"] = max(caps.values())
+        if len(set(caps.values())) > 1:
+            notes.append("scoring token caps differ (" + ", ".join(f"{w.split('.')[-1]} {n}" for w, n in
+                         caps.items()) + "): estimated at the largest")
     if scoring:
         out["score_micro_batch_size"] = max(scoring.values())
         if len(set(scoring.values())) > 1:
@@ -278,6 +330,9 @@ def fields(overrides: dict[str, Any], gpu: str | None = None) -> VerlRun:
         out["weight_sync_bucket_mb"] = num(f"{A}.rollout.checkpoint_engine.update_weights_bucket_megabytes")
         # vLLM's profile run and persistent input buffers (verl passes it to vllm.LLM / its engine args)
         out["vllm_max_num_batched_tokens"] = num(f"{A}.rollout.max_num_batched_tokens")
+        # free_cache_engine: the engine sleeps (weights and KV cache released) outside rollout
+        out["vllm_sleep_mode"] = boolean(get(f"{A}.rollout.free_cache_engine"), f"{A}.rollout.free_cache_engine",
+                                         FIELD)
         if name == "sglang":
             notes.append("rollout sglang: its gpu_memory_utilization reservation counted as vLLM's")
     elif name == "hf":
@@ -286,15 +341,16 @@ def fields(overrides: dict[str, Any], gpu: str | None = None) -> VerlRun:
         raise InputError(FIELD, f"{A}.rollout.name is {name!r}: set vllm, sglang or hf", name)
 
     out["logprob_kernel"] = "fused"  # logprobs_from_logits: flash-attn's cross-entropy, in-place backward
-    notes.append("log-probs by flash-attn's fused cross-entropy (verl's logprobs_from_logits) over full-length "
-                 "sequences: verl packs them (use_remove_padding), so the logits are an upper bound; the entropy of "
-                 "the old log-probs is taken as fused by torch.compile (use_torch_compile)")
-    sp = num(f"{A}.actor.ulysses_sequence_parallel_size")
-    if sp > 1:
-        notes.append(f"ulysses_sequence_parallel_size {sp}: not modeled; activations and logits estimated "
-                     "unsplit (an upper bound)")
-    if get(f"{A}.actor.entropy_coeff") not in (0, 0.0, None, False):
-        notes.append("entropy_coeff ≠ 0: the entropy over the vocabulary in the update is not counted")
+    # dp_actor.py: the actor's old log-probs take the entropy for metrics unless LoRA (fsdp_workers.py
+    # compute_log_prob: calculate_entropy = not is_lora); the update when entropy_coeff ≠ 0 or calculate_entropy
+    where = ["scoring"] if not lora else []
+    if get(f"{A}.actor.entropy_coeff") not in (0, 0.0, None, False) or get(f"{A}.actor.calculate_entropy"):
+        where.append("update")
+    out["entropy"] = "+".join(where) or "none"
+    if get(f"{A}.actor.entropy_from_logits_with_chunking"):
+        out["entropy_kernel"] = "fp32-chunked"
+    else:
+        out["entropy_kernel"] = "compiled" if get(f"{A}.actor.use_torch_compile") else "eager"
     if get(f"{A}.model.use_fused_kernels"):
         notes.append("use_fused_kernels: verl's fused log-prob kernel avoids full logits; they are counted "
                      "(an upper bound)")

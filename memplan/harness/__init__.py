@@ -10,6 +10,10 @@
   (``fully_shard`` per decoder layer and root, ``engine='fsdp'``, ``zero_stage`` 2 or 3) under fake tensors
   and torch's fake process group (``sharded.py``); N defaults to the request's GPU count.
 
+Packed micro batches (``packing``, ``max_tokens_per_gpu``, …: verl's remove-padding path) are traced as one
+[1, T] row each, through a varlen attention stand-in (``packing.py``); the actor's entropy where ``entropy``
+says (``steps/entropy.py``).
+
 World size: ``trace`` runs one process holding every resident model in full (world size 1); requests with
 ZeRO stages or more GPUs are traced at world size 1 and the report's notes say so. ``trace_sharded`` traces
 what one rank of N holds under FSDP2 (``TraceReport.world_size`` = N); DeepSpeed ZeRO is not traced sharded.

@@ -5,7 +5,9 @@ The models are built on the meta device from their configs and their weights rep
 counter inside it, so every op computes shapes only while the counter sees every storage come and go.
 Fake tensors live on the fake **cpu** device: fake ``cuda`` tensors abort the process in backward on a
 machine without a GPU (../shared/REFERENCE.md). On CPU, SDPA dispatches to the CPU flash kernel, which keeps
-what CUDA flash attention keeps (the output and an fp32 log-sum-exp, no s×s scores).
+what CUDA flash attention keeps (the output and an fp32 log-sum-exp, no s×s scores). Packed micro batches
+(``EstimateRequest.packing``, or ``trace_request(..., pack=lengths)``) run as one [1, T] row through a varlen
+attention stand-in with flash-attn's allocations (``packing.py``).
 
 The same function runs on real CPU tensors (``fake=False``) for tiny models: the test that holds the
 counter to a real run.
@@ -137,9 +139,11 @@ def report(request: EstimateRequest, setup: Setup, counter: LiveBytes, seconds: 
                        world_size=1, seconds=round(seconds, 3), notes=notes)
 
 
-def trace_request(request: EstimateRequest, *, decode_steps: int | None = DECODE_STEPS) -> TraceReport:
-    """Trace two training steps of ``request`` on fake tensors (world size 1)."""
+def trace_request(request: EstimateRequest, *, decode_steps: int | None = DECODE_STEPS,
+                  pack: tuple[int, ...] | None = None) -> TraceReport:
+    """Trace two training steps of ``request`` on fake tensors (world size 1); ``pack``: the token lengths of the
+    sequences of every packed micro batch (``setup.resolve``), instead of the request's."""
     start = time.perf_counter()
-    setup = resolve(request)
+    setup = resolve(request, pack=pack)
     counter = run_counted(setup, fake=True, decode_steps=decode_steps)
     return report(request, setup, counter, time.perf_counter() - start)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from memplan.harness.setup import Setup
+from memplan.harness.setup import VARLEN, Setup
 
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 _DROPOUT_KEYS = (
@@ -75,6 +75,10 @@ def build_model(raw: dict, setup: Setup, *, scalar_head: bool, device: str) -> n
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     cls = AutoModelForSequenceClassification if scalar_head else AutoModelForCausalLM
+    if setup.attention == VARLEN:  # packed micro batches: the varlen stand-in (harness.packing)
+        from memplan.harness.packing import register
+
+        register()
     cfg = hf_config(raw, setup, scalar_head)
     with torch.device(device):
         model = cls.from_config(cfg, dtype=TORCH_DTYPES[setup.dtype], attn_implementation=setup.attention)

@@ -29,6 +29,8 @@ PHASES = {
     "sft": ("actor_update",),
 }
 _INTERMEDIATE_KEY = {"opt": "ffn_dim", "gpt2": "n_inner"}
+VARLEN = "memplan_varlen"
+"""``Setup.attention`` of a packed run: ``memplan.harness.packing.varlen_attention`` (no torch import here)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -49,7 +51,7 @@ class Setup:
     """Masters, fp32 gradients and optimizer states live on the host (DeepSpeed ZeRO-Offload)."""
     gradient_checkpointing: bool
     attention: str
-    """transformers attn_implementation: sdpa or eager (flash runs as sdpa on CPU)."""
+    """transformers attn_implementation: sdpa or eager (flash runs as sdpa on CPU); packed: ``VARLEN``."""
     lora_rank: int
     lora_targets: str
     ref_mode: str
@@ -72,6 +74,15 @@ class Setup:
     score_micro_batch_size: int
     """Sequences per scoring forward (``EstimateRequest.score_micro_batch_size``, default the micro batch)."""
     logprob_kernel: str = "log-softmax"
+    packed_lengths: tuple[int, ...] = ()
+    """Packed training micro batch (``harness.packing``): the tokens of each of its sequences; empty: padded rows
+    of ``seq_len`` (then ``micro_batch_size`` rows). Packed, ``micro_batch_size`` is its number of sequences."""
+    score_packed_lengths: tuple[int, ...] = ()
+    """The same for a scoring forward (``score_micro_batch_size`` its number of sequences)."""
+    entropy: str = "none"
+    """Where the actor takes the entropy over the vocabulary: none, scoring, update or scoring+update."""
+    entropy_kernel: str = "eager"
+    """eager (verl's ``entropy_from_logits``), chunked (TRL's) or fp32-chunked (verl's ``_with_chunking``)."""
     notes: tuple[str, ...] = ()
 
     @property
@@ -111,8 +122,72 @@ def config_dict(model: str | ArchConfig, field: str = "model") -> dict:
         raise InputError(field, str(err).split(": ", 1)[-1], model) from None
 
 
-def resolve(req: EstimateRequest) -> Setup:
-    """Resolve ``req`` for the harness; unsupported combinations raise ``InputError`` naming the field."""
+def _pack(req: EstimateRequest, pool: int, notes: list[str]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Sequence lengths of a packed training and scoring micro batch (``EstimateRequest.packing``).
+
+    Every sequence is prompt_len + gen_len_mean tokens long (the mean; default gen_len). Without a token cap a
+    micro batch holds ``micro_batch_size`` (scoring: ``score_micro_batch_size``) of them; with a cap C, as many as
+    it holds, ⌊C / mean⌋ (verl ``use_dynamic_bsz``, OpenRLHF ``max_tokens_per_gpu``), at most the ``pool`` the GPU
+    has in the step, and one sequence of prompt_len + gen_len alone when that is longer than C.
+    """
+    if req.algo not in GENERATES:
+        raise InputError("packing", f"the harness packs the RL algorithms' micro batches ({', '.join(GENERATES)}); "
+                         f"{req.algo} is traced padded", req.packing)
+    if req.attention == "eager":
+        raise InputError("attention", "a packed micro batch needs a varlen attention kernel (flash or sdpa); "
+                         "eager attention would hold a score matrix over the whole packed row", req.attention)
+    if req.logprob_kernel not in ("log-softmax", "fused", "fp32-fused"):
+        raise InputError("logprob_kernel", "the harness packs the 'log-softmax', 'fused' and 'fp32-fused' log-prob "
+                         "paths", req.logprob_kernel)
+    mean = req.gen_len_mean or req.gen_len
+    if mean > req.gen_len:
+        raise InputError("gen_len_mean", f"at most gen_len ({req.gen_len})", mean)
+    mean_len, longest = req.prompt_len + mean, req.prompt_len + req.gen_len
+    notes.append("packed micro batches: [1, tokens] rows through a varlen attention stand-in with flash-attn's "
+                 "allocations (memplan.harness.packing)")
+    if req.sequence_parallel > 1:
+        notes.append(f"sequence parallelism (sequence_parallel={req.sequence_parallel}) is not applied: each "
+                     "packed micro batch traced whole on one GPU")
+
+    def lengths(cap: int | None, seqs: int, what: str) -> tuple[int, ...]:
+        if cap is None:
+            return (mean_len,) * seqs
+        if longest > cap:
+            return (longest,)
+        k = min(cap // mean_len, pool)
+        if k * mean_len < cap:
+            notes.append(f"{what}: {k} packed sequences × {mean_len} tokens = {k * mean_len} traced, under the "
+                         f"token cap {cap}")
+        return (mean_len,) * k
+
+    train_cap = req.max_tokens_per_gpu
+    score_cap = req.score_max_tokens_per_gpu or train_cap
+    return (lengths(train_cap, req.micro_batch_size, "training micro batch"),
+            lengths(score_cap, req.score_micro_batch_size or req.micro_batch_size, "scoring micro batch"))
+
+
+def _entropy(req: EstimateRequest) -> tuple[str, str]:
+    """(where, kernel) of the actor's entropy (``EstimateRequest.entropy``, ``entropy_kernel``)."""
+    if req.entropy == "none":
+        return "none", "eager"
+    if req.algo not in GENERATES:
+        raise InputError("entropy", f"the harness takes the actor's entropy in the RL algorithms "
+                         f"({', '.join(GENERATES)})", req.entropy)
+    if req.entropy_kernel == "compiled":
+        raise InputError("entropy_kernel", "the harness runs no compiled kernel; trace 'eager', 'chunked' or "
+                         "'fp32-chunked' (the estimate's 'compiled' is read from verl's source)", req.entropy_kernel)
+    if req.logprob_kernel not in ("log-softmax", "fused"):
+        raise InputError("logprob_kernel", "the harness takes the entropy of the logits the 'log-softmax' or 'fused' "
+                         "path holds", req.logprob_kernel)
+    return req.entropy, req.entropy_kernel
+
+
+def resolve(req: EstimateRequest, *, pack: tuple[int, ...] | None = None) -> Setup:
+    """Resolve ``req`` for the harness; unsupported combinations raise ``InputError`` naming the field.
+
+    ``pack``: the token lengths of the sequences of every packed micro batch, training and scoring alike
+    (prompt_len + answer tokens each, at most prompt_len + gen_len), instead of the request's (``_pack``).
+    """
     algo, lora = req.algo, req.lora_rank > 0
     ref_mode = req.ref or ("none" if algo == "sft" else "lora-shared" if lora else "separate")
     reward_mode = req.reward or ("rule" if algo == "grpo" else "model")
@@ -160,10 +235,23 @@ def resolve(req: EstimateRequest) -> Setup:
         notes.append("attention 'flash' traced as SDPA (CPU flash kernel; saves what flash attention saves)")
 
     generates = algo in GENERATES
+    train_pack = score_pack = ()
+    if pack is not None or req.packing:
+        pool = (req.rollout_batch_size or req.micro_batch_size) * (req.group_size or DEFAULT_GROUP.get(algo, 1))
+        train_pack, score_pack = _pack(req, pool, notes)
+        if pack is not None:
+            longest = req.prompt_len + req.gen_len
+            if not pack or any(not req.prompt_len < n <= longest for n in pack):
+                raise InputError("pack", f"each sequence's tokens in ({req.prompt_len}, {longest}] (prompt_len, "
+                                 "prompt_len + gen_len]", pack)
+            if len(pack) > pool:
+                raise InputError("pack", f"at most {pool} sequences: the rows one step generates", pack)
+            train_pack = score_pack = tuple(pack)
+    entropy, entropy_kernel = _entropy(req)
     return Setup(
         algo=algo, dtype=req.dtype, engine=req.engine, master_weights=master, optimizer=req.optimizer, optimizer_impl=impl,
         offload_optimizer=req.offload != "none", gradient_checkpointing=req.gradient_checkpointing,
-        attention="eager" if req.attention == "eager" else "sdpa", lora_rank=req.lora_rank,
+        attention="eager" if req.attention == "eager" else VARLEN if train_pack else "sdpa", lora_rank=req.lora_rank,
         lora_targets=req.lora_targets, ref_mode=ref_mode, reward_mode=reward_mode,
         actor_config=config_dict(req.model),
         critic_config=config_dict(req.critic_model or req.model, "critic_model") if algo == "ppo" else None,
@@ -173,7 +261,8 @@ def resolve(req: EstimateRequest) -> Setup:
         group_size=(req.group_size or DEFAULT_GROUP.get(algo, 1)) if generates else 1,
         greedy_pass=algo == "remax", prompt_len=req.prompt_len, gen_len=req.gen_len,
         seq_len=req.prompt_len + req.gen_len if generates else (req.seq_len or req.prompt_len + req.gen_len),
-        micro_batch_size=req.micro_batch_size,
-        score_micro_batch_size=req.score_micro_batch_size or req.micro_batch_size,
-        logprob_kernel=req.logprob_kernel, notes=tuple(notes),
+        micro_batch_size=len(train_pack) or req.micro_batch_size,
+        score_micro_batch_size=len(score_pack) or req.score_micro_batch_size or req.micro_batch_size,
+        logprob_kernel=req.logprob_kernel, packed_lengths=train_pack, score_packed_lengths=score_pack,
+        entropy=entropy, entropy_kernel=entropy_kernel, notes=tuple(notes),
     )

@@ -44,6 +44,10 @@ Choices of this harness: after a forward without autograd the root is resharded 
 never comes for a frozen model). Generation runs the harness's prefill + decode loop through the sharded actor
 (``steps.common.rollout``): each decode step unshards every layer in turn, as HF ``generate`` does under FSDP2
 without an inference engine. Not traced: LoRA, tensor parallelism, hybrid sharding, split placement.
+
+``fsdp_version=1`` wraps the sharded roles with FSDP1 instead (``FullyShardedDataParallel``, one padded
+``FlatParameter`` per decoder layer and the root, as verl's ``strategy: fsdp``; ``memplan.harness.sharded_fsdp1``):
+stage 3 is ``FULL_SHARD``, 2 ``SHARD_GRAD_OP``; CPU offload is not traced there.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ from memplan.harness.fake import CountingProbe, quiet, report, unpacked_sequence
 from memplan.harness.models import Models, build_model, materialize_fake
 from memplan.harness.records import TraceReport
 from memplan.harness.setup import Setup, resolve
+from memplan.harness.sharded_fsdp1 import fsdp1_hooks, shard_fsdp1
 from memplan.harness.steps import run_steps
 from memplan.report import EstimateRequest
 
@@ -90,6 +95,8 @@ class RoleLayout:
     """The dtype the model is built in: fp32 for trained roles with master weights (FSDP2 keeps the masters)."""
     mixed_precision: bool
     """``MixedPrecisionPolicy(param_dtype=<run dtype>, reduce_dtype=fp32)``."""
+    fsdp_version: int = 2
+    """2: ``fully_shard`` (FSDP2); 1: ``FullyShardedDataParallel`` (FSDP1, ``sharded_fsdp1``)."""
 
 
 def world_size_of(request: EstimateRequest, world_size: int | None) -> int:
@@ -121,6 +128,11 @@ def layouts(request: EstimateRequest, setup: Setup) -> dict[str, RoleLayout]:
     if request.placement != "colocated":
         raise InputError("placement", "sharded traces put every role on every rank: use 'colocated'",
                          request.placement)
+    version = request.fsdp_version
+    if version == 1 and (request.offload != "none" or request.offload_ref or request.offload_reward):
+        field = "offload" if request.offload != "none" else "offload_ref" if request.offload_ref else "offload_reward"
+        raise InputError(field, "FSDP1 traces run without CPU offload (CPUOffload pins host memory, which needs "
+                         "CUDA): use none/false, or fsdp_version 2", getattr(request, field))
     run_dtype = TORCH_DTYPES[setup.dtype]
     stage_fields = {"actor": "actor_zero_stage", "critic": "critic_zero_stage", "reference": "ref_zero_stage",
                     "reward": "reward_zero_stage"}
@@ -141,14 +153,14 @@ def layouts(request: EstimateRequest, setup: Setup) -> dict[str, RoleLayout]:
             master = setup.master_weights and setup.dtype != "fp32"
             out[role] = RoleLayout(trains=True, sharded=True, reshard_after_forward=stage == 3,
                                    offload=request.offload != "none", dtype=torch.float32 if master else run_dtype,
-                                   mixed_precision=master)
+                                   mixed_precision=master, fsdp_version=version)
         else:
             offload = request.offload_ref if role == "reference" else request.offload_reward
             if offload and stage != 3:
                 raise InputError("offload_ref" if role == "reference" else "offload_reward",
                                  f"CPU offload of a frozen model shards it (fully_shard): set {name} 3", True)
             out[role] = RoleLayout(trains=False, sharded=stage == 3, reshard_after_forward=True, offload=offload,
-                                   dtype=run_dtype, mixed_precision=False)
+                                   dtype=run_dtype, mixed_precision=False, fsdp_version=version)
     return out
 
 
@@ -375,10 +387,18 @@ def build_sharded_models(setup: Setup, layout: dict[str, RoleLayout], mesh: obje
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if fake_mode is not None:
             materialize_fake(model, fake_mode)
+            if lay.sharded and lay.fsdp_version == 1:
+                with fake_mode:
+                    model = shard_fsdp1(model, type(decoder_layers(model)[0]), run_dtype=run_dtype,
+                                        reshard_after_forward=lay.reshard_after_forward)
+                return model.eval()
             if lay.sharded:
                 with fake_mode:
                     shard(model, lay, mesh, run_dtype)
             return model.eval()
+        if lay.sharded and lay.fsdp_version == 1:
+            raise InputError("fsdp_version", "measured sharded runs use FSDP2 (fully_shard on meta, to_empty); "
+                             "FSDP1 is traced only: use 2", 1)
         if lay.sharded:
             shard(model, lay, mesh, run_dtype, pin_memory=True)
         model.to_empty(device=device)
@@ -455,7 +475,9 @@ def run_counted_sharded(setup: Setup, layout: dict[str, RoleLayout], world_size:
         if offloaded:  # run_steps makes the trainers: wrap their steps as they are made
             Trainer.__init__ = trainer_init
         try:
-            with fake_mode, counter, fsdp_hooks(counter):
+            fsdp1 = any(lay.sharded and lay.fsdp_version == 1 for lay in layout.values())
+            fsdp1_labels = fsdp1_hooks(counter, _Named) if fsdp1 else contextlib.nullcontext()
+            with fake_mode, counter, fsdp_hooks(counter), fsdp1_labels:
                 run_steps(plain, models, probe, device="cpu", steps=steps, decode_steps=decode_steps)
         finally:
             Trainer.__init__ = init
@@ -466,6 +488,9 @@ def describe(layout: RoleLayout) -> str:
     """How a role was run, in words (for the report's notes)."""
     if not layout.sharded:
         text = "whole on every rank"
+    elif layout.fsdp_version == 1:
+        text = "FSDP1 " + ("FULL_SHARD (ZeRO-3-like)" if layout.reshard_after_forward else
+                           "SHARD_GRAD_OP (ZeRO-2-like)")
     elif layout.trains and not layout.reshard_after_forward:
         text = "fully_shard(reshard_after_forward=False) (ZeRO-2-like)"
     else:
@@ -493,7 +518,8 @@ def trace_sharded(request: EstimateRequest | None = None, world_size: int | None
     base = report(request, setup, counter, time.perf_counter() - start)
     notes = [note for note in base.notes if not note.startswith(_SETUP_NOTES_DONE_HERE)]
     stages = ", ".join(f"{role} {describe(lay)}" for role, lay in layout.items())
-    notes.insert(0, f"rank 0 of {n} traced with FSDP2 over a fake process group: {stages}")
+    version = "FSDP1" if request.fsdp_version == 1 else "FSDP2"
+    notes.insert(0, f"rank 0 of {n} traced with {version} over a fake process group: {stages}")
     if world_size is not None and n != world_size_of(request, None):
         notes.insert(1, f"world size {n} given; the request's gpus ({request.gpus}) were not used for it")
     return base.model_copy(update={"world_size": n, "notes": notes})

@@ -95,6 +95,15 @@ def pcie_seconds(nbytes: float, perf: GPUPerf) -> float:
     return nbytes / (perf.pcie_bytes_per_s * PCIE_EFFICIENCY)
 
 
+def offload_transfer_seconds(params: float, e: int, perf: GPUPerf) -> float:
+    """The PCIe traffic of one offloaded optimizer step for a rank's ``params``: its gradients go down as fp32
+    (4 bytes: DeepSpeed's ZeRO-1/2 ``stage_1_and_2.py::async_inplace_copy_grad_to_fp32_buffer_from_gpu`` and
+    ZeRO-3's ``stage3.py`` cast ``param.grad`` with ``.float()`` on the GPU before the copy, unless
+    ``fp16_master_weights_and_gradients``), the updated weights come back in the e-byte training dtype. Both
+    directions of the link run at once only across different steps, so they are added."""
+    return pcie_seconds(params * (4 + e), perf)
+
+
 def gpu_optimizer_seconds(params: float, perf: GPUPerf, optimizer: str = "adamw") -> float:
     """A fused optimizer step on the GPU: memory-bound, its bytes per parameter at ``GPU_STREAM_EFFICIENCY``."""
     return params * OPTIMIZER_BYTES_PER_PARAM[optimizer] / (perf.hbm_bytes_per_s * GPU_STREAM_EFFICIENCY)

@@ -154,8 +154,8 @@ def scoring(run: Run, perf: GPUPerf, dtype: str) -> Iterator[Block]:
     b = run.rollout_seqs
     for role in run.roles:
         if role.role == "actor":
-            if run.algo == "remax":  # ReMax's experience forward is its training forward (remax_trainer.py)
-                continue
+            # ReMax too: remax_trainer.py ``generate_experience`` runs ``self.actor_model(seq, ...)`` under no_grad
+            # for the log-probs, entropy and KL of the sampled sequences (liziniu/ReMax @536ba49)
             yield _forward_calls(run, perf, dtype, role, b, run.score_seqs, seq, "actor old log-probs")
         elif role.role == "critic":
             yield _forward_calls(run, perf, dtype, role, b, run.score_seqs, seq, "critic values")
@@ -165,6 +165,20 @@ def scoring(run: Run, perf: GPUPerf, dtype: str) -> Iterator[Block]:
             seqs = 2 * b if run.greedy_pass else b  # ReMax scores the greedy baseline too
             yield _forward_calls(run, perf, dtype, role, seqs, run.score_seqs, seq,
                                  "reward (sampled + greedy)" if run.greedy_pass else "reward")
+
+
+def optimizer_steps(run: Run, micro_batches: int) -> int:
+    """Optimizer steps per generation batch. DeepSpeed-Chat's PPO (the hybrid engine's algorithm) steps the actor
+    and the critic after every training micro batch: its step-3 ``main.py`` calls ``trainer.train_rlhf(exp_data)``
+    per micro batch of ``per_device_training_batch_size``, and ``DeepSpeedPPOTrainer.train_rlhf``
+    (dschat/rlhf/ppo_trainer.py) runs ``actor_model.step()`` and ``critic_model.step()`` each time. ReMax's fork
+    accumulates instead (liziniu/ReMax step3 ``main.py``: ``backward(actor_loss / len(exp_dataset))`` per micro
+    batch, one ``actor_model.step()`` per generation batch), as do the other frameworks: one step. DeepSpeed's
+    ``engine.step()`` updates only at its ``gradient_accumulation_steps`` boundary: taken as 1 (the ReMax
+    scripts' value; DeepSpeed-Chat's single-GPU OPT scripts set 2 and 16, where this overcounts the steps)."""
+    if run.algo == "ppo" and run.rollout_engine == "hybrid-engine":
+        return micro_batches
+    return 1
 
 
 def update(run: Run, perf: GPUPerf, dtype: str, role: RoleSetup) -> Iterator[Block]:
@@ -200,18 +214,21 @@ def update(run: Run, perf: GPUPerf, dtype: str, role: RoleSetup) -> Iterator[Blo
     # optimizer step: the rank's partition (ZeRO ≥ 1 shards the states over dp)
     shard = sh.dp if sh.zero_stage >= 1 else 1
     params = role.trainable_params / sh.tp / shard
+    steps = optimizer_steps(run, n)
+    times = f" × {steps} (one per micro batch)" if steps > 1 else ""
     if sh.offload_optimizer:
         ranks_on_node = min(run.gpus_per_node, _gpus_of(run, role.role))
-        down_up = f.pcie_seconds(2 * params * run.e, perf)  # 16-bit gradients down, 16-bit weights up
+        down_up = f.offload_transfer_seconds(params, run.e, perf)
         cpu = f.cpu_optimizer_seconds(params * ranks_on_node, perf, sh.optimizer)
-        yield Block(phase, role.role, "gradients to the CPU, weights back (offload)", down_up, "pcie")
-        yield Block(phase, role.role, f"CPU optimizer step ({ranks_on_node} rank(s) of a node share its DRAM)",
-                    cpu, "host")
+        yield Block(phase, role.role, f"fp32 gradients to the CPU, 16-bit weights back (offload){times}",
+                    steps * down_up, "pcie")
+        yield Block(phase, role.role, f"CPU optimizer step ({ranks_on_node} rank(s) of a node share its DRAM)"
+                    f"{times}", steps * cpu, "host")
     else:
-        yield Block(phase, role.role, "optimizer step on the GPU", f.gpu_optimizer_seconds(params, perf,
-                                                                                          sh.optimizer), "hbm")
+        yield Block(phase, role.role, f"optimizer step on the GPU{times}",
+                    steps * f.gpu_optimizer_seconds(params, perf, sh.optimizer), "hbm")
     if sh.zero_stage in (1, 2) and sh.dp > 1:  # ZeRO-1/2 all-gather the updated 16-bit weights
-        yield Block(phase, role.role, "all-gather the updated weights", f.bus_seconds(
+        yield Block(phase, role.role, f"all-gather the updated weights{times}", steps * f.bus_seconds(
             f.shard_collective_bytes(grad_bytes, sh.dp), perf, multi_node), "network" if multi_node else "nvlink")
     if sh.idle_params or sh.idle_optimizer:  # verl's param/optimizer offload: shards to the GPU and back
         moved = (4 * role.trainable_params / sh.tp / sh.dp if sh.idle_params else 0) + (

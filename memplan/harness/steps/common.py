@@ -19,6 +19,11 @@ Every block does what the frameworks do on a GPU (TRL, OpenRLHF, verl, DeepSpeed
   the masters are copied back into the 16-bit weights (DeepSpeed's bf16/fp16 optimizers, FSDP
   MixedPrecision); without, torch's optimizer steps the weights directly.
 
+Packed micro batches (``Setup.packed_lengths``, ``score_packed_lengths``): ``score`` and
+``train_micro_batches`` set ``packing.PACK`` for each micro batch, and the log-prob, value and reward forwards
+run the k rows as one [1, T] row (``packed.py``, verl's remove-padding path). The actor's entropy
+(``Setup.entropy``, ``entropy.py``) is taken beside its log-probs where verl takes it (``actor_logprobs``).
+
 Micro-batches: scoring and training run ``min(n, 2)`` of their ``n`` micro-batches for real (the second one
 sees everything the later ones see: gradients of the earlier ones resident); the outputs of the others are
 empty placeholders of the right shape.
@@ -36,7 +41,9 @@ the actor's ``buffer``; the optimizer's transients are ``temp``.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -46,7 +53,10 @@ from transformers import DynamicCache
 
 from memplan.estimator.formulas import CHUNK_TOKENS, CHUNK_VOCAB
 from memplan.harness.models import Models
+from memplan.harness.packing import PACK
 from memplan.harness.setup import Setup
+from memplan.harness.steps.entropy import COEF as ENTROPY_COEF
+from memplan.harness.steps.entropy import entropy
 from memplan.harness.steps.optim import Trainer
 from memplan.harness.steps.probe import Probe
 
@@ -92,9 +102,27 @@ def label_logits(model: nn.Module, role: str, probe: Probe) -> None:
 
 def label_backward(tensor: torch.Tensor, probe: Probe, role: str, category: str) -> None:
     """Label what backward allocates in the node that made ``tensor`` (its ``grad_fn``) as ``category``."""
-    node = tensor.grad_fn
-    if node is None:
-        return
+    if tensor.grad_fn is not None:
+        _label_node(tensor.grad_fn, probe, role, category)
+
+
+def label_chain(tensor: torch.Tensor, stop: torch.Tensor, probe: Probe, role: str, category: str) -> None:
+    """``label_backward`` on every node of ``tensor``'s graph down to ``stop``'s (an entropy's softmax, products
+    and sums: what their backward allocates is ``category``)."""
+    seen, end = set(), stop.grad_fn
+    nodes = [tensor.grad_fn]
+    while nodes:
+        node = nodes.pop()
+        if node is None or node is end or id(node) in seen or not hasattr(node, "register_prehook"):
+            continue
+        seen.add(id(node))
+        if type(node).__name__ != "AccumulateGrad":
+            _label_node(node, probe, role, category)
+        nodes.extend(fn for fn, _ in node.next_functions)
+
+
+def _label_node(node, probe: Probe, role: str, category: str) -> None:  # noqa: ANN001
+    """Allocations between the autograd ``node``'s pre-hook and hook are ``(role, category)``."""
     stack: list = []
 
     def pre(_grad_outputs):  # noqa: ANN001, ANN202
@@ -354,10 +382,11 @@ def _chunked(model: nn.Module, seq: torch.Tensor, n: int, probe: Probe, role: st
         return out.new_zeros(mask.shape).masked_scatter(mask, out)
 
 
-def _fused(logits: torch.Tensor, labels: torch.Tensor, probe: Probe, role: str) -> torch.Tensor:
-    """``_FusedLogprob`` over [..., V] logits (contiguous: no copy), labelled as logits forward and backward."""
+def _fused(logits: torch.Tensor, labels: torch.Tensor, probe: Probe, role: str, inplace: bool = True) -> torch.Tensor:
+    """``_FusedLogprob`` over [..., V] logits (contiguous: no copy), labelled as logits forward and backward;
+    ``inplace``: its backward writes into the logits (verl, unless the entropy needs them: ``packed.py``)."""
     with probe.section(category="logits"):
-        out = _FusedLogprob.apply(logits.view(-1, logits.shape[-1]), labels.reshape(-1))
+        out = _FusedLogprob.apply(logits.view(-1, logits.shape[-1]), labels.reshape(-1), inplace)
         if out.requires_grad:
             label_backward(out, probe, role, "logits")
         return out.view(labels.shape)
@@ -420,7 +449,35 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, probe: Probe, rol
 def sequence_logprobs(model: nn.Module, seq: torch.Tensor, n: int, probe: Probe, role: str) -> torch.Tensor:
     """Log-probs of the last ``n`` tokens of ``seq`` under ``model`` ([b, n], fp32). Fused: over the n + 1 kept
     positions with the labels shifted (as verl rolls them), the last one masked: no slice of the logits, whose
-    backward would allocate their full size again."""
+    backward would allocate their full size again. Packed rows (``PACK`` set): ``packed.packed_logprobs``."""
+    return logprobs_and_entropy(model, seq, n, probe, role)[0]
+
+
+def logprobs_and_entropy(model: nn.Module, seq: torch.Tensor, n: int, probe: Probe, role: str,
+                         entropy_kernel: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``sequence_logprobs`` and, with ``entropy_kernel``, the entropy of the same logits rows ([b, n]; verl's
+    padded branch: over the answer's logits, ``dp_actor.py::_forward_micro_batch``)."""
+    if PACK.get() is not None:
+        from memplan.harness.steps.packed import packed_logprobs
+
+        return packed_logprobs(model, seq, n, probe, role, entropy_kernel)
+    if entropy_kernel is None:
+        return _padded_logprobs(model, seq, n, probe, role), None
+    logits = model(input_ids=seq, use_cache=False, logits_to_keep=n + 1).logits
+    if logits.requires_grad:
+        label_backward(logits, probe, role, "logits")
+    if KERNEL.get() == "fused":  # verl: inplace_backward=False when the entropy reads the logits too
+        logp = _fused(logits, F.pad(seq[:, -n:], (0, 1), value=-1), probe, role, inplace=False)[:, :-1]
+    else:
+        logp = token_logprobs(logits[:, :-1], seq[:, -n:], probe, role)
+    with probe.section(category="logits"):
+        ent = entropy(logits[:, :-1], entropy_kernel, packed=False)
+        if ent.requires_grad:
+            label_chain(ent, logits, probe, role, "logits")
+    return logp, ent.float()
+
+
+def _padded_logprobs(model: nn.Module, seq: torch.Tensor, n: int, probe: Probe, role: str) -> torch.Tensor:
     if KERNEL.get() == "chunked":  # the answer's positions: those whose next token is one of the last n
         return _chunked(model, seq, n, probe, role)[:, -n:]
     if KERNEL.get() == "fp32-fused":
@@ -447,6 +504,10 @@ def score_head(model: nn.Module) -> nn.Module:
 
 def token_values(model: nn.Module, seq: torch.Tensor, n: int) -> torch.Tensor:
     """Per-token values of the states before each of the last ``n`` tokens ([b, n], fp32): critic."""
+    if PACK.get() is not None:
+        from memplan.harness.steps.packed import packed_values
+
+        return packed_values(model, seq, n)
     captured: list[torch.Tensor] = []
     handle = score_head(model).register_forward_hook(lambda _m, _i, out: captured.append(out))
     try:
@@ -458,6 +519,10 @@ def token_values(model: nn.Module, seq: torch.Tensor, n: int) -> torch.Tensor:
 
 def rewards(model: nn.Module, seq: torch.Tensor) -> torch.Tensor:
     """Scalar reward per sequence (last token's score), fp32."""
+    if PACK.get() is not None:
+        from memplan.harness.steps.packed import packed_rewards
+
+        return packed_rewards(model, seq)
     return model(input_ids=seq, use_cache=False).logits[:, 0].float()
 
 
@@ -470,7 +535,8 @@ def score(ctx: Ctx, fn, seq: torch.Tensor, role: str, shape_tail: tuple[int, ...
     with ctx.probe.section(role, "activation"):
         for start, end, run in micro_batches(seq.shape[0], size or ctx.setup.score_micro_batch_size):
             if run:
-                outs.append(fn(seq[start:end]))
+                with packed(ctx.setup.score_packed_lengths, end - start):
+                    outs.append(fn(seq[start:end]))
             else:
                 outs.append(torch.empty((end - start, *shape_tail), device=seq.device))
     with ctx.probe.section("actor", "buffer"):
@@ -490,6 +556,30 @@ def reference_logprobs(ctx: Ctx, seq: torch.Tensor, n: int, size: int | None = N
     return None
 
 
+@contextlib.contextmanager
+def packed(lengths: tuple[int, ...], rows: int) -> Iterator[None]:
+    """Run a micro batch of ``rows`` rows packed with the first ``rows`` of ``lengths`` (none: padded)."""
+    token = PACK.set(lengths[:rows] if lengths else None)
+    try:
+        yield
+    finally:
+        PACK.reset(token)
+
+
+def actor_logprobs(ctx: Ctx, seq: torch.Tensor, n: int, phase: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The actor's log-probs of the last ``n`` tokens, with its entropy where ``Setup.entropy`` names ``phase``
+    ('scoring': verl's old-log-prob forward, for its metrics; 'update': the loss's entropy bonus)."""
+    s = ctx.setup
+    kernel = s.entropy_kernel if phase in s.entropy.split("+") else None
+    return logprobs_and_entropy(ctx.models.actor, seq, n, ctx.probe, "actor", kernel)
+
+
+def old_logprobs(ctx: Ctx, seq: torch.Tensor, n: int) -> torch.Tensor:
+    """Scoring: the actor's old log-probs of the last ``n`` tokens ([N, n], the experience buffer); the entropy,
+    when taken, is dropped with the micro batch (verl keeps [N, n] fp32 of it for its metric)."""
+    return score(ctx, lambda x: actor_logprobs(ctx, x, n, "scoring")[0], seq, "actor", (n,))
+
+
 def train_micro_batches(ctx: Ctx, role: str, n_rows: int, loss_fn, size: int | None = None) -> None:  # noqa: ANN001
     """Forward + ``loss_fn(start, end)`` + backward per micro-batch of ``size`` rows; gradients accumulate."""
     trainer, probe = ctx.trainers[role], ctx.probe
@@ -497,7 +587,7 @@ def train_micro_batches(ctx: Ctx, role: str, n_rows: int, loss_fn, size: int | N
     for start, end, run in micro_batches(n_rows, size or ctx.setup.micro_batch_size):
         if not run:
             continue
-        with probe.section(role, "activation"):
+        with probe.section(role, "activation"), packed(ctx.setup.packed_lengths, end - start):
             loss = loss_fn(start, end)
             loss.backward()
         del loss
@@ -517,14 +607,16 @@ def clipped_policy_update(ctx: Ctx, n: int, seq: torch.Tensor, old: torch.Tensor
                           ref: torch.Tensor | None, clip: float, kl_coef: float) -> None:
     """PPO's and GRPO's actor update: the clipped surrogate −min(ρA, clip(ρ)A) per token, plus kl_coef · k3 KL
     to the reference when there is one; backward per micro-batch, optimizer step."""
-    m, probe, g = ctx.models, ctx.probe, ctx.setup.gen_len
+    probe, g = ctx.probe, ctx.setup.gen_len
     with probe.phase("actor_update", n):
         def loss(a: int, b: int) -> torch.Tensor:
-            logp = sequence_logprobs(m.actor, seq[a:b], g, probe, "actor")
+            logp, ent = actor_logprobs(ctx, seq[a:b], g, "update")
             ratio = (logp - old[a:b]).exp()
             per_token = -torch.min(ratio * adv[a:b], ratio.clamp(1 - clip, 1 + clip) * adv[a:b])
             if ref is not None:
                 per_token = per_token + kl_coef * kl_k3(logp, ref[a:b])
+            if ent is not None:  # verl: pg_loss − entropy_coeff · entropy
+                per_token = per_token - ENTROPY_COEF * ent
             return per_token.mean()
 
         train_micro_batches(ctx, "actor", seq.shape[0], loss)
@@ -534,11 +626,12 @@ def clipped_policy_update(ctx: Ctx, n: int, seq: torch.Tensor, old: torch.Tensor
 def reinforce_update(ctx: Ctx, n: int, seq: torch.Tensor, adv: torch.Tensor) -> None:
     """ReMax's and RLOO's actor update: REINFORCE, −A · Σ log π over the answer; backward per micro-batch,
     optimizer step."""
-    m, probe, g = ctx.models, ctx.probe, ctx.setup.gen_len
+    probe, g = ctx.probe, ctx.setup.gen_len
     with probe.phase("actor_update", n):
         def loss(a: int, b: int) -> torch.Tensor:
-            logp = sequence_logprobs(m.actor, seq[a:b], g, probe, "actor")
-            return -(adv[a:b] * logp).sum(-1).mean()
+            logp, ent = actor_logprobs(ctx, seq[a:b], g, "update")
+            loss = -(adv[a:b] * logp).sum(-1).mean()
+            return loss - ENTROPY_COEF * ent.mean() if ent is not None else loss
 
         train_micro_batches(ctx, "actor", seq.shape[0], loss)
         ctx.trainers["actor"].step()

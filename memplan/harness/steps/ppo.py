@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from memplan.harness.steps.common import (
-    Ctx, clipped_policy_update, make_prompts, reference_logprobs, rewards, rollout, score, sequence_logprobs,
+    Ctx, clipped_policy_update, make_prompts, reference_logprobs, rewards, old_logprobs, rollout, score,
     token_values, train_micro_batches,
 )
 
@@ -32,7 +32,7 @@ def step(ctx: Ctx, n: int) -> None:
             mask = torch.ones_like(seq)  # the attention mask the frameworks keep beside the ids  # noqa: F841
 
     with probe.phase("scoring", n):
-        old = score(ctx, lambda x: sequence_logprobs(m.actor, x, g, probe, "actor"), seq, "actor", (g,))
+        old = old_logprobs(ctx, seq, g)
         ref = reference_logprobs(ctx, seq, g)
         reward = score(ctx, lambda x: rewards(m.reward, x), seq, "reward", ())
         values = score(ctx, lambda x: token_values(m.critic, x, g), seq, "critic", (g,))

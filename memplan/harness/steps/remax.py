@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from memplan.harness.steps.common import (
-    Ctx, make_prompts, reference_logprobs, reinforce_update, rewards, rollout, score, sequence_logprobs,
+    Ctx, make_prompts, reference_logprobs, reinforce_update, rewards, old_logprobs, rollout, score,
 )
 
 KL_COEF = 0.1
@@ -31,7 +31,7 @@ def step(ctx: Ctx, n: int) -> None:
             masks = (torch.ones_like(seq), torch.ones_like(greedy))  # noqa: F841
 
     with probe.phase("scoring", n):
-        old = score(ctx, lambda x: sequence_logprobs(m.actor, x, g, probe, "actor"), seq, "actor", (g,))
+        old = old_logprobs(ctx, seq, g)
         ref = reference_logprobs(ctx, seq, g)
         r = score(ctx, lambda x: rewards(m.reward, x), seq, "reward", ())
         baseline = score(ctx, lambda x: rewards(m.reward, x), greedy, "reward", ())

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from memplan.harness.steps.common import (
-    Ctx, make_prompts, reference_logprobs, reinforce_update, rewards, rollout, score, sequence_logprobs,
+    Ctx, make_prompts, reference_logprobs, reinforce_update, rewards, old_logprobs, rollout, score,
 )
 
 BETA = 0.05
@@ -27,7 +27,7 @@ def step(ctx: Ctx, n: int) -> None:
             mask = torch.ones_like(seq)  # the attention mask the frameworks keep beside the ids  # noqa: F841
 
     with probe.phase("scoring", n):
-        old = score(ctx, lambda x: sequence_logprobs(m.actor, x, g, probe, "actor"), seq, "actor", (g,))
+        old = old_logprobs(ctx, seq, g)
         ref = reference_logprobs(ctx, seq, g)
         if m.reward is not None:
             r = score(ctx, lambda x: rewards(m.reward, x), seq, "reward", ())
