@@ -40,9 +40,9 @@ def test_saved_bytes_per_local_token_by_hand():
 
 def test_forward_transient_by_hand():
     llama2 = get_model("meta-llama/Llama-2-7b-hf")
-    # e·d·(6a + 2k + 2k') + 2·e·h + 4·h = 2·128·(192 + 64 + 64) + 16,384 + 16,384 = 114,688 B per local token,
-    # above the MLP's 3·e·f + 2·e·h + 4·h = 98,816
-    assert ulysses_forward_transient_per_token(llama2, 2, 2) == 114_688
+    # e·d·(5a + 2k + 2k') + 2·e·h + 4·h = 2·128·(160 + 64 + 64) + 16,384 + 16,384 = 106,496 B per local token,
+    # above the MLP's 3·e·f + 2·e·h + 4·h = 98,816 (the 5a: traced in tests/test_trace_ulysses.py)
+    assert ulysses_forward_transient_per_token(llama2, 2, 2) == 106_496
     assert layer_forward_transient_per_token(llama2, 2) == 98_816
 
 
@@ -56,8 +56,8 @@ def test_each_gpu_holds_its_share_of_the_tokens():
     actor = run.roles[0]
     st = model_states(actor, run.e, 0)
     layers = forward(run, actor, st, "actor old log-probs", run.score_seqs)[0]
-    # 4 seqs × 1024 tokens packed, over 2 GPUs: 2048 local tokens, each at the all-to-all's 114,688 B
-    assert [i[2] for i in layers.items if i[1] == "activation"] == [2048 * 114_688]
+    # 4 seqs × 1024 tokens packed, over 2 GPUs: 2048 local tokens, each at the all-to-all's 106,496 B
+    assert [i[2] for i in layers.items if i[1] == "activation"] == [2048 * 106_496]
     one = resolve(EstimateRequest(**BASE))
     setup, setup1 = _train_setup(run, actor, st), _train_setup(one, one.roles[0], st)
     assert (setup.tokens, setup1.tokens) == (2048, 4096)

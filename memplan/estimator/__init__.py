@@ -77,8 +77,9 @@ Known limitations:
 * Packed micro batches (``packing``, ``max_tokens_per_gpu``; ``tokens``) count the prompt at prompt_len and the
   answers at gen_len_mean; a token cap is taken as the micro batch's size where verl balances ceil(total / cap)
   micro batches, whose largest can exceed the cap by less than one sequence. Ulysses (``sequence_parallel``) is
-  read from verl's ``ulysses.py`` and ``monkey_patch.py``, not traced: its all-to-all buffers in backward and
-  the position ids' all-gather are not counted. The entropy (``entropy``, ``formulas.entropy_bytes``) is read
+  read from verl's ``ulysses.py`` and ``monkey_patch.py`` and traced (``memplan.harness.ulysses``; within 0.9 % on
+  tiny-llama and Qwen2.5-0.5B GRPO, docs/tracer-packing.md): its all-to-all buffers in backward (3·e·a·d per local
+  token at one layer's backward) and the position ids' all-gather are not counted. The entropy (``entropy``, ``formulas.entropy_bytes``) is read
   from verl's, TRL's and OpenRLHF's sources and torch's backward formulas, and traced (eager, fp32-chunked, TRL's
   chunks); what torch.compile saves for the compiled one is taken as its input only (not traced). OpenRLHF's ring attention is not modeled (its reader says so).
 * The error band beside every estimate (``band``: the verdict TIGHT) comes from one public corpus — AgileRL's

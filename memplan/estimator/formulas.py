@@ -549,16 +549,18 @@ def ulysses_saved_bytes_per_token(spec: ModelSpec, e: int, sp: int, *, weights_t
 
 def ulysses_forward_transient_per_token(spec: ModelSpec, e: int, sp: int) -> float:
     """Peak bytes per local token inside one layer's no-grad forward at Ulysses' second all-to-all: the local q,
-    k, v (e·d·(a + 2k)), the gathered ones (e·d·(a + 2k')), flash attention's output, the all-to-all's contiguous
-    send chunks, its receive buffers and their ``torch.cat`` (4·e·a·d: ``ulysses.py::all_to_all_tensor``), beside
-    the residual stream and the norm's output and fp32 upcast (2·e·h + 4·h, as ``layer_forward_transient_per_token``):
-    e·d·(6a + 2k + 2k') + 2·e·h + 4·h. The forward's peak is the larger of this and the MLP's.
+    k, v (e·d·(a + 2k)), the gathered ones (e·d·(a + 2k')), flash attention's output, the all-to-all's receive
+    buffers and their ``torch.cat`` (3·e·a·d: ``ulysses.py::all_to_all_tensor``; its send chunks split the tokens of
+    a contiguous [1, T, a/sp, d] output, so ``.contiguous()`` returns views, no copy), beside the residual stream
+    and the norm's output and fp32 upcast (2·e·h + 4·h, as ``layer_forward_transient_per_token``):
+    e·d·(5a + 2k + 2k') + 2·e·h + 4·h. The forward's peak is the larger of this and the MLP's. The attention part
+    is traced (``memplan.harness.ulysses``, tests/test_trace_ulysses.py): e·d·(5a + 2k + 2k') per local token.
 
-    Llama-2-7B (a = k = 32, d = 128, h = 4096), sp = 2, bf16: 2·128·320 + 4·4096 + 4·4096 = 114,688 B.
+    Llama-2-7B (a = k = 32, d = 128, h = 4096), sp = 2, bf16: 2·128·288 + 4·4096 + 4·4096 = 106,496 B.
     """
     d, a, k, h = spec.head_dim, spec.num_heads, spec.num_kv_heads, spec.hidden_size
     repeated = k * max(sp // k, 1)
-    return e * d * (6 * a + 2 * k + 2 * repeated) + 2 * e * h + 4 * h
+    return e * d * (5 * a + 2 * k + 2 * repeated) + 2 * e * h + 4 * h
 
 
 ENTROPY_CHUNK_ROWS = {"chunked": 128, "fp32-chunked": 2048}

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from memplan.harness import ulysses
 from memplan.harness.setup import VARLEN
 
 
@@ -115,8 +116,11 @@ def varlen_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     assert query.shape[0] == 1, "a packed micro batch is one row"
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    if (sp := ulysses.degree(module)) > 1:  # this rank's tokens, all-to-all'd around the kernel (harness.ulysses)
+        return ulysses.attention(query, key, value, kwargs.get("position_ids"), cu_seqlens, scale, sp,
+                                 _VarlenAttention.apply), None
     q, k, v = (t.transpose(1, 2).contiguous().view(-1, t.shape[1], t.shape[3]) for t in (query, key, value))
-    scale = scaling if scaling is not None else q.shape[-1] ** -0.5
     out = _VarlenAttention.apply(q, k, v, cu_seqlens, scale)
     return out.unsqueeze(0), None
 
@@ -154,6 +158,8 @@ def packed_forward(model: nn.Module, seq: torch.Tensor,
     packed ``ids`` [1, T])."""
     indices, ids, position_ids, cu = unpad(seq, lengths)
     longest = max(lengths)
+    if (sp := ulysses.degree(model)) > 1:  # Ulysses: this rank's slice of the row (harness.ulysses.slice_row)
+        ids, position_ids, cu = ulysses.slice_row(ids, position_ids, cu, sp)
     out = model(input_ids=ids, position_ids=position_ids, use_cache=False, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
                 max_length_q=longest, max_length_k=longest)
     return out, indices, ids
@@ -161,6 +167,8 @@ def packed_forward(model: nn.Module, seq: torch.Tensor,
 
 def pad_back(values: torch.Tensor, indices: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """verl's ``pad_input``: per-token ``values`` [T] scattered back into zeros of ``shape`` [k, s]."""
+    if values.shape[0] != indices.shape[0]:  # Ulysses: this rank's slice, gathered first
+        values = ulysses.gather_outputs(values, indices.shape[0])
     full = values.new_zeros(shape[0] * shape[1]).index_put((indices,), values)
     return full.view(shape)
 

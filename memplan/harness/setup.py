@@ -145,13 +145,15 @@ def _pack(req: EstimateRequest, pool: int, notes: list[str]) -> tuple[tuple[int,
     mean_len, longest = req.prompt_len + mean, req.prompt_len + req.gen_len
     notes.append("packed micro batches: [1, tokens] rows through a varlen attention stand-in with flash-attn's "
                  "allocations (memplan.harness.packing)")
-    if req.sequence_parallel > 1:
-        notes.append(f"sequence parallelism (sequence_parallel={req.sequence_parallel}) is not applied: each "
-                     "packed micro batch traced whole on one GPU")
+    sp = req.sequence_parallel
+    if sp > 1:  # verl's cap is per GPU: max_token_len × sp over the group (memplan.harness.ulysses)
+        notes.append(f"Ulysses sequence parallelism: traced as rank 0 of {sp} sequence-parallel GPUs, each "
+                     "running 1/sp of every packed row (memplan.harness.ulysses)")
 
     def lengths(cap: int | None, seqs: int, what: str) -> tuple[int, ...]:
         if cap is None:
             return (mean_len,) * seqs
+        cap *= sp
         if longest > cap:
             return (longest,)
         k = min(cap // mean_len, pool)
@@ -180,6 +182,24 @@ def _entropy(req: EstimateRequest) -> tuple[str, str]:
         raise InputError("logprob_kernel", "the harness takes the entropy of the logits the 'log-softmax' or 'fused' "
                          "path holds", req.logprob_kernel)
     return req.entropy, req.entropy_kernel
+
+
+def _ulysses(req: EstimateRequest, packed: bool, *configs: dict | None) -> tuple[dict | None, ...]:
+    """The config dicts, with ``sequence_parallel`` > 1 marked in them for ``memplan.harness.ulysses`` (every
+    packed forward of every model runs Ulysses); checks it as verl's ``apply_monkey_patch`` asserts."""
+    sp = req.sequence_parallel
+    if sp == 1:
+        return configs
+    if not packed:
+        raise InputError("sequence_parallel", "verl's Ulysses slices the packed row (use_remove_padding): set "
+                         "packing, or use 1", sp)
+    for raw in (c for c in configs if c is not None):
+        heads = raw.get("num_attention_heads") or raw.get("n_head") or sp  # gpt2's name; else unchecked here
+        kv = raw.get("num_key_value_heads") or heads
+        if heads % sp or (kv % sp and sp % kv):
+            raise InputError("sequence_parallel", f"must divide the attention heads ({heads}) and divide or be a "
+                             f"multiple of the key/value heads ({kv})", sp)
+    return tuple(None if c is None else {**c, "memplan_sequence_parallel": sp} for c in configs)
 
 
 def resolve(req: EstimateRequest, *, pack: tuple[int, ...] | None = None) -> Setup:
@@ -248,15 +268,16 @@ def resolve(req: EstimateRequest, *, pack: tuple[int, ...] | None = None) -> Set
                 raise InputError("pack", f"at most {pool} sequences: the rows one step generates", pack)
             train_pack = score_pack = tuple(pack)
     entropy, entropy_kernel = _entropy(req)
+    configs = _ulysses(req, bool(train_pack), config_dict(req.model),
+                       config_dict(req.critic_model or req.model, "critic_model") if algo == "ppo" else None,
+                       (config_dict(req.reward_model or req.model, "reward_model")
+                        if reward_mode == "model" and generates else None))
     return Setup(
         algo=algo, dtype=req.dtype, engine=req.engine, master_weights=master, optimizer=req.optimizer, optimizer_impl=impl,
         offload_optimizer=req.offload != "none", gradient_checkpointing=req.gradient_checkpointing,
         attention="eager" if req.attention == "eager" else VARLEN if train_pack else "sdpa", lora_rank=req.lora_rank,
         lora_targets=req.lora_targets, ref_mode=ref_mode, reward_mode=reward_mode,
-        actor_config=config_dict(req.model),
-        critic_config=config_dict(req.critic_model or req.model, "critic_model") if algo == "ppo" else None,
-        reward_config=(config_dict(req.reward_model or req.model, "reward_model")
-                       if reward_mode == "model" and generates else None),
+        actor_config=configs[0], critic_config=configs[1], reward_config=configs[2],
         prompts=req.rollout_batch_size or req.micro_batch_size,
         group_size=(req.group_size or DEFAULT_GROUP.get(algo, 1)) if generates else 1,
         greedy_pass=algo == "remax", prompt_len=req.prompt_len, gen_len=req.gen_len,

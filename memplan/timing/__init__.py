@@ -7,9 +7,11 @@ are stated constants with their sources (``memplan.timing.hardware``), not fitte
 
 Known limitations:
 
-* Every response is taken at ``gen_len`` tokens: HF ``generate`` and the hybrid engine wait for the longest
-  sequence of the batch, and DeepSpeed-Chat pads to the maximum; vLLM's continuous batching also waits for the
-  longest. Shorter responses make the real step faster, a long tail makes every rank wait for the slowest.
+* Generation runs ``gen_len`` decode steps: HF ``generate`` and the hybrid engine keep every sequence to the longest
+  (DeepSpeed-Chat pads to the maximum); vLLM's continuous batching also waits for the longest, but its KV reads and
+  FLOPs follow ``gen_len_mean`` when given. Scoring and training take padded batches at ``prompt_len + gen_len``
+  and packed ones at ``prompt_len + gen_len_mean`` (``memplan.timing.workload``); a long tail makes every rank
+  wait for the slowest.
 * Data-parallel ranks wait for the slowest at every collective (different response lengths, a slower GPU or
   host): the estimate is one rank's time.
 * Not counted: NCCL latency of small messages (tensor-parallel decode all-reduces), Python between phases
@@ -30,6 +32,7 @@ from memplan.timing import phases
 from memplan.timing.formulas import kv_bytes_per_token
 from memplan.timing.hardware import get_perf
 from memplan.timing.result import PhaseTime, StepTime, TimeItem
+from memplan.timing.workload import Work, decode_lengths, mean_len, work
 
 __all__ = ["PhaseTime", "StepTime", "TimeItem", "step_time"]
 
@@ -56,13 +59,15 @@ def step_time(request: EstimateRequest | None = None, /, *, dataset_samples: int
     dtype = request.dtype
     blocks: list[phases.Block] = []
     generates = run.algo in GENERATES
+    step_work = work(run, request)  # the tokens each phase puts through its models (workload)
     if generates:
-        blocks += phases.rollout(run, perf, dtype)
-    blocks += phases.scoring(run, perf, dtype)
+        blocks += phases.rollout(run, perf, dtype, request)
+    blocks += phases.scoring(run, perf, dtype, request, step_work)
     for role in run.roles:
         if role.trainable:
-            blocks += phases.update(run, perf, dtype, role)
+            blocks += phases.update(run, perf, dtype, role, step_work)
     total = sum(b.seconds for b in blocks)
+    lengths = _phase_lengths(run, request, step_work)
     phase_times = []
     for name in _PHASES:
         mine = [b for b in blocks if b.phase == name]
@@ -71,17 +76,16 @@ def step_time(request: EstimateRequest | None = None, /, *, dataset_samples: int
         seconds = sum(b.seconds for b in mine)
         phase_times.append(PhaseTime(
             phase=name, seconds=seconds, share=seconds / total if total else 0.0,
-            items=tuple(TimeItem(role=b.role, what=b.what, seconds=b.seconds, bound=b.bound) for b in mine)))
+            items=tuple(TimeItem(role=b.role, what=b.what, seconds=b.seconds, bound=b.bound) for b in mine),
+            tokens=lengths.get(name)))
     actor = run.roles[0]
     replicas = (run.num_gpus // len(run.groups) if run.groups else run.num_gpus) // actor.sharding.tp
     if generates:
         group = max(1, run.rollout_seqs // max(1, request.rollout_batch_size or request.micro_batch_size))
         prompts = run.rollout_seqs // group * replicas
-        trained_seqs = run.rollout_seqs * replicas
-    else:
-        prompts = run.train_seqs // (2 if run.algo == "dpo" else 1) * replicas
-        trained_seqs = run.train_seqs * replicas
-    tokens = trained_seqs * run.train_seq_len
+    else:  # one micro batch per GPU; packed under Ulysses, its sequences are the sequence-parallel group's
+        prompts = step_work.trained.seqs // (2 if run.algo == "dpo" else 1) * replicas // run.sp
+    tokens = step_work.trained.tokens * replicas  # the tokens actually processed: padded, or packed at the mean length
     steps = wall = None
     if dataset_samples is not None:
         steps = ceil(dataset_samples * epochs / prompts)
@@ -96,12 +100,32 @@ def step_time(request: EstimateRequest | None = None, /, *, dataset_samples: int
     )
 
 
+def _phase_lengths(run: Run, request: EstimateRequest, step_work: Work) -> dict[str, str]:
+    """Which tokens each phase put through its models (``workload``), one line per phase."""
+    out = {}
+    if run.algo in GENERATES:
+        out["rollout"] = "generated on other GPUs" if run.rollout_engine == "remote" else (
+            f"prefill {run.prompt_len} tokens; decode " + decode_lengths(run, request)[1])
+    scored, trained = step_work
+    out["scoring"] = f"{scored.seqs} seqs per GPU in {scored.calls} call(s): {scored.basis}"
+    out["actor_update"] = out["critic_update"] = (f"{trained.tokens} tokens per GPU in {trained.calls} micro "
+                                                  f"batch(es): {trained.basis}")
+    return out
+
+
 def _notes(run: Run, request: EstimateRequest) -> tuple[str, ...]:
     notes = []
     if run.algo in GENERATES:
-        notes.append(f"every response is taken at gen_len ({run.gen_len} tokens): the batch waits for its longest "
-                     "sequence, and each data-parallel rank for the slowest rank — a long tail of response "
-                     "lengths, or one slow GPU, sets the real step")
+        mean, _ = decode_lengths(run, request)
+        if mean != run.gen_len:
+            notes.append(f"vLLM decodes gen_len ({run.gen_len}) steps, the longest answer, its reads and FLOPs at "
+                         f"gen_len_mean ({mean}): the batch waits for its longest sequence, and each data-parallel "
+                         "rank for the slowest rank — a long tail of response lengths, or one slow GPU, sets the "
+                         "real step")
+        else:
+            notes.append(f"every response is taken at gen_len ({run.gen_len} tokens): the batch waits for its "
+                         "longest sequence, and each data-parallel rank for the slowest rank — a long tail of "
+                         "response lengths, or one slow GPU, sets the real step")
         if run.rollout_engine == "remote":
             notes.append("rollout_engine 'remote': the generation itself runs on other GPUs and is not counted; "
                          "only the weight sync to them is")
@@ -116,6 +140,13 @@ def _notes(run: Run, request: EstimateRequest) -> tuple[str, ...]:
         if run.tp > 1 or (run.rollout_engine == "vllm" and run.vllm_tp > 1):
             notes.append("tensor-parallel decode: the two all-reduces per layer and token are latency-bound "
                          "(~10 µs each) and not counted")
+    if run.train_batch is not None:
+        notes.append(f"packed sequences counted at {mean_len(run, request)} tokens each: attention's quadratic term "
+                     "grows with the spread of the lengths (the mean of s² exceeds the square of the mean), and "
+                     "small micro batches run their matmuls below the efficiency assumed (not counted)")
+        if request.max_tokens_per_gpu is not None or request.score_max_tokens_per_gpu is not None:
+            notes.append("token cap: micro batches counted over the step's sequences, ceil(tokens / (cap × sp)); "
+                         "verl splits each PPO mini-batch on its own (up to one more per mini-batch)")
     if any(r.sharding.offload_optimizer or r.sharding.offload_params for r in run.roles):
         notes.append("CPU offload: GPUs that share a PCIe switch or a CPU socket share its bandwidth (DGX A100: two "
                      "GPUs per switch); the estimate gives each GPU its own link")

@@ -47,6 +47,26 @@ def forward_flops(spec: ModelSpec, lm_head: bool, seq_len: int, seqs: int) -> fl
     return float(seqs) * (2 * matmul_params(spec, lm_head) * seq_len + attn)
 
 
+def token_forward_flops(spec: ModelSpec, lm_head: bool, tokens: int, span: int) -> float:
+    """One forward over ``tokens`` tokens of sequences ``span`` tokens long: tokens·(2·P + 4·L·(a·d)·span) — the
+    same as ``forward_flops(spec, lm_head, span, tokens / span)``. Packed sequences (flash-attn's varlen kernel,
+    ``cu_seqlens``) attend within their own sequence: ``span`` is a sequence's length, not the packed row's."""
+    return float(tokens) * (2 * matmul_params(spec, lm_head) + 4 * spec.num_layers * spec.num_heads * spec.head_dim
+                            * span)
+
+
+def ulysses_all_to_all_bytes(spec: ModelSpec, tokens: int, sp: int, kv_heads: int, e: int) -> float:
+    """Bytes one GPU sends in one layer's Ulysses all-to-alls of a forward over its ``tokens`` local tokens (verl
+    ``monkey_patch.py::_ulysses_flash_attention_forward``: ``gather_seq_scatter_heads`` on q, k and v, then
+    ``gather_heads_scatter_seq`` on the attention output — 4 all-to-alls; ``ulysses.py::SeqAllToAll.backward``
+    runs each once more on the gradient in backward). Each moves the local tokens' q (a·d), k and v
+    (``kv_heads``·d each, after ``repeat_kv`` up to sp heads) or output (a·d) elements, sending (sp − 1)/sp of
+    them to the other GPUs: tokens·(2·a + 2·kv)·d·e·(sp − 1)/sp."""
+    if sp <= 1:
+        return 0.0
+    return float(tokens) * (2 * spec.num_heads + 2 * kv_heads) * spec.head_dim * e * (sp - 1) / sp
+
+
 def train_flops_factor(checkpointing: bool, lora: bool) -> int:
     """Forwards' worth of FLOPs in one training pass: forward 1 + backward 2 (input and weight gradients) +
     1 recomputed forward under checkpointing. LoRA skips the frozen base's weight gradients: backward ≈ 1."""

@@ -6,11 +6,14 @@ one training pass) compute and the collectives that prefetch or reduce behind it
 its longest term; blocks follow one another. Per GPU: every data-parallel rank runs the same blocks at once.
 
 * rollout — prefill (FLOPs) then ``gen_len`` decode steps, each reading the weights and the KV cache at the mean
-  context once (HBM), or launch-bound without CUDA graphs (HF ``generate``, the hybrid engine); ReMax's greedy
+  context once (HBM), or launch-bound without CUDA graphs (HF ``generate``, the hybrid engine); vLLM's KV reads and
+  FLOPs follow ``gen_len_mean`` (``workload.decode_lengths``); ReMax's greedy
   pass again; the weight sync into the engine (vLLM: a copy of the weights, gathered first under ZeRO-3; the
   hybrid engine: its train↔inference switch, one gather under ZeRO-3; HF under ZeRO-3: a gather per token).
-* scoring — a forward of each frozen or old-policy model over the batch, ``score_micro_batch_size`` at a time;
-  ZeRO-3 gathers the weights per call, over PCIe first when they live on the CPU.
+* scoring — a forward of each frozen or old-policy model over the batch, ``score_micro_batch_size`` (or a token
+  cap's worth) at a time; ZeRO-3 gathers the weights per call, over PCIe first when they live on the CPU. The
+  tokens of every forward and training pass are ``workload``'s: padded, or packed at the mean length; Ulysses'
+  all-to-alls are added where they run (``_ulysses_seconds``).
 * actor_update / critic_update — forward + backward (+ recomputed forward) per micro batch, overlapped with
   ZeRO's gathers and reduce-scatters; then the optimizer step: memory-bound on the GPU, or the gradients down
   and the weights up over PCIe and the step on the CPU when offloaded, then ZeRO-1/2's all-gather.
@@ -22,8 +25,12 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 from memplan.estimator.resolve import RoleSetup, Run
+from memplan.estimator.tokens import ulysses_kv_heads
+from memplan.report import EstimateRequest
 from memplan.timing import formulas as f
+from memplan.timing import workload
 from memplan.timing.hardware import GPUPerf
+from memplan.timing.workload import Passes, Work, decode_lengths
 
 
 class Block(NamedTuple):
@@ -71,7 +78,7 @@ def _tp_seconds(run: Run, perf: GPUPerf, tp: int, tokens: float, hidden: int, al
     return all_reduces * f.bus_seconds(per, perf, multi_node=False)
 
 
-def rollout(run: Run, perf: GPUPerf, dtype: str) -> Iterator[Block]:
+def rollout(run: Run, perf: GPUPerf, dtype: str, request: EstimateRequest) -> Iterator[Block]:
     actor = run.roles[0]
     spec, b = actor.spec, run.rollout_seqs
     engine = run.rollout_engine
@@ -102,6 +109,8 @@ def rollout(run: Run, perf: GPUPerf, dtype: str) -> Iterator[Block]:
     # A tensor-parallel group shares its replica's sequences (``tp``); a vLLM engine over ``vllm_tp`` GPUs takes
     # the sequences of all of them: per GPU, its 1/gen_tp of the weights and its own sequences' KV and FLOPs.
     kv_token = f.kv_bytes_per_token(spec, run.e) / run.tp
+    mean, lengths = decode_lengths(run, request)
+    live = mean / run.gen_len  # vLLM: the share of the batch's sequences still generating, over its gen_len steps
     for label, seqs in passes:
         if gathers_per_call:
             yield Block("rollout", "actor", f"{label}: gather the sharded actor whole to generate", gather_bus,
@@ -112,58 +121,74 @@ def rollout(run: Run, perf: GPUPerf, dtype: str) -> Iterator[Block]:
                                  2 * spec.num_layers)
         yield Block("rollout", "actor", f"{label}: prefill {run.prompt_len} tokens × {seqs} sequences",
                     prefill_s + prefill_tp, "compute" if prefill_s >= prefill_tp else "nvlink")
-        context = run.prompt_len + run.gen_len / 2  # the KV cache each decode step reads, on average
-        step_flops = seqs * (2 * f.matmul_params(spec, True) + 4 * spec.num_layers * spec.num_heads
-                             * spec.head_dim * context) / run.tp
-        step, bound = f.decode_step_seconds(weight_bytes, seqs * context * kv_token, step_flops, perf, dtype,
+        context = run.prompt_len + mean / 2  # the KV cache each decode step reads, on average
+        step_flops = seqs * live * (2 * f.matmul_params(spec, True) + 4 * spec.num_layers * spec.num_heads
+                                    * spec.head_dim * context) / run.tp
+        step, bound = f.decode_step_seconds(weight_bytes, seqs * live * context * kv_token, step_flops, perf, dtype,
                                             eager_layers)
         if engine == "hf" and zero3 and not run.gather_for_generation:
             # DeepSpeed / FSDP gather every layer again for every token
             gather = gather_bus
             if gather > step:
                 step, bound = gather, _link(run)
-        step += _tp_seconds(run, perf, gen_tp, seqs * gen_tp // max(1, run.tp), spec.hidden_size, 2 * spec.num_layers)
-        yield Block("rollout", "actor", f"{label}: decode {run.gen_len} tokens × {seqs} sequences",
+        step += _tp_seconds(run, perf, gen_tp, seqs * gen_tp // max(1, run.tp) * live, spec.hidden_size,
+                            2 * spec.num_layers)
+        yield Block("rollout", "actor", f"{label}: decode {run.gen_len} tokens × {seqs} sequences; {lengths}",
                     step * run.gen_len, bound)
 
 
-def _forward_calls(run: Run, perf: GPUPerf, dtype: str, role: RoleSetup, seqs: int, per_call: int,
-                   seq_len: int, label: str) -> Block:
-    """A no-grad forward of ``role`` over ``seqs`` sequences, ``per_call`` at a time."""
-    n = f.calls(seqs, per_call)
-    compute = f.compute_seconds(f.forward_flops(role.spec, role.lm_head, seq_len, seqs), perf, dtype,
+def _ulysses_seconds(run: Run, perf: GPUPerf, role: RoleSetup, p: Passes, forwards: int) -> float:
+    """Ulysses' all-to-alls (``formulas.ulysses_all_to_all_bytes``) in ``forwards`` forward-sized passes over the
+    GPU's tokens, every layer. Not overlapped: each is awaited before attention or the next layer runs
+    (``ulysses.py::all_to_all_tensor`` with ``async_op=False``). verl's device mesh is (dp, sp) with sp inner
+    (``fsdp_workers.py``: ``init_device_mesh(..., mesh_dim_names=["dp", "sp"])``): a group within a node talks
+    over NVLink, a larger one over the network. Not counted: the per-layer all-gather of position ids, the
+    log-probs' gather (a few bytes per token)."""
+    if run.sp <= 1:
+        return 0.0
+    spec = role.spec
+    per_layer = f.ulysses_all_to_all_bytes(spec, p.tokens, run.sp, ulysses_kv_heads(spec.num_kv_heads, run.sp), run.e)
+    return f.bus_seconds(forwards * spec.num_layers * per_layer, perf, run.sp > run.gpus_per_node)
+
+
+def _forward_calls(run: Run, perf: GPUPerf, dtype: str, role: RoleSetup, p: Passes, label: str) -> Block:
+    """A no-grad forward of ``role`` over the passes' tokens, in ``p.calls`` calls."""
+    n = p.calls
+    compute = f.compute_seconds(f.token_forward_flops(role.spec, role.lm_head, p.tokens, p.seq_len), perf, dtype,
                                 role.sharding.tp)
     bus, pcie = _gather_seconds(run, perf, role)
     terms = {"compute": compute, _link(run): n * bus, "pcie": n * pcie}
     seconds, bound = _longest(terms)
-    seconds += _tp_seconds(run, perf, role.sharding.tp, seqs * seq_len, role.spec.hidden_size,
-                           2 * role.spec.num_layers)
+    seconds += _tp_seconds(run, perf, role.sharding.tp, p.tokens, role.spec.hidden_size, 2 * role.spec.num_layers)
+    seconds += _ulysses_seconds(run, perf, role, p, 1)
     where = " (weights from the CPU)" if role.sharding.offload_params else ""
-    return Block("scoring", role.role, f"{label}: forward × {seqs} sequences in {n} call(s){where}", seconds, bound)
+    return Block("scoring", role.role, f"{label}: forward × {p.seqs} sequences in {n} call(s){where}; {p.basis}",
+                 seconds, bound)
 
 
-def scoring(run: Run, perf: GPUPerf, dtype: str) -> Iterator[Block]:
+def scoring(run: Run, perf: GPUPerf, dtype: str, request: EstimateRequest, work: Work) -> Iterator[Block]:
     if run.algo == "sft":
         return
-    seq = run.train_seq_len
+    scored = work.scored
     if run.algo == "dpo":
         for role in run.roles:
             if role.role == "reference":
-                yield _forward_calls(run, perf, dtype, role, run.train_seqs, run.score_seqs, seq, "reference")
+                yield _forward_calls(run, perf, dtype, role, scored, "reference")
         return
     b = run.rollout_seqs
     for role in run.roles:
         if role.role == "actor":
             # ReMax too: remax_trainer.py ``generate_experience`` runs ``self.actor_model(seq, ...)`` under no_grad
             # for the log-probs, entropy and KL of the sampled sequences (liziniu/ReMax @536ba49)
-            yield _forward_calls(run, perf, dtype, role, b, run.score_seqs, seq, "actor old log-probs")
+            yield _forward_calls(run, perf, dtype, role, scored, "actor old log-probs")
         elif role.role == "critic":
-            yield _forward_calls(run, perf, dtype, role, b, run.score_seqs, seq, "critic values")
+            yield _forward_calls(run, perf, dtype, role, scored, "critic values")
         elif role.role == "reference":
-            yield _forward_calls(run, perf, dtype, role, b, run.score_seqs, seq, "reference log-probs")
+            yield _forward_calls(run, perf, dtype, role, scored, "reference log-probs")
         elif role.role == "reward":
             seqs = 2 * b if run.greedy_pass else b  # ReMax scores the greedy baseline too
-            yield _forward_calls(run, perf, dtype, role, seqs, run.score_seqs, seq,
+            yield _forward_calls(run, perf, dtype, role,
+                                 scored if seqs == b else workload.passes(run, request, seqs, scoring=True),
                                  "reward (sampled + greedy)" if run.greedy_pass else "reward")
 
 
@@ -181,14 +206,14 @@ def optimizer_steps(run: Run, micro_batches: int) -> int:
     return 1
 
 
-def update(run: Run, perf: GPUPerf, dtype: str, role: RoleSetup) -> Iterator[Block]:
+def update(run: Run, perf: GPUPerf, dtype: str, role: RoleSetup, work: Work) -> Iterator[Block]:
     """One trained role's update: its training passes over the step's sequences, then its optimizer step."""
     phase = "critic_update" if role.role == "critic" else "actor_update"
     sh = role.sharding
-    seqs = run.rollout_seqs if run.algo in ("ppo", "grpo", "remax", "rloo") else run.train_seqs
-    n = f.calls(seqs, run.train_seqs)
+    p = work.trained
+    seqs, n = p.seqs, p.calls
     factor = f.train_flops_factor(run.gradient_checkpointing, role.lora)
-    compute = f.compute_seconds(factor * f.forward_flops(role.spec, role.lm_head, run.train_seq_len, seqs), perf,
+    compute = f.compute_seconds(factor * f.token_forward_flops(role.spec, role.lm_head, p.tokens, p.seq_len), perf,
                                 dtype, sh.tp)
     multi_node = run.num_gpus > run.gpus_per_node
     grad_bytes = role.trainable_params * run.e / sh.tp
@@ -205,11 +230,12 @@ def update(run: Run, perf: GPUPerf, dtype: str, role: RoleSetup) -> Iterator[Blo
     terms = {"compute": compute, "network" if multi_node else "nvlink": comm,
              "pcie": n * (2 + run.gradient_checkpointing) * gather_pcie}
     seconds, bound = _longest(terms)
-    seconds += _tp_seconds(run, perf, sh.tp, seqs * run.train_seq_len, role.spec.hidden_size,
+    seconds += _tp_seconds(run, perf, sh.tp, p.tokens, role.spec.hidden_size,
                            (4 + 2 * run.gradient_checkpointing) * role.spec.num_layers)
+    seconds += _ulysses_seconds(run, perf, role, p, 2 + run.gradient_checkpointing)  # forward, backward, recompute
     ckpt = " + recompute" if run.gradient_checkpointing else ""
-    yield Block(phase, role.role, f"forward + backward{ckpt} × {seqs} sequences in {n} micro batch(es)", seconds,
-                bound)
+    yield Block(phase, role.role, f"forward + backward{ckpt} × {seqs} sequences in {n} micro batch(es); {p.basis}",
+                seconds, bound)
 
     # optimizer step: the rank's partition (ZeRO ≥ 1 shards the states over dp)
     shard = sh.dp if sh.zero_stage >= 1 else 1

@@ -31,6 +31,8 @@ class PhaseTime(BaseModel):
     seconds: float
     share: float = Field(description="Fraction of the step")
     items: tuple[TimeItem, ...]
+    tokens: str | None = Field(None, description="Which tokens and lengths the phase assumed, as the memory "
+                               "report's PhaseReport.tokens: padded, packed at the mean, capped, generated")
 
 
 class StepTime(BaseModel):
