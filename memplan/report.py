@@ -128,7 +128,8 @@ class EstimateRequest(BaseModel):
 
     # sharding and placement
     engine: Engine = Field(
-        "deepspeed", description="Training engine: DeepSpeed ZeRO, PyTorch FSDP2, or plain PyTorch (one GPU / DDP)"
+        "deepspeed", description="Training engine: DeepSpeed ZeRO, PyTorch FSDP (FSDP2, or FSDP1 with "
+        "fsdp_version 1), or plain PyTorch (one GPU / DDP)"
     )
     zero_stage: StrictInt | None = Field(
         None, ge=0, le=3, description="ZeRO stage for every role (FSDP: 3 full, 2 grad-op, 0 none). Unset: "

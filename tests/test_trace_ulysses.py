@@ -9,6 +9,8 @@
   ``ulysses_forward_transient_per_token`` (it counted 6a: send chunks copied).
 * What a layer saves for backward beyond the unsplit flash path is ``formulas.ulysses_saved_bytes_per_token``:
   K and V repeated to k' heads, and the all-to-all'd output o_proj keeps beside flash's.
+* The data movement: the sp ranks as sp threads on real tensors (``ulysses.Exchange``) compute the unsplit
+  packed forward's logits and gradients.
 * Whole traces of tiny-llama GRPO (packed, ZeRO-0 so that every GPU holds the full states as the world-size-1
   trace does) against ``memplan.estimate`` of the same request: within ``PACKED_COMPONENTS`` (states ±1 %,
   transients and total ±5 % of the phase's traced peak); measured (2026-12-07, torch 2.13 CPU): total −0.1 % to

@@ -189,3 +189,18 @@ def test_a_tune_missing_from_the_catalog_is_its_base():
                                 "actor_rollout_ref.rollout.name=vllm"), "H100-80GB")
     assert run.fields["model"] == "Qwen/Qwen2.5-14B"
     assert any("Qwen2.5-14B-Instruct" in n and "chat/instruct tune" in n for n in run.notes)
+
+
+def test_layered_summon_sleeps_at_level_1_with_the_weights_in_host_ram():
+    # verl vllm_rollout.py (vLLMAsyncRollout.__init__): rollout.layered_summon → sleep_level 1, whose
+    # CuMemAllocator copies the 'weights' tag to the host; otherwise level 2 (vLLM ≥ 0.8.5) keeps nothing there.
+    text = SCRIPT.read_text()
+    plain = verl.fields(verl.read(text), "H100-80GB").fields
+    layered = verl.fields(verl.read(text.rstrip() + " \\\n    actor_rollout_ref.rollout.layered_summon=True\n"),
+                          "H100-80GB").fields
+    assert "vllm_sleep_level" not in plain and layered["vllm_sleep_level"] == 1
+    base = memplan.estimate(memplan.EstimateRequest(**plain))
+    summoned = memplan.estimate(memplan.EstimateRequest(**layered))
+    # Qwen2.5-7B-Instruct: 7,615,616,512 bf16 parameters over vLLM TP 2 on each of a node's 8 GPUs
+    assert summoned.host_bytes_per_node - base.host_bytes_per_node == 7_615_616_512 * 2 // 2 * 8
+    assert summoned.peak_bytes_per_gpu == base.peak_bytes_per_gpu  # GPU memory: the same sleep

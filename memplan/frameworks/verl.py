@@ -46,6 +46,7 @@ What is read (``A`` = ``actor_rollout_ref``):
                                       beside the FSDP worker (processes_per_gpu 2)
     A.rollout.max_num_batched_tokens  vllm_max_num_batched_tokens (vLLM's profile run, its input buffers)
     A.rollout.free_cache_engine       vllm_sleep_mode (true: the engine sleeps outside rollout)
+    A.rollout.layered_summon          vllm_sleep_level 1 (its weights wait in host RAM; else level 2)
     A.rollout.checkpoint_engine.update_weights_bucket_megabytes
                                       weight_sync_bucket_mb (2048): the weights go to the engine through it
     (always)                          logprob_kernel 'fused': flash-attn's cross-entropy (logprobs_from_logits)
@@ -86,7 +87,7 @@ DEFAULTS: dict[str, Any] = {  # verl 0.9.1 _generated_ppo_trainer.yaml, what thi
     f"{A}.rollout.tensor_model_parallel_size": 2,
     f"{A}.rollout.checkpoint_engine.update_weights_bucket_megabytes": 2048,
     f"{A}.rollout.max_num_batched_tokens": 8192,
-    f"{A}.rollout.free_cache_engine": True,
+    f"{A}.rollout.free_cache_engine": True, f"{A}.rollout.layered_summon": False,
     "reward_model.enable": False, "trainer.nnodes": 1, "trainer.n_gpus_per_node": 8,
 }
 _OVERRIDE = re.compile(r"^\+{0,2}([A-Za-z_]\w*(?:\.\w+)+)=(.*)$", re.S)
@@ -333,6 +334,10 @@ def fields(overrides: dict[str, Any], gpu: str | None = None) -> VerlRun:
         # free_cache_engine: the engine sleeps (weights and KV cache released) outside rollout
         out["vllm_sleep_mode"] = boolean(get(f"{A}.rollout.free_cache_engine"), f"{A}.rollout.free_cache_engine",
                                          FIELD)
+        # vllm_rollout.py (vLLMAsyncRollout.__init__): layered_summon sleeps at level 1 (weights kept in host RAM),
+        # else VLLM_SLEEP_LEVEL, 2 from vLLM 0.8.5 (verl/third_party/vllm/__init__.py)
+        if boolean(get(f"{A}.rollout.layered_summon"), f"{A}.rollout.layered_summon", FIELD):
+            out["vllm_sleep_level"] = 1
         if name == "sglang":
             notes.append("rollout sglang: its gpu_memory_utilization reservation counted as vLLM's")
     elif name == "hf":
