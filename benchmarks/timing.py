@@ -67,8 +67,9 @@ def unexplained(by_id: dict, results: dict) -> list[str]:
     s_n, (_, _, rest_n), _ = step("remax-readme/remax-4gpu-no-offload")
     d = (s_n - rest_n) / 2
     out = [f"* Decode pass implied by ReMax without offload (4 GPUs, batch 26; taken for the 1-GPU runs too: "
-           f"{s_n:.1f} s measured per step, {rest_n:.1f} s of it modeled outside decode): d = {d:.1f} s per pass, against memplan's launch floor "
-           f"{_split(results['remax-readme/remax-4gpu-no-offload'])[0] / 2:.1f} s (HBM-bound: ~3.3 s).", ""]
+           f"{s_n:.1f} s measured per step, {rest_n:.1f} s of it modeled outside decode): d = {d:.1f} s per pass, against memplan's "
+           f"{_split(results['remax-readme/remax-4gpu-no-offload'])[0] / 2:.1f} s (HBM-bound; the hybrid engine's own "
+           "launch floor, 32 layers × 15 kernels × 24.0 µs × 256 tokens, is 2.95 s; HF's eager one 10.0 s).", ""]
     out += ["| setting | ReMax measured s/step | implied offloaded step per model (C) | memplan's | PPO measured "
             "s/step | PPO with d and C | unexplained per PPO step | PPO/ReMax per prompt with d and C |",
             "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -120,10 +121,12 @@ def main() -> None:
         lines.append(f"| {ppo.split('/')[1]} / {remax.split('/')[1]} | {measured:.2f} | {estimated:.2f} |")
     ppo4, remax4 = results[RATIOS[0][0]], results[RATIOS[0][1]]
     share = {t.algo: {p.phase: p.share for p in t.phases} for t in (ppo4, remax4)}
+    ratio4 = ppo4.wall_seconds / remax4.wall_seconds
     lines += ["", "## What dominates, and why", "",
               f"* ReMax (4 GPUs, offload): rollout {share['remax']['rollout']:.0%} of the step — two generation "
               "passes (sampled, then greedy), each 256 decode steps that the hybrid engine runs without CUDA graphs, "
-              "so each token costs the launch floor (1.23 ms per layer) whatever the batch; training the one 7B "
+              "each token bound by reading the weights and the KV cache (14.9 ms at 40 sequences) rather than by "
+              "launching the fused layers' kernels (32 × 15 × 24.0 µs = 11.5 ms); training the one 7B "
               f"model is {share['remax']['actor_update']:.0%}, scoring (the actor's experience forward, reference, "
               f"reward on both passes, weights streamed from the CPU) {share['remax']['scoring']:.0%}.",
               f"* PPO (4 GPUs, offload): one generation pass ({share['ppo']['rollout']:.0%}), but two trained 7B "
@@ -132,33 +135,40 @@ def main() -> None:
               "* Read from the sources and modeled (docs/time.md): ReMax's experience forward of the actor "
               "(remax_trainer.py), DeepSpeed's fp32 gradient offload (stage_1_and_2.py), DeepSpeed-Chat PPO's "
               "optimizer step per micro batch (its main.py + ppo_trainer.py; one per step at the README's equal "
-              "generation and training batches). Per prompt memplan still finds PPO only ~1.05× slower than ReMax."]
+              "generation and training batches), and the hybrid engine's kernels per layer from DeepSpeed's source "
+              f"(launches.py). Per prompt memplan finds PPO {ratio4:.2f}× slower than ReMax (4 GPUs, offload)."]
     lines += ["", "## What is unexplained (a diagnostic from the README's own runs; nothing here enters the model)", "",
               *unexplained(by_id, results)]
-    # sensitivity: the hybrid engine's decode without the eager launch floor (HBM-bound at the CUDA-graph rate)
-    import memplan.timing.formulas as formulas
+    # sensitivity: the hybrid engine's decode charged as before (HF's eager count) and with no launch floor
+    import memplan.timing.launches as launches
 
-    floor, formulas.EAGER_DECODE_SECONDS_PER_LAYER = formulas.EAGER_DECODE_SECONDS_PER_LAYER, 0.0
+    counted, per_launch = launches.hybrid_engine_ops, launches.SECONDS_PER_LAUNCH
     try:
+        launches.hybrid_engine_ops = lambda *args, **kwargs: None
+        eager = {r["id"]: estimate(r) for r in records}
+        launches.SECONDS_PER_LAUNCH = 0.0
         alt = {r["id"]: estimate(r) for r in records}
     finally:
-        formulas.EAGER_DECODE_SECONDS_PER_LAYER = floor
-    lines += ["", "## Sensitivity: the hybrid engine's decode without the launch floor", "",
-              "memplan charges a decode step without CUDA graphs (HF `generate`, the hybrid engine) at least "
-              "1.23 ms per layer (the eager Llama-2-7B figure of PyTorch's gpt-fast blog). DeepSpeed's fused "
-              "inference kernels launch fewer kernels per layer than that eager model; with no floor at all the "
-              "decode is HBM-bound at the CUDA-graph rate (0.71). The truth lies between the two columns.", "",
-              "| run | measured h | with floor | est / meas | no floor | est / meas |",
-              "|---|---:|---:|---:|---:|---:|"]
+        launches.hybrid_engine_ops, launches.SECONDS_PER_LAUNCH = counted, per_launch
+    lines += ["", "## Sensitivity: the hybrid engine's launch floor", "",
+              "A decode step without CUDA graphs cannot beat launching its kernels: layers × kernels per layer × "
+              f"{per_launch * 1e6:.1f} µs (gpt-fast's eager Llama-2-7B, 1.23 ms per layer, over the "
+              f"{launches.EAGER_LAYER_LAUNCHES} kernels that layer launches; `memplan/timing/launches.py`). "
+              "'now': the hybrid engine's own count from DeepSpeed's source (Llama 15, OPT 14 per layer; ZeRO-3 "
+              "adds the weight merges); 'eager': charged HF's eager count (51), as before; 'no floor': "
+              "HBM-bound at the CUDA-graph rate (0.71).", "",
+              "| run | measured h | now | est / meas | eager | est / meas | no floor | est / meas |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in records:
-        t, u = results[r["id"]], alt[r["id"]]
-        lines.append(f"| {r['id']} | {r['measured_hours']:.2f} | {t.wall_hours:.2f} | "
-                     f"{t.wall_hours / r['measured_hours']:.2f} | {u.wall_hours:.2f} | "
-                     f"{u.wall_hours / r['measured_hours']:.2f} |")
+        t, e, u = results[r["id"]], eager[r["id"]], alt[r["id"]]
+        m = r["measured_hours"]
+        lines.append(f"| {r['id']} | {m:.2f} | {t.wall_hours:.2f} | {t.wall_hours / m:.2f} | "
+                     f"{e.wall_hours:.2f} | {e.wall_hours / m:.2f} | {u.wall_hours:.2f} | {u.wall_hours / m:.2f} |")
     for ppo, remax in RATIOS:
         lines.append(f"| PPO / ReMax, {ppo.split('-', 2)[2]} (ratio) | "
                      f"{by_id[ppo]['measured_hours'] / by_id[remax]['measured_hours']:.2f} | "
                      f"{results[ppo].wall_seconds / results[remax].wall_seconds:.2f} | | "
+                     f"{eager[ppo].wall_seconds / eager[remax].wall_seconds:.2f} | | "
                      f"{alt[ppo].wall_seconds / alt[remax].wall_seconds:.2f} | |")
     request = EstimateRequest(**by_id[RATIOS[0][0]]["request"])
     step_time(request)

@@ -234,8 +234,18 @@ class EstimateRequest(BaseModel):
         "needs packing; default: max_tokens_per_gpu"
     )
     sequence_parallel: StrictInt = Field(
-        1, ge=1, le=256, description="Ulysses sequence-parallel size (verl's ulysses_sequence_parallel_size): each "
-        "micro batch's tokens split over this many GPUs, all-to-all around attention; needs packing"
+        1, ge=1, le=256, description="Sequence-parallel size (verl's ulysses_sequence_parallel_size, OpenRLHF's "
+        "ds.ring_attn_size): each micro batch's tokens split over this many GPUs, exchanged around attention as "
+        "sequence_parallel_mode says; needs packing"
+    )
+    sequence_parallel_mode: Literal["ulysses", "ring"] = Field(
+        "ulysses", description="How the sequence-parallel GPUs share attention: 'ulysses' — verl's all-to-all of "
+        "heads; 'ring' — OpenRLHF's ring attention group (--ds.ring_attn_size: ring_flash_attn's llama3 varlen kernel "
+        "all-gathers K/V over the group, ring_head_stride KV heads at a time)"
+    )
+    ring_head_stride: StrictInt = Field(
+        1, ge=1, le=1024, description="KV heads per all-gather of ring attention (OpenRLHF's "
+        "--ds.ring_attn_head_stride); must divide the model's key/value heads; used with sequence_parallel_mode 'ring'"
     )
     entropy: Literal["none", "scoring", "update", "scoring+update", "update-no-grad"] = Field(
         "none", description="Where the actor takes the entropy over the whole vocabulary: 'scoring' — its old "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -142,9 +143,25 @@ def test_get_gpu():
     assert gpu.name == "A100-40GB"
     with pytest.raises(UnknownGPUError, match="A100-40GB or A100-80GB"):  # two memory sizes: refused, not guessed
         get_gpu("A100")
-    assert gpu.memory_bytes == 40536 * 1024**2  # torch total_memory of an A100-SXM4-40GB (39.59 GiB)
+    # torch total_memory of an A100-SXM4-40GB (39.49 GiB), torch 2.11.0 / CUDA 13.0: device.total_bytes of AgileRL's
+    # fixtures/*@NVIDIA-A100-SXM4-40GB.json (memory/profiling-rig @0151c660, sweep.py::_device_identity)
+    assert gpu.memory_bytes == 42_404_806_656
     assert get_gpu("h100").name == "H100-80GB"
     assert get_gpu("RTX 4090").name == "RTX-4090"
+
+
+def test_gpus_measured_by_the_corpus():
+    """A100-40GB's and L4's capacity is what AgileRL's sweep read on them (memory/profiling-rig @0151c660, torch 2.11.0
+    / CUDA 13.0): torch total_memory, the fixtures' device.total_bytes, as every corpus record carries it. Their CUDA
+    contexts stay the typical figures: AgileRL's measured ones (agilerl/memory/specs.py::MEASURED_CUDA_CONTEXT_BYTES,
+    NVML either side of a one-element allocation: A100 501 MiB, L4 226 MiB) wait for the driver reserve (gpus.json)."""
+    corpus = Path(__file__).resolve().parents[1] / "benchmarks" / "corpus" / "agilerl.jsonl"
+    totals = {(r["device"]["catalog_gpu"], r["device"]["total_bytes"]) for r in map(json.loads, corpus.open())}
+    assert totals == {("A100-40GB", 42_404_806_656), ("L4", 23_659_151_360)}
+    for name, total in totals:
+        assert get_gpu(name).memory_bytes == total
+    assert get_gpu("A100-40GB").cuda_context_bytes == 461 * 2**20  # typical; measured 501 MiB, not applied yet
+    assert get_gpu("L4").cuda_context_bytes == 410 * 2**20  # typical; measured 226 MiB, not applied yet
 
 
 def test_unknown_gpu():

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 import memplan
 from memplan.cli.app import app
-from memplan.cli.render import verdict_word
+from memplan.cli.render import seconds, verdict_word
 from memplan.estimator import for_algorithm
 from memplan.planner import LimitReport, PlanReport, batch_limit, gpu_limit, plan
 from memplan.report import EstimateRequest
@@ -66,7 +66,7 @@ def test_plan_table_names_the_fastest_change():
     assert "Fastest: " + ", ".join(parts) in out
     for c in expected.candidates:  # each row: its memory, then its estimated time
         assert (f"{c.peak_bytes_per_gpu / GiB:.2f} {c.headroom_bytes / GiB:.2f} {c.peak_phase} "
-                f"{c.host_bytes_per_node / GiB:.2f} {c.seconds_per_step:.1f} "
+                f"{c.host_bytes_per_node / GiB:.2f} {seconds(c.seconds_per_step)} "
                 f"{c.seconds_per_step / c.prompts_per_step:.3f}") in out
 
 
@@ -210,7 +210,7 @@ def test_compare_table_shows_step_time_and_speed_vs_ppo():
     remax = memplan.step_time(REMAX.model_copy(update={"algo": "remax"}))
     ratio = (ppo.seconds_per_step / ppo.prompts_per_step) / (remax.seconds_per_step / remax.prompts_per_step)
     word = f"{ratio:.1f}× faster" if ratio > 1.05 else f"{1 / ratio:.1f}× slower" if ratio < 1 / 1.05 else "same"
-    assert f"{remax.seconds_per_step:.1f} {word}" in out
+    assert f"{seconds(remax.seconds_per_step)} {word}" in out  # render.seconds: 2 decimals under 10 s
     assert "2.1× was measured" in out  # the model's known gap to the ReMax paper is said, not hidden
 
 

@@ -149,6 +149,9 @@ def test_trl_files_parse():
 
 OPENRLHF = {
     "grpo, colocated vLLM": dict(group_size=8, placement="colocated"),
+    "grpo, packed, ring attention 4, head stride 2": dict(group_size=8, placement="colocated", packing=True,
+                                                         sequence_parallel=4, sequence_parallel_mode="ring",
+                                                         ring_head_stride=2, model="meta-llama/Llama-3.1-8B"),
     # processes per GPU under colocate_all: actor, critic, reference, reward model and a vLLM worker = 5
     "ppo, reward model, ZeRO-3, offloads, sleep": dict(algo="ppo", reward="model", reward_model=SMALL,
                                                        placement="colocated", zero_stage=3, ref_zero_stage=3,

@@ -150,7 +150,7 @@ def test_openrlhf_packing_and_dynamic_batches():
     run = openrlhf.fields(openrlhf.read(text), "H100-80GB")
     f = run.fields
     assert (f["packing"], f["max_tokens_per_gpu"], f["score_max_tokens_per_gpu"]) == (True, 16384, 32768)
-    assert any("ring attention is not modeled" in n for n in run.notes)  # refused, said so: an upper bound
+    assert (f["sequence_parallel"], f["sequence_parallel_mode"]) == (2, "ring")  # tests/test_ring_attention.py
     memplan.estimate(**f)
 
 

@@ -194,6 +194,8 @@ SHARED: dict[str, tuple[Any, Any]] = {
     "max_tokens_per_gpu": (_option("max_tokens_per_gpu", _BATCH), None),
     "score_max_tokens_per_gpu": (_option("score_max_tokens_per_gpu", _BATCH), None),
     "sequence_parallel": (_option("sequence_parallel", _SHARD), None),
+    "sequence_parallel_mode": (_option("sequence_parallel_mode", _SHARD), None),
+    "ring_head_stride": (_option("ring_head_stride", _SHARD), None),
     "entropy": (_option("entropy", _TRAIN), None),
     "entropy_kernel": (_option("entropy_kernel", _TRAIN), None),
     "rollout_engine": (_option("rollout_engine", _ROLL, extra="Generation: HF generate, DeepSpeed hybrid engine, or vLLM"), None),

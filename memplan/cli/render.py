@@ -263,7 +263,7 @@ def compare(result: CompareReport) -> None:
         out.print(f"vs ppo: PPO with the same knobs peaks at {gib(result.ppo_peak_bytes_per_gpu)} GiB per GPU{time}")
     if any(row.seconds_per_step is not None for row in result.rows):
         out.print("s/step, speed vs ppo: memplan's time model (memplan time), per prompt, same knobs — an estimate, "
-                  "not a measurement: on the ReMax paper's own runs it puts PPO at ~1.05× ReMax's time per prompt "
+                  "not a measurement: on the ReMax paper's own runs it puts PPO at ~1.2× ReMax's time per prompt "
                   "where 2.1× was measured (docs/time.md: what is unexplained)", style="dim")
 
 

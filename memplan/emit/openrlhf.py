@@ -150,6 +150,9 @@ def _batches(request: EstimateRequest, eff: Any, actor_gpus: int) -> list[tuple[
     ]
     if getattr(request, "packing", False):
         out.append(("--ds.packing_samples", None))
+    if getattr(request, "sequence_parallel", 1) > 1 and getattr(request, "sequence_parallel_mode", "") == "ring":
+        out += [("--ds.ring_attn_size", request.sequence_parallel),
+                ("--ds.ring_attn_head_stride", request.ring_head_stride)]  # OpenRLHF's ring attention group
     cap = getattr(request, "max_tokens_per_gpu", None)
     if cap:
         out += [("--train.dynamic_batch_enable", None), ("--train.max_tokens_per_gpu", cap)]

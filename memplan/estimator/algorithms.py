@@ -22,6 +22,8 @@ with the transient bytes it adds on top of the resident models. Knobs and their 
   one takes logits at every position; HF generate's KV cache stays at the longest sequence.
 * ``sequence_parallel`` — Ulysses: each GPU holds its share of a micro batch's tokens; its layers save the
   all-to-all'd attention output and K/V repeated to the sp size (``formulas.ulysses_saved_bytes_per_token``).
+  With ``sequence_parallel_mode='ring'`` (OpenRLHF): the same split, nothing more saved; the K/V all-gathered in
+  chunks of ``ring_head_stride`` heads are transients (``formulas.ring_*_transient_per_token``).
 * ``entropy`` — the actor's entropy over the vocabulary in its old log-prob forward (verl's metrics) or in its
   loss (``formulas.entropy_beside_logprobs_bytes``): its own moment beside what the log-prob path keeps; verl's
   fused cross-entropy then writes its gradient out of place.
@@ -76,6 +78,8 @@ from memplan.estimator.formulas import (
     row_chunked_logprob_bytes,
     saved_bytes_per_token,
     tied_embedding_gradient_sum_bytes,
+    ring_backward_transient_per_token,
+    ring_forward_transient_per_token,
     ulysses_forward_transient_per_token,
     ulysses_saved_bytes_per_token,
 )
@@ -267,7 +271,9 @@ def forward(run: Run, r: RoleSetup, st: States, name: str, seqs: int, first: boo
     tokens, positions = _batch(run, seqs, training=False)
     lora_mlp = _lora_mlp(r, run)  # a LoRA-shared reference runs with adapters off (its ``lora`` is False)
     per_token = _forward_per_token(spec, e, tp, lora_mlp)
-    if run.sp > 1:  # Ulysses: the all-to-all around attention may outgrow the MLP
+    if run.sp > 1 and run.sp_mode == "ring":  # OpenRLHF: the gathered K/V chunks may outgrow the MLP
+        per_token = max(per_token, ring_forward_transient_per_token(spec, e, run.sp, run.ring_head_stride, tp))
+    elif run.sp > 1:  # Ulysses: the all-to-all around attention may outgrow the MLP
         per_token = max(per_token, ulysses_forward_transient_per_token(spec, e, run.sp))
     layers = Activity(name, [
         (role, "parameter", _gathered(st, first), "gathered weights"),
@@ -312,7 +318,7 @@ def _train_setup(run: Run, r: RoleSetup, st: States) -> TrainSetup:
     spec, tokens = r.spec, _batch(run, run.train_seqs, training=True)[0]
     per = _saved_per_token(spec, run.e, run.train_seq_len, not r.lora, run.lora_rank if r.lora else 0,
                            run.lora_targets, _adapter_bytes(r, run.e), _eager(run), run.tp)
-    if run.sp > 1:  # Ulysses: repeated K/V heads and the all-to-all'd attention output, per local token
+    if run.sp > 1 and run.sp_mode == "ulysses":  # repeated K/V heads, the all-to-all'd output (ring: nothing more)
         per = replace(per, base=per.base + ulysses_saved_bytes_per_token(spec, run.e, run.sp,
                                                                          weights_trainable=not r.lora))
     accumulates = run.rollout_seqs > run.train_seqs if run.accumulates is None else run.accumulates
@@ -427,6 +433,15 @@ def _loss(run: Run, r: RoleSetup, act: Activity, tokens: int) -> None:
         act.add(r.role, "activation", int(tokens * grads), "backward's first gradients")
 
 
+def _layer_grads(run: Run, spec: ModelSpec) -> float:
+    """A decoder layer's backward transient per token: the MLP's gradients, or under ring attention the gathered
+    K/V chunks and their gradient buffers when larger (``formulas.ring_backward_transient_per_token``)."""
+    grads = backward_transient_per_token(spec, run.e, run.tp)
+    if run.sp > 1 and run.sp_mode == "ring":
+        grads = max(grads, ring_backward_transient_per_token(spec, run.e, run.sp, run.ring_head_stride, run.tp))
+    return grads
+
+
 def train(run: Run, r: RoleSetup, st: States, setup: TrainSetup | None = None) -> list[Activity]:
     """Forward + backward at its peak moment, and the optimizer step.
 
@@ -442,8 +457,7 @@ def train(run: Run, r: RoleSetup, st: States, setup: TrainSetup | None = None) -
         fb.items += (
             (r.role, "activation", _checkpointed_inputs(run, r, tokens), "checkpointed layer inputs"),
             (r.role, "activation", int(tokens * layer), "one layer recomputed in backward"),
-            (r.role, "activation", int(tokens * backward_transient_per_token(spec, run.e, run.tp)),
-             "that layer's gradients"),
+            (r.role, "activation", int(tokens * _layer_grads(run, spec)), "that layer's gradients"),
         )
     else:
         frozen_input = norm_input_bytes_per_token(spec, run.e) if r.lora else 0  # layer 0's input norm
@@ -489,7 +503,7 @@ def fsdp_backward(run: Run, r: RoleSetup, st: States, setup: TrainSetup | None =
         return []
     spec, tokens, per, moment = setup or _train_setup(run, r, st)
     layer = per.base + per.implementation + per.lora + per.attention_scores
-    grads = backward_transient_per_token(spec, run.e, run.tp)
+    grads = _layer_grads(run, spec)
     out = []
     if not run.gradient_checkpointing:
         first = moment("backward's first layers", fs.backward)  # layer L − 2, layer L − 1's reduce-scatter out

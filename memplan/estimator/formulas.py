@@ -685,3 +685,59 @@ def entropy_beside_logprobs_bytes(positions: int, vocab: int, e: int, *, trainin
     during = kept + held + ent
     after = logprob_bytes + logits + (positions * e * v if logprob_kernel == "fused" else 0)
     return max(0, during - logprob_bytes, after - logprob_bytes)
+
+
+# --- Ring attention (OpenRLHF ``--ds.ring_attn_size``) -------------------------------------------------------------
+# OpenRLHF @3c3be62 ``models/ring_attn_utils.py`` slices the packed row over the ring group (sp GPUs, each
+# ceil(T/sp) tokens: ``tokens.micro_batch``) and ``utils/deepspeed/deepspeed.py::setup_ring_attn`` swaps HF's flash
+# attention for ring-flash-attention @8996282 ``adapters/hf_adapter.py`` → ``llama3_flash_attn_varlen_func``. That
+# kernel saves what flash attention saves (``ctx.save_for_backward(q, k, v, out, softmax_lse)``: the local q, the
+# contiguous k and v, the concatenated output — per local token as many bytes as unsplit), so the saved activations
+# follow the local tokens and add nothing; what it adds are transients, per local token t, with s = heads_k_stride.
+
+
+def ring_forward_transient_per_token(spec: ModelSpec, e: int, sp: int, stride: int, tp: int = 1) -> float:
+    """Peak bytes per local token inside one layer's no-grad forward under OpenRLHF's ring attention, at
+    ``llama3_flash_attn_varlen_forward``'s ``torch.cat(out_list)`` (its locals all alive):
+
+    * the local q, k, v (e·d·(a + 2k)) and ``Llama3FlashAttnVarlenFunc.forward``'s ``k.contiguous()`` (e·d·k: HF's
+      ``flash_attention_forward`` hands ``key.transpose(1, 2)`` of the RoPE output, not contiguous; v's double
+      transpose is);
+    * ``kv_buffer`` and ``kv_buffer_copy``, each ``(2, total_k · world_size, heads_k_stride, d)``: every token of
+      the ring for s KV heads, K and V, double-buffered: 4·e·sp·s·d;
+    * with s < k, the sliced send chunks ``k_0``, ``v_0`` and the last ``send_k``, ``send_v`` (``.contiguous()``
+      copies of [t, s, d]): 4·e·s·d;
+    * ``out_list`` and its ``torch.cat`` (2·e·a·d), ``lse_list`` and its cat in fp32 (8·a);
+    * beside the residual stream and the norm's output and fp32 upcast (2·e·h + 4·h, as
+      ``ulysses_forward_transient_per_token``).
+
+    e·d·(3a + 3k + 4·sp·s + [4s if s < k]) + 8a + 2·e·h + 4·h. The forward's peak is the larger of this and the
+    MLP's.
+    The attention part is traced (``memplan.harness.ring``, tests/test_ring_attention.py): the same, to the byte.
+    Llama-3-8B (a = 32, k = 8, d = 128, h = 4096), sp = 4, s = 1, bf16: 256·140 + 256 + 16,384 + 16,384 = 68,864 B.
+    """
+    d, a, k, h = spec.head_dim, spec.num_heads // tp, max(spec.num_kv_heads // tp, 1), spec.hidden_size  # per GPU
+    chunks = 4 * stride if stride < k else 0
+    return e * d * (3 * a + 3 * k + 4 * sp * stride + chunks) + 8 * a + 2 * e * h + 4 * h
+
+
+def ring_backward_transient_per_token(spec: ModelSpec, e: int, sp: int, stride: int, tp: int = 1) -> float:
+    """Peak bytes per local token inside one layer's backward under OpenRLHF's ring attention, at the last
+    chunk's ``_flash_attn_varlen_backward`` in ``llama3_flash_attn_varlen_backward``:
+
+    * the incoming gradient of the attention output (e·a·d) and ``dq``, ``dk``, ``dv`` (``torch.empty_like`` of the
+      local q, k, v: e·d·(a + 2k));
+    * ``kv_buffer``, ``kv_buffer_copy`` (the K/V all-gather, double-buffered) and ``dkv_buffer`` (their gradient,
+      reduce-scattered back): three ``(2, total_k · world_size, s, d)``, 6·e·sp·s·d;
+    * with s < k, ``kv_contiguous_buffer`` ``(2, total_k, s, d)`` and the send chunks as in forward (4·e·s·d),
+      and, from k/s ≥ 3 on, a new ``send_k`` made while the previous one is still bound: 6·e·s·d, or 7·e·s·d;
+    * beside the layer's incoming gradient in the residual stream (e·h).
+
+    e·d·(2a + 2k + 6·sp·s + [6s or 7s if s < k]) + e·h (traced: tests/test_ring_attention.py, memplan.harness.ring);
+    a layer's backward peak is the larger of this and the MLP's
+    (``backward_transient_per_token``). Llama-3-8B, sp = 8, s = 8 (every KV head at once), bf16:
+    256·(64 + 16 + 384) + 8,192 = 126,976 B (the MLP's: 2·2·14,336 + 8,192 = 65,536 B).
+    """
+    d, a, k, h = spec.head_dim, spec.num_heads // tp, max(spec.num_kv_heads // tp, 1), spec.hidden_size  # per GPU
+    chunks = 0 if stride >= k else (7 if k // stride >= 3 else 6) * stride
+    return e * d * (2 * a + 2 * k + 6 * sp * stride + chunks) + e * h

@@ -117,7 +117,11 @@ class Run(NamedTuple):
     score_batch: MicroBatch | None = None
     """A scoring forward's tokens per GPU; None: score_seqs × train_seq_len."""
     sp: int = 1
-    """Ulysses sequence-parallel size: each micro batch's tokens split over sp GPUs (``sequence_parallel``)."""
+    """Sequence-parallel size: each micro batch's tokens split over sp GPUs (``sequence_parallel``)."""
+    sp_mode: str = "ulysses"
+    """How the sp GPUs share attention: 'ulysses' (all-to-all of heads) or 'ring' (OpenRLHF's K/V all-gather)."""
+    ring_head_stride: int = 1
+    """KV heads per all-gather of ring attention (``ring_head_stride``)."""
     entropy: str = "none"
     """Where the actor takes the vocabulary-wide entropy: 'none', 'scoring', 'update', 'scoring+update'."""
     entropy_kernel: str = "compiled"
@@ -383,6 +387,25 @@ def resolve(req: EstimateRequest) -> Run:
     )
 
 
+def _check_ring(req: EstimateRequest, spec: ModelSpec, sp: int, packed: bool, gpus: int) -> None:
+    """OpenRLHF's ring attention group, as it asserts: the packed row sliced (``ring_attn_utils.py::
+    unpad_and_slice_tensor``; ``cli/train_ppo_ray.py`` turns packing_samples on), a (dp, sp, tp) device mesh
+    (``utils/deepspeed/deepspeed.py``: dp = world // ring_attn_size // tp), and ring_flash_attn's
+    ``llama3_flash_attn_varlen_forward``: ``assert nheads_k % heads_k_stride == 0`` over the GPU's KV heads."""
+    if req.engine != "deepspeed":
+        raise InputError("sequence_parallel_mode", "ring attention is OpenRLHF's, which trains with DeepSpeed: set "
+                         "engine 'deepspeed', or use 'ulysses'", req.sequence_parallel_mode)
+    if not packed:
+        raise InputError("sequence_parallel", "OpenRLHF's ring attention slices the packed row (packing_samples): "
+                         "set packing, or use 1", sp)
+    if gpus % (sp * req.tp):
+        raise InputError("sequence_parallel", f"times tp ({req.tp}) must divide the GPUs ({gpus})", sp)
+    heads = max(spec.num_kv_heads // req.tp, 1)
+    if heads % req.ring_head_stride:
+        raise InputError("ring_head_stride", f"must divide the key/value heads per GPU ({heads})",
+                         req.ring_head_stride)
+
+
 def _token_batches(req: EstimateRequest, algo: str, spec: ModelSpec, seq: int, logit_tokens: int, score_micro: int,
                    pool: int | None, gpus: int) -> dict:
     """The Run fields of packing, token caps, Ulysses and entropy (none when the request uses none of them);
@@ -404,7 +427,14 @@ def _token_batches(req: EstimateRequest, algo: str, spec: ModelSpec, seq: int, l
         if value is not None and not packed:
             raise InputError(name, "a token cap sizes packed micro batches (verl's use_dynamic_bsz needs "
                              "use_remove_padding's packing): set packing, or leave it unset", value)
-    if sp > 1:
+    ring = req.sequence_parallel_mode == "ring"
+    if req.ring_head_stride != 1 and not (ring and sp > 1):
+        raise InputError("ring_head_stride", "is ring attention's: set sequence_parallel > 1 with "
+                         "sequence_parallel_mode 'ring', or leave it 1", req.ring_head_stride)
+    if sp > 1 and ring:
+        _check_ring(req, spec, sp, packed, gpus)
+        extra.update(sp_mode="ring", ring_head_stride=req.ring_head_stride)
+    elif sp > 1:
         if not packed:
             raise InputError("sequence_parallel", "verl's Ulysses slices the packed row (use_remove_padding): set "
                              "packing, or use 1", sp)

@@ -28,6 +28,9 @@ Which length each phase uses, and why:
   sequence-parallel group (``dp_actor.py``: ``max_token_len = ppo_max_token_len_per_gpu *
   ulysses_sequence_parallel_size``) and slices the packed row over its sp ranks (``ulysses_pad_and_slice_inputs``):
   each GPU holds ceil(tokens / sp) of them — at most the cap per GPU.
+  OpenRLHF's ring attention (``sequence_parallel_mode='ring'``) splits the same way: its cap is per GPU
+  (``seqlen_balancing.py::get_minimum_num_micro_batch_size``: ``max_tokens_per_gpu *= ring_attn_size * tp``) and
+  ``ring_attn_utils.py::get_tensor_in_current_ring_attn_rank`` pads the row to a multiple of sp and slices it.
 
 Every function is a function of (tokens in the micro batch, sequence lengths) only, so a traced packed micro
 batch can be compared with it.

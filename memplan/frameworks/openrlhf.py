@@ -27,6 +27,9 @@ What is read:
                                       offload 'optimizer'; the frozen models' parameters on the CPU (ZeRO-3)
     ds.enable_sleep (colocate_all)    idle_offload 'optimizer': offload_deepspeed_states moves the trained
                                       models' optimizer states, masters and gradients to the CPU between their fits
+    ds.ring_attn_size, ds.ring_attn_head_stride
+                                      sequence_parallel with sequence_parallel_mode 'ring', ring_head_stride
+                                      (each GPU of the ring holds 1/size of every packed row; K/V all-gathered)
     ds.param_dtype, ds.attn_implementation, actor.gradient_checkpointing_enable, ds.lora.rank,
     ds.lora.target_modules, ds.load_in_4bit
                                       dtype, attention, gradient_checkpointing, lora_rank, lora_targets, int4 base
@@ -63,6 +66,7 @@ DEFAULTS: dict[str, Any] = {  # openrlhf 0.11.2 cli/train_ppo_ray.py, what this 
     "flash_attention_2", "actor.gradient_checkpointing_enable": False, "ds.lora.rank": 0,
     "ds.lora.target_modules": "all-linear", "ds.load_in_4bit": False, "ds.packing_samples": False,
     "train.dynamic_batch_enable": False, "ds.tensor_parallel_size": 1, "ds.ring_attn_size": 1,
+    "ds.ring_attn_head_stride": 1,
     "rollout.batch_size": 1024, "rollout.micro_batch_size": 1, "train.micro_batch_size": 1,
     "rollout.n_samples_per_prompt": 1, "data.max_len": 2048, "rollout.max_new_tokens": None,
     "algo.advantage.estimator": "gae", "algo.kl.init_coef": 0.01, "algo.kl.use_loss": False, "ref.offload": False,
@@ -85,7 +89,8 @@ LEGACY = {  # the flat names of OpenRLHF ≤ 0.9's train_ppo_ray
     "rollout_batch_size": "rollout.batch_size", "n_samples_per_prompt": "rollout.n_samples_per_prompt",
     "generate_max_len": "rollout.max_new_tokens", "advantage_estimator": "algo.advantage.estimator",
     "init_kl_coef": "algo.kl.init_coef", "use_kl_loss": "algo.kl.use_loss",
-    "ring_attn_size": "ds.ring_attn_size", "train_max_tokens_per_gpu": "train.max_tokens_per_gpu",
+    "ring_attn_size": "ds.ring_attn_size", "ring_head_stride": "ds.ring_attn_head_stride",
+    "train_max_tokens_per_gpu": "train.max_tokens_per_gpu",
     "rollout_max_tokens_per_gpu": "rollout.max_tokens_per_gpu", "entropy_loss_coef": "actor.entropy_coef",
 }
 
@@ -263,10 +268,9 @@ def fields(args: dict[str, Any], gpu: str | None = None) -> OpenRLHFRun:
     if num("ds.tensor_parallel_size") > 1:
         notes.append(f"ds.tensor_parallel_size {get('ds.tensor_parallel_size')} (DeepSpeed AutoTP): not modeled; "
                      "estimated without it (an upper bound)")
-    if num("ds.ring_attn_size") > 1:  # ring_flash_attn's llama3 varlen kernel: its K/V exchange is not modeled
-        notes.append(f"ds.ring_attn_size {get('ds.ring_attn_size')}: ring attention is not modeled (memplan models "
-                     "Ulysses, verl's sequence parallelism, whose all-to-all it does not share): every token of a "
-                     "micro batch counted on each GPU of the ring (an upper bound)")
+    if num("ds.ring_attn_size") > 1:  # deepspeed.py::setup_ring_attn → ring_flash_attn's llama3 varlen kernel
+        out["sequence_parallel"], out["sequence_parallel_mode"] = num("ds.ring_attn_size"), "ring"
+        out["ring_head_stride"] = num("ds.ring_attn_head_stride")
     out["logprob_kernel"] = "fp32-fused"  # Actor.forward: every position's logits in fp32, flash-attn's cross-entropy
     return OpenRLHFRun(out, notes)
 

@@ -17,7 +17,7 @@ from math import ceil
 
 from memplan.specs import ModelSpec
 from memplan.timing.hardware import (
-    ADAM_BYTES_PER_PARAM, BUS_EFFICIENCY, DECODE_HBM_EFFICIENCY, EAGER_DECODE_SECONDS_PER_LAYER,
+    ADAM_BYTES_PER_PARAM, BUS_EFFICIENCY, DECODE_HBM_EFFICIENCY,
     GPU_STREAM_EFFICIENCY, HOST_MEMORY_EFFICIENCY, MATMUL_EFFICIENCY, PCIE_EFFICIENCY, GPUPerf,
 )
 
@@ -84,14 +84,14 @@ def kv_bytes_per_token(spec: ModelSpec, e: int) -> int:
 
 
 def decode_step_seconds(weight_bytes: float, kv_bytes: float, flops: float, perf: GPUPerf, dtype: str,
-                        eager_layers: int = 0) -> tuple[float, str]:
+                        launch_seconds: float = 0.0) -> tuple[float, str]:
     """One decode step of the whole batch: bounded by reading the weights and the KV cache from HBM once
-    (at ``DECODE_HBM_EFFICIENCY``), by its FLOPs, and — without CUDA graphs — by launching ``eager_layers``
-    layers' kernels (``EAGER_DECODE_SECONDS_PER_LAYER``). Returns the seconds and which bound it is."""
+    (at ``DECODE_HBM_EFFICIENCY``), by its FLOPs, and — without CUDA graphs — by launching its kernels
+    (``launch_seconds``: ``launches.decode_launch_seconds``). Returns the seconds and which bound it is."""
     bounds = {
         "hbm": (weight_bytes + kv_bytes) / (perf.hbm_bytes_per_s * DECODE_HBM_EFFICIENCY),
         "compute": flops / (perf.matmul_flops(dtype) * MATMUL_EFFICIENCY),
-        "launch": eager_layers * EAGER_DECODE_SECONDS_PER_LAYER,
+        "launch": launch_seconds,
     }
     bound = max(bounds, key=bounds.__getitem__)
     return bounds[bound], bound

@@ -37,9 +37,9 @@ EAGER_DECODE_SECONDS_PER_LAYER = 1.0 / 25.5 / 32
 """A decode step without CUDA graphs (HF ``generate``, DeepSpeed-Chat's hybrid engine, which runs HF's
 generation loop over its fused layers) is bound by launching its kernels from Python: the same blog's starting
 point, eager Llama-2-7B (32 layers) on an A100-80GB at batch 1, runs 25.5 tokens/s, "heavily CPU overhead bound":
-39.2 ms a token, 1.23 ms per layer, ~4× what reading the weights takes. Applied as a floor per layer and token,
-independent of batch. DeepSpeed's fused inference kernels launch fewer kernels per layer than that eager model:
-for the hybrid engine this floor is an upper bound (benchmarks/results/timing.md shows both ends)."""
+39.2 ms a token, 1.23 ms per layer, ~4× what reading the weights takes. A floor per layer and token, independent
+of batch, for transformers' eager layers; ``launches.py`` divides it by the kernels that layer launches and charges
+DeepSpeed's hybrid engine its fused layers' own count (15 per Llama layer, 14 per OPT layer against 51)."""
 
 BUS_EFFICIENCY = 0.75
 """Fraction of the NVLink / network bandwidth a large NCCL collective reaches (bus bandwidth): nccl-tests'

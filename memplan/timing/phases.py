@@ -6,7 +6,8 @@ one training pass) compute and the collectives that prefetch or reduce behind it
 its longest term; blocks follow one another. Per GPU: every data-parallel rank runs the same blocks at once.
 
 * rollout — prefill (FLOPs) then ``gen_len`` decode steps, each reading the weights and the KV cache at the mean
-  context once (HBM), or launch-bound without CUDA graphs (HF ``generate``, the hybrid engine); vLLM's KV reads and
+  context once (HBM), or launch-bound without CUDA graphs (HF ``generate``, the hybrid engine: ``launches.py``
+  counts each one's kernels per layer); vLLM's KV reads and
   FLOPs follow ``gen_len_mean`` (``workload.decode_lengths``); ReMax's greedy
   pass again; the weight sync into the engine (vLLM: a copy of the weights, gathered first under ZeRO-3; the
   hybrid engine: its train↔inference switch, one gather under ZeRO-3; HF under ZeRO-3: a gather per token).
@@ -30,6 +31,7 @@ from memplan.report import EstimateRequest
 from memplan.timing import formulas as f
 from memplan.timing import workload
 from memplan.timing.hardware import GPUPerf
+from memplan.timing.launches import decode_launch_seconds
 from memplan.timing.workload import Passes, Work, decode_lengths
 
 
@@ -105,7 +107,10 @@ def rollout(run: Run, perf: GPUPerf, dtype: str, request: EstimateRequest) -> It
     # the hybrid engine under ZeRO-3 gathers the whole actor at the start of every generate call (and frees it
     # at the end); so does HF generation with gather_for_generation (TRL's ds3_gather_for_generation)
     gathers_per_call = zero3 and (engine == "hybrid-engine" or (engine == "hf" and run.gather_for_generation))
-    eager_layers = 0 if engine == "vllm" else spec.num_layers
+    # without CUDA graphs a decode step cannot beat launching its layers' kernels (launches.py: HF's eager
+    # count, or DeepSpeed's fused inference ops for the hybrid engine)
+    launch = decode_launch_seconds(engine, spec.model_type, spec.num_layers,
+                                   zero3=actor.sharding.zero_stage == 3, tp=gen_tp)
     # A tensor-parallel group shares its replica's sequences (``tp``); a vLLM engine over ``vllm_tp`` GPUs takes
     # the sequences of all of them: per GPU, its 1/gen_tp of the weights and its own sequences' KV and FLOPs.
     kv_token = f.kv_bytes_per_token(spec, run.e) / run.tp
@@ -125,7 +130,7 @@ def rollout(run: Run, perf: GPUPerf, dtype: str, request: EstimateRequest) -> It
         step_flops = seqs * live * (2 * f.matmul_params(spec, True) + 4 * spec.num_layers * spec.num_heads
                                     * spec.head_dim * context) / run.tp
         step, bound = f.decode_step_seconds(weight_bytes, seqs * live * context * kv_token, step_flops, perf, dtype,
-                                            eager_layers)
+                                            launch)
         if engine == "hf" and zero3 and not run.gather_for_generation:
             # DeepSpeed / FSDP gather every layer again for every token
             gather = gather_bus

@@ -1,0 +1,11 @@
+python3 -m openrlhf.cli.train_ppo_ray \
+  --actor.model_name_or_path meta-llama/Llama-3.1-8B \
+  --actor.num_nodes 1 --actor.num_gpus_per_node 8 \
+  --algo.advantage.estimator group_norm --rollout.n_samples_per_prompt 8 \
+  --rollout.batch_size 16 --rollout.micro_batch_size 4 --train.micro_batch_size 4 \
+  --data.max_len 32768 --rollout.max_new_tokens 30720 \
+  --reward.remote_url http://localhost:5000/get_reward \
+  --ds.zero_stage 3 --actor.gradient_checkpointing_enable --ds.packing_samples \
+  --train.colocate_all --vllm.num_engines 4 --vllm.tensor_parallel_size 2 --vllm.enable_sleep --ds.enable_sleep \
+  --vllm.gpu_memory_utilization 0.6 \
+  --ds.ring_attn_size 4 --ds.ring_attn_head_stride 2
