@@ -79,9 +79,12 @@ Known limitations:
   micro batches, whose largest can exceed the cap by less than one sequence. Ulysses (``sequence_parallel``) is
   read from verl's ``ulysses.py`` and ``monkey_patch.py`` and traced (``memplan.harness.ulysses``; within 0.9 % on
   tiny-llama and Qwen2.5-0.5B GRPO, docs/tracer-packing.md): its all-to-all buffers in backward (3·e·a·d per local
-  token at one layer's backward) and the position ids' all-gather are not counted. The entropy (``entropy``, ``formulas.entropy_bytes``) is read
-  from verl's, TRL's and OpenRLHF's sources and torch's backward formulas, and traced (eager, fp32-chunked, TRL's
-  chunks); what torch.compile saves for the compiled one is taken as its input only (not traced). OpenRLHF's ring attention is not modeled (its reader says so).
+  token at one layer's backward) and the position ids' all-gather are not counted. OpenRLHF's ring attention
+  (``sequence_parallel_mode='ring'``) is read from ring-flash-attention's ``llama3_flash_attn_varlen_func`` (K/V
+  all-gathered ``ring_head_stride`` heads at a time); its kernel is traced (``memplan.harness.ring``), a whole step
+  is not. The entropy (``entropy``, ``formulas.entropy_bytes``) is read from verl's, TRL's and OpenRLHF's sources
+  and torch's backward formulas, and traced (eager, fp32-chunked, TRL's chunks); what torch.compile saves for the
+  compiled one is taken as its input only (not traced).
 * The error band beside every estimate (``band``: the verdict TIGHT) comes from one public corpus — AgileRL's
   single-GPU LoRA GRPO runs with a colocated vLLM — and is an extrapolation for every other configuration (more
   GPUs, DeepSpeed or FSDP, full fine-tuning, other algorithms and rollout engines) and for phases it never

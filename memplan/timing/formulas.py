@@ -67,6 +67,19 @@ def ulysses_all_to_all_bytes(spec: ModelSpec, tokens: int, sp: int, kv_heads: in
     return float(tokens) * (2 * spec.num_heads + 2 * kv_heads) * spec.head_dim * e * (sp - 1) / sp
 
 
+
+def ring_all_gather_bytes(spec: ModelSpec, tokens: int, sp: int, kv_heads: int, e: int) -> float:
+    """Bytes one GPU receives (and, in a ring all-gather, sends) when OpenRLHF's ring attention gathers K and V of
+    ``kv_heads`` heads over its sp GPUs for its ``tokens`` local tokens: ring-flash-attention
+    ``llama3_flash_attn_varlen.py::llama3_flash_attn_varlen_forward`` calls ``all_gather_into_tensor`` on the local
+    K slice and the V slice (``[t, heads_k_stride, d]`` each, into ``kv_buffer``'s ``[t · sp, heads_k_stride, d]``)
+    once per ``heads_k_stride`` KV heads, so a layer's forward moves (sp − 1)·t·2k·d·e over all k KV heads;
+    ``llama3_flash_attn_varlen_backward`` gathers them again and ``reduce_scatter_tensor``s ``dkv_buffer`` (the same
+    shape): as many bytes again. Pass ``kv_heads`` = the stride for one chunk, k for the whole layer."""
+    if sp <= 1:
+        return 0.0
+    return float(sp - 1) * tokens * 2 * kv_heads * spec.head_dim * e
+
 def train_flops_factor(checkpointing: bool, lora: bool) -> int:
     """Forwards' worth of FLOPs in one training pass: forward 1 + backward 2 (input and weight gradients) +
     1 recomputed forward under checkpointing. LoRA skips the frozen base's weight gradients: backward ≈ 1."""

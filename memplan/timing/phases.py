@@ -14,7 +14,7 @@ its longest term; blocks follow one another. Per GPU: every data-parallel rank r
 * scoring — a forward of each frozen or old-policy model over the batch, ``score_micro_batch_size`` (or a token
   cap's worth) at a time; ZeRO-3 gathers the weights per call, over PCIe first when they live on the CPU. The
   tokens of every forward and training pass are ``workload``'s: padded, or packed at the mean length; Ulysses'
-  all-to-alls are added where they run (``_ulysses_seconds``).
+  all-to-alls, or ring attention's K/V all-gathers, are added where they run (``_sp_seconds``).
 * actor_update / critic_update — forward + backward (+ recomputed forward) per micro batch, overlapped with
   ZeRO's gathers and reduce-scatters; then the optimizer step: memory-bound on the GPU, or the gradients down
   and the weights up over PCIe and the step on the CPU when offloaded, then ZeRO-1/2's all-gather.
@@ -156,6 +156,46 @@ def _ulysses_seconds(run: Run, perf: GPUPerf, role: RoleSetup, p: Passes, forwar
     return f.bus_seconds(forwards * spec.num_layers * per_layer, perf, run.sp > run.gpus_per_node)
 
 
+def _ring_layer_seconds(run: Run, perf: GPUPerf, dtype: str, role: RoleSetup, p: Passes) -> tuple[float, float]:
+    """OpenRLHF's ring attention (``sp_mode`` 'ring'): the seconds its K/V collectives add to one layer's forward
+    and to its backward over the GPU's tokens, beyond the attention they overlap with. ring-flash-attention
+    ``llama3_flash_attn_varlen.py`` splits the k KV heads per GPU into n = k / s chunks of s = ``heads_k_stride``;
+    each chunk's all-gather (g seconds: ``formulas.ring_all_gather_bytes`` for s heads) is issued with
+    ``async_op=True`` (``utils.py::AllGatherComm``) before the previous chunk's attention (c seconds, its share
+    of the layer's attention FLOPs: 4·(a/n)·d·span per token forward, twice that backward) and awaited after it.
+    Forward: g, then n chunks each ``max(c, g)`` but the last c: g + (n − 1)·max(0, g − c) beyond the n·c of
+    compute counted already. Backward adds each chunk's ``reduce_scatter_tensor`` of the K/V gradient (r = g's
+    bytes, synchronous: queued on the same NCCL stream behind the next gather, and awaited before the next chunk):
+    g + n·r + (n − 1)·max(0, g − 2c). s = k (``ring_attn_head_stride`` = heads) gathers once: nothing overlaps.
+    OpenRLHF's ring groups are consecutive ranks (``utils/deepspeed/deepspeed.py::setup_ring_attn``): NVLink
+    within a node, the network when sp > GPUs per node. Not counted: the collectives' slowing of the attention
+    kernels they run beside, the ``send_k``/``send_v`` copies, the log-probs' all-gather."""
+    spec, tp = role.spec, role.sharding.tp
+    kv = max(spec.num_kv_heads // tp, 1)
+    stride = min(run.ring_head_stride, kv)
+    chunks = kv // stride
+    gather = f.bus_seconds(f.ring_all_gather_bytes(spec, p.tokens, run.sp, stride, run.e), perf,
+                           run.sp > run.gpus_per_node)
+    attention = f.compute_seconds(4.0 * spec.num_heads * spec.head_dim * p.seq_len * p.tokens / chunks, perf, dtype,
+                                  tp)
+    forward = gather + (chunks - 1) * max(0.0, gather - attention)
+    backward = gather + chunks * gather + (chunks - 1) * max(0.0, gather - 2 * attention)
+    return forward, backward
+
+
+def _sp_seconds(run: Run, perf: GPUPerf, dtype: str, role: RoleSetup, p: Passes, training: bool) -> float:
+    """Sequence parallelism's collectives in a no-grad forward (``training`` False) or a training pass (forward,
+    recomputed forward under checkpointing, backward), every layer: ring attention's K/V all-gathers
+    (``_ring_layer_seconds``) or Ulysses' all-to-alls (``_ulysses_seconds``)."""
+    if run.sp <= 1:
+        return 0.0
+    if run.sp_mode == "ring":
+        forward, backward = _ring_layer_seconds(run, perf, dtype, role, p)
+        forwards = 1 + run.gradient_checkpointing if training else 1
+        return role.spec.num_layers * (forwards * forward + (backward if training else 0.0))
+    return _ulysses_seconds(run, perf, role, p, 2 + run.gradient_checkpointing if training else 1)
+
+
 def _forward_calls(run: Run, perf: GPUPerf, dtype: str, role: RoleSetup, p: Passes, label: str) -> Block:
     """A no-grad forward of ``role`` over the passes' tokens, in ``p.calls`` calls."""
     n = p.calls
@@ -165,7 +205,7 @@ def _forward_calls(run: Run, perf: GPUPerf, dtype: str, role: RoleSetup, p: Pass
     terms = {"compute": compute, _link(run): n * bus, "pcie": n * pcie}
     seconds, bound = _longest(terms)
     seconds += _tp_seconds(run, perf, role.sharding.tp, p.tokens, role.spec.hidden_size, 2 * role.spec.num_layers)
-    seconds += _ulysses_seconds(run, perf, role, p, 1)
+    seconds += _sp_seconds(run, perf, dtype, role, p, training=False)
     where = " (weights from the CPU)" if role.sharding.offload_params else ""
     return Block("scoring", role.role, f"{label}: forward × {p.seqs} sequences in {n} call(s){where}; {p.basis}",
                  seconds, bound)
@@ -237,7 +277,7 @@ def update(run: Run, perf: GPUPerf, dtype: str, role: RoleSetup, work: Work) -> 
     seconds, bound = _longest(terms)
     seconds += _tp_seconds(run, perf, sh.tp, p.tokens, role.spec.hidden_size,
                            (4 + 2 * run.gradient_checkpointing) * role.spec.num_layers)
-    seconds += _ulysses_seconds(run, perf, role, p, 2 + run.gradient_checkpointing)  # forward, backward, recompute
+    seconds += _sp_seconds(run, perf, dtype, role, p, training=True)  # forward, backward, recompute
     ckpt = " + recompute" if run.gradient_checkpointing else ""
     yield Block(phase, role.role, f"forward + backward{ckpt} × {seqs} sequences in {n} micro batch(es); {p.basis}",
                 seconds, bound)
