@@ -37,10 +37,11 @@ from typing import Any
 from memplan.emit.common import (Emitted, LaunchFile, check_round_trip, cluster_of, effective, model_path, whole,
                                  zero_stage)
 from memplan.errors import InputError
+from memplan.frameworks.presets import ALGOS
 from memplan.report import EstimateRequest
 
 FRAMEWORK = "OpenRLHF"
-ESTIMATORS = {"ppo": "gae", "grpo": "group_norm", "rloo": "rloo"}
+ESTIMATORS = ALGOS["openrlhf"]  # algorithm → its advantage estimator, as the preset writes it
 ATTENTION = {"flash": "flash_attention_2", "sdpa": "sdpa", "eager": "eager"}
 ROLES = ("actor", "ref", "critic", "reward")
 HINTS = {

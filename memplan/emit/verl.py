@@ -34,11 +34,12 @@ from typing import Any
 from memplan.emit.common import (Emitted, LaunchFile, check_round_trip, cluster_of, effective, model_path, whole,
                                  zero_stage)
 from memplan.errors import InputError
+from memplan.frameworks.presets import ALGOS
 from memplan.report import EstimateRequest
 
 FRAMEWORK = "verl"
 A = "actor_rollout_ref"
-ESTIMATORS = {"ppo": "gae", "grpo": "grpo", "rloo": "rloo", "remax": "remax"}
+ESTIMATORS = ALGOS["verl"]  # algorithm → its advantage estimator, as the preset writes it
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 HINTS = {
     "engine": "verl's workers train with FSDP (actor.strategy fsdp / fsdp2)",
