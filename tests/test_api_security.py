@@ -34,6 +34,8 @@ LAUNCH = {
     "/v1/trl/estimate": ({"recipe": "model_name_or_path: {model}\n", "gpu": "8xH100-80GB"}, "recipe"),
     "/v1/openrlhf/estimate": ({"script": "--pretrain {model} --micro_train_batch_size 1", "gpu": "H100-80GB"},
                               "script"),
+    "/v1/deepspeed-chat/estimate": ({"script": "deepspeed main.py --actor_model_name_or_path {model} "
+                                               "--enable_hybrid_engine", "gpus": "8xA100-80GB"}, "script"),
 }
 
 
@@ -91,7 +93,7 @@ def test_launch_file_model_paths_are_names_never_files(route: str, model_dir: Pa
 
 
 @pytest.mark.parametrize(("route", "field"), [("/v1/verl/estimate", "script"), ("/v1/openrlhf/estimate", "script"),
-                                              ("/v1/trl/estimate", "recipe")])
+                                              ("/v1/trl/estimate", "recipe"), ("/v1/deepspeed-chat/estimate", "script")])
 def test_a_launch_file_given_as_a_path_is_not_read(route: str, field: str, tmp_path: Path) -> None:
     # the library reads a launch file given by path; the service takes the text only
     launch = tmp_path / "run.yaml"
