@@ -93,6 +93,37 @@ def unexplained(by_id: dict, results: dict) -> list[str]:
     return out
 
 
+def _timers(record: dict, t: StepTime) -> dict[str, float]:
+    """memplan's seconds for each timer of a record's measured phase split, over the measured step's prompts;
+    each timer read from the code that printed it (tests/test_timing_phase_split.py)."""
+    rollout = [i for p in t.phases if p.phase == "rollout" for i in p.items if "switch" not in i.what]
+    phase = {p.phase: p.seconds for p in t.phases}
+    if record["phase_timer"] == "deepspeed-hybrid-engine":  # HybridEngine.eval(): Generate time (no gather), ...
+        split = {"generation": sum(i.seconds for i in rollout if "gather" not in i.what),
+                 "training": phase.get("scoring", 0.0) + phase.get("actor_update", 0.0),
+                 "others": phase.get("critic_update", 0.0)}
+    else:  # the OpenRLHF authors' DeepSpeed-Chat fork: generate() (gather included), scoring, the PPO loop
+        split = {"generation": sum(i.seconds for i in rollout), "preparation": phase.get("scoring", 0.0),
+                 "training": phase.get("actor_update", 0.0) + phase.get("critic_update", 0.0)}
+    scale = record["measured_step_prompts"] / t.prompts_per_step
+    return {k: v * scale for k, v in split.items()}
+
+
+def phase_splits(records: list[dict], results: dict) -> list[str]:
+    """Measured vs estimated seconds per timer, for the records that carry a measured phase split."""
+    out = ["| run | timer | measured s | estimated s | est / meas |", "|---|---|---:|---:|---:|"]
+    for r in records:
+        if "measured_phase_seconds" not in r:
+            continue
+        estimated = _timers(r, results[r["id"]])
+        for name, seconds in r["measured_phase_seconds"].items():
+            if name == "step":
+                continue
+            out.append(f"| {r['id']} | {name} | {seconds:.2f} | {estimated[name]:.2f} | "
+                       f"{estimated[name] / seconds:.2f} |")
+    return out
+
+
 def main() -> None:
     records = load()
     results = {r["id"]: estimate(r) for r in records}
@@ -139,6 +170,12 @@ def main() -> None:
               f"(launches.py). Per prompt memplan finds PPO {ratio4:.2f}× slower than ReMax (4 GPUs, offload)."]
     lines += ["", "## What is unexplained (a diagnostic from the README's own runs; nothing here enters the model)", "",
               *unexplained(by_id, results)]
+    lines += ["", "## Measured phase splits (per measured step; timers as the printing code defines them)", "",
+              *phase_splits(records, results), "",
+              "Timers: DeepSpeed's HybridEngine.eval() line — generation = generate() less its ZeRO-3 gather, "
+              "training = the scoring forwards + the actor's update, others = the critic's update; the OpenRLHF "
+              "authors' DeepSpeed-Chat fork — generation = generate(), preparation = the scoring forwards, "
+              "training = actor + critic updates (docs/time.md, 'Measured phase splits')."]
     # sensitivity: the hybrid engine's decode charged as before (HF's eager count) and with no launch floor
     import memplan.timing.launches as launches
 

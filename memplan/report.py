@@ -276,6 +276,16 @@ class EstimateRequest(BaseModel):
         "rollout.tensor_model_parallel_size, 2 by default; TRL's and OpenRLHF's 1): its weights per GPU, woken "
         "alone for the weight sync in sleep mode"
     )
+    inference_tp_size: StrictInt = Field(
+        1, ge=1, le=64, description="DeepSpeed-Chat's --inference_tp_size (hybrid_engine.inference_tp_size): the "
+        "hybrid engine generates with the actor's layers split over this many GPUs of a node (ZeRO-3 only), each "
+        "GPU generating the whole group's prompts with 1/tp of every layer's weights"
+    )
+    tp_gather_partition_size: StrictInt = Field(
+        8, ge=1, le=1024, description="DeepSpeed-Chat's --tp_gather_partition_size (hybrid_engine."
+        "tp_gather_partition_size, 8): with inference_tp_size > 1, the layers gathered at once before each is "
+        "sliced into its inference container"
+    )
     weight_sync_bucket_mb: StrictInt = Field(
         0, ge=0, le=65_536, description="A buffer the trainer packs the actor's weights into to send them to vLLM "
         "or a remote engine (verl 0.9's checkpoint_engine.update_weights_bucket_megabytes, 2048 MiB); 0: one "

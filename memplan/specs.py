@@ -74,6 +74,30 @@ class Linear:
     """True for attention projections (LoRA ``attention`` target set)."""
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LayerGroup:
+    """Decoder layers of one shape, for a model whose layers differ (Gemma-4: sliding and full-attention layers
+    with different head dims, layers that reuse an earlier layer's keys and values, double-wide MLPs).
+    transformers 5.25 ``models/gemma4/modeling_gemma4.py``: ``Gemma4TextAttention.__init__`` (head_dim and KV heads
+    from ``config.per_layer_config``, no k/v projections when ``is_kv_shared_layer``), ``Gemma4TextMLP.__init__``
+    (``intermediate_size * 2`` on KV-shared layers when ``use_double_wide_mlp``)."""
+
+    count: int
+    """Layers of this shape."""
+    head_dim: int
+    num_kv_heads: int
+    intermediate_size: int
+    kv_source: bool
+    """The layers compute their own keys and values (and cache them); False: they reuse an earlier layer's
+    (``kv_sharing_modes`` 'reuse'), holding no k/v projections and no cache of their own."""
+    sliding_window: int
+    """Tokens a sliding-attention layer attends to (and caches); 0 for full attention."""
+    params: int
+    """Parameters of one such layer."""
+    linears: tuple[Linear, ...]
+    """Its attention and MLP projections (the ones LoRA adapts)."""
+
+
 @hashed_once
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ModelSpec:
@@ -115,6 +139,16 @@ class ModelSpec:
     """Parameters of one decoder layer."""
     linears: tuple[Linear, ...] = ()
     """The linear layers of one decoder layer (for LoRA adapter sizes)."""
+    layer_groups: tuple[LayerGroup, ...] = ()
+    """Layers of different shapes (Gemma-4), their counts summing to ``num_layers``; empty when every layer is
+    alike. The uniform fields then describe the largest layer's shape (the peak of one layer's work),
+    ``layer_params`` the mean layer (``decoder_params // L``), and the estimator sums per-layer quantities over the
+    groups (``layer_views``)."""
+    layer_group: LayerGroup | None = None
+    """Set on the per-group views ``layer_views`` returns: the group this spec stands for."""
+    per_layer_input_size: int = 0
+    """Gemma-4's per-layer embeddings (PLE): the width each layer's input gate takes
+    (``hidden_size_per_layer_input``); 0 without."""
     # Derived once at construction (not compared, not given): the estimator reads them on every request.
     largest_matrix: int = field(init=False, repr=False, compare=False)
     """Elements of the largest single weight: the embedding, the LM head or one of a layer's linears (all
@@ -130,9 +164,31 @@ class ModelSpec:
         object.__setattr__(self, "largest_unit", max(self.layer_params, self.embedding_params, self.lm_head_params))
 
     @property
+    def decoder_params(self) -> int:
+        """Parameters of all decoder layers together."""
+        if self.layer_groups:
+            return sum(g.count * g.params for g in self.layer_groups)
+        return self.num_layers * self.layer_params
+
+    @property
     def backbone_params(self) -> int:
         """Parameters without the LM head: what a reward model or critic keeps before its scalar head."""
         return self.num_params - self.lm_head_params
+
+
+@functools.lru_cache(maxsize=256)
+def layer_views(spec: ModelSpec) -> tuple[ModelSpec, ...]:
+    """One spec per layer group (``spec.layer_groups``), each a uniform model of ``group.count`` layers of that
+    group's shape (``layer_group`` set), so a per-layer formula applied to each view and summed gives the whole
+    model's; ``(spec,)`` when every layer is alike."""
+    if not spec.layer_groups:
+        return (spec,)
+    return tuple(
+        replace(spec, num_layers=g.count, head_dim=g.head_dim, num_kv_heads=g.num_kv_heads,
+                intermediate_size=g.intermediate_size, layer_params=g.params, linears=g.linears, layer_groups=(),
+                layer_group=g)
+        for g in spec.layer_groups
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -149,7 +205,8 @@ _LLAMA_LIKE = (
     "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "mixtral", "qwen2_moe", "qwen3_moe",
     "olmoe",
 )
-SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted((*_LLAMA_LIKE, "gemma3", "opt", "gpt_neox", "gpt2")))
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(
+    (*_LLAMA_LIKE, "gemma3", "gemma4", "gemma4_text", "opt", "gpt_neox", "gpt2")))
 
 # transformers' config-class defaults that change the parameter layout when a key is absent
 _TIED_BY_DEFAULT = {"gemma", "gemma2", "gemma3_text", "opt", "gpt2"}
@@ -213,6 +270,8 @@ def spec_from_config(config: dict, name: str) -> ModelSpec:
         )
     if model_type == "gemma3":
         return _gemma3(config, name)
+    if model_type in ("gemma4", "gemma4_text"):  # its own module: layout, towers and defaults run long
+        return specs_gemma4.gemma4_spec(config, name)
     if model_type in _LLAMA_LIKE:
         return _llama_like(config, name, model_type)
     return {"opt": _opt, "gpt_neox": _gpt_neox, "gpt2": _gpt2}[model_type](config, name)
@@ -510,3 +569,6 @@ def spec_from_path(path: str | Path) -> ModelSpec:
     except (ValueError, TypeError, OSError, KeyError) as exc:
         raise InputError("model", f"transformers cannot read {str(file)!r}: {exc}", str(path)) from exc
     return spec_from_config(hf_config.to_dict(), str(path))
+
+
+from memplan import specs_gemma4  # noqa: E402  (Gemma-4's builder reads this module's names: imported last)

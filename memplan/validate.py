@@ -11,6 +11,21 @@ compares the quantity the run measured with the estimate that means the same thi
   ``Report.fixed_bytes`` (CUDA context, cuBLAS workspace, NCCL buffers), as tests/test_records.py compares;
 * ``outcome`` ('ran' / 'oom') against the verdict alone.
 
+Two facts of the measurement, not of the run, are netted out before comparing, each from the record:
+
+* NVML's driver reserve: an NVML v1 ``used`` reading counts the memory the driver reserves, which lies outside
+  torch's ``total_memory`` (memplan's capacity) and so in no estimate. Where the record gives NVML's v1 total
+  (``MeasuredDevice.nvml_total_bytes``) beside torch's, the reserve — their difference — leaves the measurement.
+* The first step: a window that closed before the run's first optimizer step
+  (``MeasuredPoint.before_first_optimizer_step``) held no optimizer states (torch's AdamW creates them in its
+  first ``step()``), where memplan's phases are the steady state; the compared phase's optimizer states
+  (``Breakdown.optstate``) leave the estimate.
+
+A diagnostic beside the error, not a correction: where a record carries the caching allocator's slack
+(``MeasuredPoint.allocator_slack_bytes``, torch's max reserved − max allocated over the window),
+``allocated_error`` compares the estimate — live tensors — with the measurement less that slack, and the summary
+gives its median and p90: how much of a miss is memplan's tensors and how much the allocator's reserve.
+
 Every record with an outcome also checks the verdict: a run that went through must be estimated to fit
 (``Report.fits``), one that ran out of memory must not. The signed error is (estimate − measured) / measured: a
 negative error is an under-estimate, the dangerous side. Per group of phases (the phases a measurement covers,
@@ -53,15 +68,17 @@ class PointResult:
     source: str  # the source file's name (one model on one device, for AgileRL's fixtures)
     quantity: str
     device: str
-    measured_bytes: int | None
+    measured_bytes: int | None  # as the source recorded it
     estimated_bytes: int | None  # on the measured quantity's basis (net of fixed bytes for torch's counters)
-    error: float | None  # (estimated − measured) / measured
+    compared_bytes: int | None  # the measurement on the estimate's basis (net of NVML's driver reserve)
+    error: float | None  # (estimated − compared) / compared
     estimate_phase: str | None  # the estimate's phase whose total is compared (the largest of the group)
     outcome: str | None
     predicted_fits: bool | None
     verdict_right: bool | None
     status: str  # 'compared', 'outcome only' or 'not expressible yet: <why>'
     in_band: bool | None = None  # the measurement lies within the compared phase's error band (memplan's own)
+    allocated_error: float | None = None  # against the measurement less the allocator's slack, where recorded
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -76,6 +93,7 @@ class GroupSummary:
     worst_over: tuple[str, float] | None
     under_beyond_limit: int  # records under-estimated by more than UNDER_LIMIT
     in_band: int = 0  # records whose measurement lies within the compared phase's error band
+    allocated: tuple[int, float, float] | None = None  # (n, median, p90) of |allocated_error| where recorded
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -124,21 +142,38 @@ def compare(record: MeasuredPoint, report: Report) -> tuple[int, str]:
     """The estimate that means what ``record`` measured: (bytes, the phase they come from)."""
     phases = [p for p in report.phases if p.phase in record.phases]
     if not phases:  # the algorithm has none of the covered phases: the run's peak
-        return _basis(record, report.peak_bytes_per_gpu, report), report.peak_phase
-    top = max(phases, key=lambda p: p.total_bytes)
-    return _basis(record, top.total_bytes, report), top.phase
+        top = next(p for p in report.phases if p.phase == report.peak_phase)
+    else:
+        top = max(phases, key=lambda p: p.total_bytes)
+    return top.total_bytes - _netted(record, report, top.phase), top.phase
 
 
-def _basis(record: MeasuredPoint, total: int, report: Report) -> int:
-    return total - report.fixed_bytes if record.quantity.startswith("torch_") else total
+def _netted(record: MeasuredPoint, report: Report, phase: str) -> int:
+    """What the estimate of ``phase`` holds that the measurement cannot: the fixed bytes for torch's counters, the
+    optimizer states before the first optimizer step."""
+    out = report.fixed_bytes if record.quantity.startswith("torch_") else 0
+    if record.before_first_optimizer_step:
+        out += next(p.breakdown.optstate for p in report.phases if p.phase == phase)
+    return out
 
 
-def _in_band(record: MeasuredPoint, report: Report, phase: str) -> bool | None:
-    """Whether the measurement lies within the error band the report gives the compared phase (on the same basis:
-    net of fixed bytes for torch's counters); None where the report has no band for it."""
+def driver_reserve(record: MeasuredPoint) -> int:
+    """NVML's driver reserve inside an NVML v1 reading: NVML's total − torch's total (0 where the record lacks
+    either, or the quantity is not NVML's)."""
+    d = record.device
+    if record.quantity != "nvml_device_peak" or d.nvml_total_bytes is None or d.total_bytes is None:
+        return 0
+    return d.nvml_total_bytes - d.total_bytes
+
+
+def _in_band(report: Report, phase: str, estimated: int, measured: int) -> bool | None:
+    """Whether the measurement (on the estimate's basis) lies within the error band the report gives the compared
+    phase, taken around the compared estimate (as benchmarks/corpus/error_band.py fits it); None where the report
+    has no band for it."""
     for b in report.phase_bands:
         if b.phase == phase:
-            return _basis(record, b.low_bytes, report) <= record.measured_bytes <= _basis(record, b.high_bytes, report)
+            low = int(estimated * (1 + b.lower)) + b.lower_bytes
+            return low <= measured <= int(estimated * (1 + b.upper)) + b.upper_bytes
     return None
 
 
@@ -161,19 +196,27 @@ def validate(records: Iterable[MeasuredPoint], corpus: tuple[str, ...] = ()) -> 
             results.append(_unexpressible(rec, rep))
             continue
         verdict = None if rec.outcome is None else (rep.fits == (rec.outcome == "ran"))
-        est = err = phase = in_band = None
+        est = err = phase = in_band = measured = allocated = None
         if rec.measured_bytes is not None and rec.quantity != "outcome":
             est, phase = compare(rec, rep)
-            err = (est - rec.measured_bytes) / rec.measured_bytes
-            in_band = _in_band(rec, rep, phase)
+            measured = rec.measured_bytes - driver_reserve(rec)
+            err = (est - measured) / measured
+            in_band = _in_band(rep, phase, est, measured)
+            if rec.allocator_slack_bytes is not None:
+                live = measured - rec.allocator_slack_bytes
+                allocated = (est - live) / live
+        elif rec.quantity == "outcome":  # the verdict's own basis: the run's peak per GPU
+            est, phase = rep.peak_bytes_per_gpu, rep.peak_phase
         results.append(PointResult(
             id=rec.id, point=rec.point, group="+".join(rec.phases), source=_source(rec), quantity=rec.quantity,
-            device=rec.device.name, measured_bytes=rec.measured_bytes, estimated_bytes=est, error=err,
+            device=rec.device.name, measured_bytes=rec.measured_bytes, estimated_bytes=est, compared_bytes=measured,
+            error=err,
             estimate_phase=phase,
             outcome=rec.outcome, predicted_fits=rep.fits, verdict_right=verdict,
-            status="compared" if err is not None else "outcome only", in_band=in_band))
+            status="compared" if err is not None else "outcome only", in_band=in_band, allocated_error=allocated))
     groups = [_summarise(name, [(r.id, r.error) for r in results if r.group == name and r.error is not None],
-                         sum(bool(r.in_band) for r in results if r.group == name))
+                         sum(bool(r.in_band) for r in results if r.group == name),
+                         [r.allocated_error for r in results if r.group == name and r.allocated_error is not None])
               for name in dict.fromkeys(r.group for r in results if r.error is not None)]
     keys = dict.fromkeys((r.group, r.source) for r in results if r.error is not None)
     by_source = [_summarise(f"{g} · {src}", [(r.id, r.error) for r in results
@@ -190,26 +233,35 @@ def validate(records: Iterable[MeasuredPoint], corpus: tuple[str, ...] = ()) -> 
 
 
 def _source(rec: MeasuredPoint) -> str:
-    return (rec.source.path or rec.source.url).rsplit("/", 1)[-1]
+    """The source file's name (one model on one device, for AgileRL's fixtures); a page that many repositories
+    share the name of (a README) is prefixed by its repository."""
+    name = (rec.source.path or rec.source.url).rsplit("/", 1)[-1]
+    if name.lower().startswith("readme") and "github.com/" in rec.source.url:
+        name = "/".join(rec.source.url.split("github.com/", 1)[1].split("/")[:2]) + " " + name
+    return name
 
 
 def _unexpressible(rec: MeasuredPoint, why: str) -> PointResult:
     return PointResult(
         id=rec.id, point=rec.point, group="+".join(rec.phases), source=_source(rec), quantity=rec.quantity,
-        device=rec.device.name, measured_bytes=rec.measured_bytes, estimated_bytes=None, error=None,
+        device=rec.device.name, measured_bytes=rec.measured_bytes, estimated_bytes=None, compared_bytes=None,
+        error=None,
         estimate_phase=None,
         outcome=rec.outcome, predicted_fits=None, verdict_right=None, status=f"not expressible yet: {why}")
 
 
-def _summarise(group: str, errs: list[tuple[str, float]], in_band: int = 0) -> GroupSummary:
+def _summarise(group: str, errs: list[tuple[str, float]], in_band: int = 0,
+               allocated_errors: list[float] | None = None) -> GroupSummary:
     absolute = sorted(abs(e) for _, e in errs)
+    live = sorted(abs(e) for e in allocated_errors or ())
     under = min(errs, key=lambda x: x[1])
     over = max(errs, key=lambda x: x[1])
     return GroupSummary(
         group=group, n=len(errs), median_abs_error=statistics.median(absolute),
         p90_abs_error=percentile(absolute, 0.9),
         worst_under=under if under[1] < 0 else None, worst_over=over if over[1] > 0 else None,
-        under_beyond_limit=sum(e < -UNDER_LIMIT for _, e in errs), in_band=in_band)
+        under_beyond_limit=sum(e < -UNDER_LIMIT for _, e in errs), in_band=in_band,
+        allocated=(len(live), statistics.median(live), percentile(live, 0.9)) if live else None)
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -225,16 +277,21 @@ def format_table(summary: Summary, *, points: bool = True) -> str:
         lines.append(f"{'record':<92} {'measured':>9} {'estimate':>9} {'error':>8}  verdict")
         for r in summary.results:
             if r.error is None:
-                tail = r.status if r.status != "outcome only" else f"outcome only ({r.outcome})"
-                lines.append(f"{r.id:<92} {_gib(r.measured_bytes):>9} {'-':>9} {'-':>8}  {tail}")
+                tail = r.status
+                if r.status == "outcome only":
+                    tail = f"{r.outcome}: {'right' if r.verdict_right else 'WRONG'} (estimate " \
+                           f"{'fits' if r.predicted_fits else 'does not fit'})"
+                lines.append(f"{r.id:<92} {_gib(r.measured_bytes):>9} {_gib(r.estimated_bytes):>9} {'-':>8}  {tail}")
                 continue
             verdict = "" if r.verdict_right is None else ("right" if r.verdict_right else
                                                           f"WRONG ({r.outcome}, estimate says "
                                                           f"{'fits' if r.predicted_fits else 'does not fit'})")
-            lines.append(f"{r.id:<92} {_gib(r.measured_bytes):>9} {_gib(r.estimated_bytes):>9} "
+            lines.append(f"{r.id:<92} {_gib(r.compared_bytes):>9} {_gib(r.estimated_bytes):>9} "
                          f"{r.error:>+8.1%}  {verdict}")
         lines.append("")
-    lines.append("GiB = 2^30 bytes; error = (estimate - measured) / measured; p90 = nearest rank")
+    lines.append("GiB = 2^30 bytes; error = (estimate - measured) / measured; p90 = nearest rank; measured net of "
+                 "NVML's driver reserve, estimate net of optimizer states before the first optimizer step, where "
+                 "the record says so")
     lines.append(f"{'phases':<22} {'n':>4} {'median |err|':>12} {'p90 |err|':>10} {'under >10%':>10} "
                  f"{'in band':>8}  worst under / worst over")
     for g in summary.groups:
@@ -243,6 +300,10 @@ def format_table(summary: Summary, *, points: bool = True) -> str:
         lines.append(f"{g.group:<22} {g.n:>4} {g.median_abs_error:>12.1%} {g.p90_abs_error:>10.1%} "
                      f"{g.under_beyond_limit:>10} {g.in_band:>8}  {wu}")
         lines.append(f"{'':<72}{wo}")
+        if g.allocated:
+            n, med, p90 = g.allocated
+            lines.append(f"{'  less the allocator':<22} {n:>4} {med:>12.1%} {p90:>10.1%}  (measured less torch's "
+                         "max reserved − max allocated: memplan's tensors alone)")
     lines.append("in band: records whose measurement lies within memplan's error band for the compared phase "
                  "(memplan/catalog/error_band.json; 90 % of the corpus by construction, p5-p95)")
     lines.append("")

@@ -153,15 +153,18 @@ def test_get_gpu():
 def test_gpus_measured_by_the_corpus():
     """A100-40GB's and L4's capacity is what AgileRL's sweep read on them (memory/profiling-rig @0151c660, torch 2.11.0
     / CUDA 13.0): torch total_memory, the fixtures' device.total_bytes, as every corpus record carries it. Their CUDA
-    contexts stay the typical figures: AgileRL's measured ones (agilerl/memory/specs.py::MEASURED_CUDA_CONTEXT_BYTES,
-    NVML either side of a one-element allocation: A100 501 MiB, L4 226 MiB) wait for the driver reserve (gpus.json)."""
+    contexts are AgileRL's measured ones (agilerl/memory/specs.py::MEASURED_CUDA_CONTEXT_BYTES, NVML either side of
+    a one-element allocation: A100 501 MiB, L4 226 MiB), applied since validate nets NVML's driver reserve, NVML's
+    v1 total − torch's, out of the NVML peaks (every record carries NVML's total: 40,960 and 23,034 MiB)."""
     corpus = Path(__file__).resolve().parents[1] / "benchmarks" / "corpus" / "agilerl.jsonl"
     totals = {(r["device"]["catalog_gpu"], r["device"]["total_bytes"]) for r in map(json.loads, corpus.open())}
     assert totals == {("A100-40GB", 42_404_806_656), ("L4", 23_659_151_360)}
     for name, total in totals:
         assert get_gpu(name).memory_bytes == total
-    assert get_gpu("A100-40GB").cuda_context_bytes == 461 * 2**20  # typical; measured 501 MiB, not applied yet
-    assert get_gpu("L4").cuda_context_bytes == 410 * 2**20  # typical; measured 226 MiB, not applied yet
+    assert get_gpu("A100-40GB").cuda_context_bytes == 525_336_576 == 501 * 2**20
+    assert get_gpu("L4").cuda_context_bytes == 236_978_176 == 226 * 2**20
+    nvml = {(r["device"]["catalog_gpu"], r["device"]["nvml_total_bytes"]) for r in map(json.loads, corpus.open())}
+    assert nvml == {("A100-40GB", 40_960 * 2**20), ("L4", 23_034 * 2**20)}
 
 
 def test_unknown_gpu():

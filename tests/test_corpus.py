@@ -69,7 +69,7 @@ def test_point_within_target(r: PointResult) -> None:
     assert r.error is not None
     if not UNDER <= r.error <= OVER:  # pytest.fail without a traceback: 300 expected failures stay cheap
         pytest.fail(
-        f"{r.id}: estimate {r.estimated_bytes / 2**30:.2f} GiB vs measured {r.measured_bytes / 2**30:.2f} GiB, "
+        f"{r.id}: estimate {r.estimated_bytes / 2**30:.2f} GiB vs measured {r.compared_bytes / 2**30:.2f} GiB, "
         f"error {r.error:+.1%} outside [{UNDER:+.0%}, {OVER:+.0%}]"
         + ("" if r.id in BASELINE["errors"] else " (a record new to baseline.json: if this is the honest number, "
            "record it with benchmarks/corpus/update_baseline.py)"), pytrace=False)
@@ -85,12 +85,19 @@ def test_point_no_worse_than_baseline(r: PointResult) -> None:
         f"band against {before:.1%} (margin {REGRESSION_MARGIN:.0%})")
 
 
+# Runs whose ran/OOM verdict memplan gets wrong today, each with the mechanism it misses and the numbers
+# (`memplan validate`, 2026-12-07; benchmarks/corpus/README.md, "Public outcomes"). Strict: a fix turns them into
+# failures, and whoever made it removes the entry.
+KNOWN_WRONG_VERDICTS: dict[str, str] = {}
+
+
 def _runs() -> list:
     runs: dict[str, list[PointResult]] = {}
     for r in RESULTS:
         if r.verdict_right is not None:
             runs.setdefault(r.point, []).append(r)
-    return [pytest.param(rs, id=p) for p, rs in runs.items()]
+    return [pytest.param(rs, id=p, marks=[pytest.mark.xfail(strict=True, reason=KNOWN_WRONG_VERDICTS[p])]
+                         if p in KNOWN_WRONG_VERDICTS else []) for p, rs in runs.items()]
 
 
 @pytest.mark.parametrize("rs", _runs())
@@ -137,8 +144,11 @@ def test_summary_no_worse_than_baseline(group: str) -> None:
 
 
 def test_every_verdict_right() -> None:
+    """Every verdict right but the known wrong ones (KNOWN_WRONG_VERDICTS)."""
     s = summary()
-    assert s.verdicts_right == s.verdicts_total, f"{s.verdicts_right} of {s.verdicts_total} verdicts right"
+    known = sum(p in KNOWN_WRONG_VERDICTS for p in {r.point for r in RESULTS if r.verdict_right is not None})
+    assert s.verdicts_right == s.verdicts_total - known, (
+        f"{s.verdicts_right} of {s.verdicts_total} verdicts right, {known} known wrong")
 
 
 def test_records_keep_their_source() -> None:
@@ -187,5 +197,5 @@ def test_cli_validate() -> None:
     out = runner.invoke(app, ["validate", "--corpus", str(one), "--json"])
     assert out.exit_code == 0, out.output
     data = json.loads(out.output)
-    assert {g["group"] for g in data["groups"]} == {g.group for g in summary().groups}
+    assert {g["group"] for g in data["groups"]} == {g.group for g in validate(load_corpus(one)).groups}
     assert runner.invoke(app, ["validate", "--corpus", "/no/such/corpus"]).exit_code == 2

@@ -179,3 +179,18 @@ def test_bitsandbytes_dequantizes_one_weight_at_a_time():
     workspace = [li.bytes for p in report.phases for li in p.items if "dequantizes" in li.note]
     assert workspace and set(workspace) == {4_864 * 896 * 2}
     assert not [li for p in plain.phases for li in p.items if "dequantizes" in li.note]
+
+
+def test_qlora_residual_stream_is_fp32_at_the_checkpoints():
+    """peft's kbit preparation casts the embedding and the norms to fp32, and bitsandbytes' ``Linear4bit`` casts its
+    output back to its input's dtype: every checkpointed layer input is fp32, 4·h bytes per token where a bf16
+    base keeps 2·h. GRPO at micro batch 4 of 128 + 384 tokens: 2,048 tokens × 24 layers × 896."""
+    tokens = 4 * (128 + 384)
+
+    def checkpointed(report) -> int:
+        items = [li.bytes for li in _phases(report)["actor_update"].items if li.note.endswith(": checkpointed layer inputs")]
+        assert len(items) == 1
+        return items[0]
+
+    assert checkpointed(memplan.estimate(**RUN)) == tokens * L * 2 * H
+    assert checkpointed(memplan.estimate(**{**RUN, "quantize_base": "int4"})) == tokens * L * 4 * H == 176_160_768

@@ -121,7 +121,7 @@ def test_openrlhf_reader_sets_the_ring():
 
 
 def test_plan_never_proposes_a_sequence_parallel_size_for_the_ring():
-    """The planner's sequence-parallel dimension is verl's Ulysses (engine 'fsdp', ``planner._token_dims``); a
+    """The planner's sequence-parallel dimension is verl's Ulysses (engine 'fsdp', ``planner.dimensions._token_dims``); a
     ring run (DeepSpeed) keeps its given size, and a Ulysses size is never proposed to it."""
     from memplan.planner import plan
 
@@ -173,7 +173,7 @@ def test_traced_forward_peak_is_the_estimators_term(a: int, kv: int, sp: int, st
 
     t, d = 256, 64
     peak, _, _ = _ring_live(a, kv, d, t, sp, stride, grad=False)
-    spec = SimpleNamespace(head_dim=d, num_heads=a, num_kv_heads=kv, hidden_size=0)  # h = 0: the attention part
+    spec = SimpleNamespace(head_dim=d, num_heads=a, num_kv_heads=kv, hidden_size=0, layer_groups=())  # h = 0: attention
     assert peak == t * ring_forward_transient_per_token(spec, 2, sp, stride)
 
 
@@ -195,7 +195,7 @@ def test_traced_backward_peak_is_the_estimators_term(a: int, kv: int, sp: int, s
 
     t, d = 256, 64
     _, _, grown = _ring_live(a, kv, d, t, sp, stride, grad=True)
-    spec = SimpleNamespace(head_dim=d, num_heads=a, num_kv_heads=kv, hidden_size=0)
+    spec = SimpleNamespace(head_dim=d, num_heads=a, num_kv_heads=kv, hidden_size=0, layer_groups=())
     assert grown == t * (ring_backward_transient_per_token(spec, 2, sp, stride) - 2 * a * d)
 
 

@@ -110,8 +110,9 @@ def test_llama70_vllm_at_tp1_fits_nowhere():
     assert not limit.found and any(r.startswith("vLLM") for r in limit.past_limit.reasons)
     report = plan(EstimateRequest(**LLAMA70_GRPO))
     assert not report.fits_any and any("raise vllm_tensor_parallel_size" in note for note in report.notes)
-    # over 8 GPUs per engine: 141.1 / 8 = 17.6 GB of weights, and a count that fits exists
-    assert min_gpus(EstimateRequest(**{**LLAMA70_GRPO, "vllm_tensor_parallel_size": 8})) is not None
+    # over 8 GPUs per engine: 141.1 / 8 = 17.6 GB of weights, and a count whose point estimate fits exists (within
+    # the error band of capacity, extrapolated for FSDP on several nodes: TIGHT counts with allow_tight)
+    assert min_gpus(EstimateRequest(**{**LLAMA70_GRPO, "vllm_tensor_parallel_size": 8}), allow_tight=True) is not None
 
 
 # ------------------------------------------------------------------ 7. one verdict: GPU memory and host RAM
@@ -137,7 +138,7 @@ def test_one_verdict_in_cli_and_api():
             "--offload-reward", "--gradient-checkpointing", "--rollout-engine", "hybrid-engine", "--offload",
             "optimizer", "--host-ram-gib", "128"]
     out = CliRunner().invoke(app, args)
-    assert "DOES NOT FIT  peak 28.83 GiB" in out.output and "✗ host RAM: CPU offload needs 223.7 GiB" in out.output
+    assert "DOES NOT FIT  peak 37.24 GiB" in out.output and "✗ host RAM: CPU offload needs 223.7 GiB" in out.output
     body = {k: v for k, v in HEADLINE_OFFLOAD.items()}
     data = TestClient(create_app()).post("/v1/estimate", json=body).json()
     assert (data["fits"], data["gpu_fits"], data["host_fits"]) == (False, True, False)

@@ -513,12 +513,13 @@ async function planFor(req, my) {
   const plan = res.data;
   const rows = plan.candidates.filter((c) => Object.keys(c.changes).length);
   if (!rows.length) {
-    $("plan-status").textContent = plan.as_given.fits ? "Fits as given: nothing to change." : "No knob the planner may change makes it fit.";
+    $("plan-status").textContent = plan.as_given.verdict === "fits" ? "Fits as given: nothing to change." : "No knob the planner may change makes it fit.";
     return;
   }
-  $("plan-status").textContent = plan.fits_any
-    ? (plan.as_given.fits ? "It fits; the planner's alternatives, cheapest first:" : "Cheapest first; each fits:")
-    : "Nothing fits on these GPUs; the closest setting (try more GPUs):";
+  const given = plan.as_given.verdict === "fits" ? "It fits; the planner's alternatives, fastest first:"
+    : plan.as_given.verdict === "tight" ? "It is TIGHT (within memplan's error band of capacity); changes that fit, fastest first:"
+    : "Fastest first; each fits:";
+  $("plan-status").textContent = plan.fits_any ? given : "Nothing fits on these GPUs; the closest setting (try more GPUs):";
   $("plan").replaceChildren(...rows.map((c, i) => {
     const b = el("button", { type: "button", class: "apply", "data-index": String(i),
       "aria-label": `Apply: ${changeText(c.changes)}` }, "Apply");

@@ -39,6 +39,18 @@ IDLE_WAIT = "f2ef8209"  # wait_for_idle: the next point's floor is read after th
 SLEEP_BEFORE_WINDOW = "a260d23b"  # the engine is put to sleep before the training window opens
 
 CATALOG_GPU = {"NVIDIA A100-SXM4-40GB": "A100-40GB", "NVIDIA L4": "L4"}
+# NVML's v1 total per device, which the fixtures do not record. AgileRL's sampler reads pynvml's v1
+# nvmlDeviceGetMemoryInfo (tools/memory_profiling/nvml.py), whose `used` is "Sum of Reserved and Allocated device
+# memory" and whose `total` is "Total physical device memory" (NVML API reference, nvmlMemory_t): the driver's
+# reserve is NVML's total − torch's total_memory, and every NVML peak carries it.
+NVML_TOTAL = {
+    # 40 GB of HBM2 (A100 datasheet: five 8 GiB stacks) = 40,960 MiB, as nvidia-smi shows an A100-SXM4-40GB
+    "NVIDIA A100-SXM4-40GB": (40_960 * 2**20, "NVML v1 total taken as the A100-SXM4-40GB's 40 GiB of HBM2 (40,960 "
+                              "MiB, nvidia-smi's total for this card); the fixtures record torch's total only"),
+    # nvidia-smi's total on an L4 with ECC on, memplan's former L4 capacity (catalog memory_basis)
+    "NVIDIA L4": (23_034 * 2**20, "NVML v1 total taken as nvidia-smi's 23,034 MiB for an L4 (ECC on; the fixtures "
+                  "record torch's total only, not the ECC mode)"),
+}
 # Models the memplan catalog names by their HF id; the rest are given inline from the fixture's own geometry.
 CATALOG_MODELS = {
     "Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-3B-Instruct",
@@ -236,12 +248,14 @@ def main(argv: list[str] | None = None) -> int:
             arch = fx["model_spec"]["arch"] if model_id in INLINE_ARCH else None
             extra_assumptions = []
         catalog_gpu = CATALOG_GPU[dev_name]
+        nvml_total, nvml_assumption = NVML_TOTAL[dev_name]
         stem = Path(rel).name.removesuffix(".jsonl").removesuffix(".json")
         notes = notes_of(g, at, rel)
         for i, p in enumerate(points):
             s = settings_of(p["knobs"], model_id, p["knobs"].get("quantization", quant), versions)
             s["_total"] = total
             req, assumptions = request_of(s, catalog_gpu, arch)
+            assumptions.append(nvml_assumption)
             del s["_total"]
             phase = p["phase"]
             kn = p["knobs"]
@@ -266,10 +280,17 @@ def main(argv: list[str] | None = None) -> int:
                               measured_at_commit=at, locator=f"{'line' if path.endswith('.jsonl') else 'measured'}"
                                                              f"[{i}]"),
                 framework="agilerl", framework_version=str(versions.get("agilerl", "")), versions=versions,
-                settings=s, device=MeasuredDevice(name=dev_name, total_bytes=total, count=1, catalog_gpu=catalog_gpu),
+                settings=s, device=MeasuredDevice(name=dev_name, total_bytes=total, count=1, catalog_gpu=catalog_gpu,
+                                                  nvml_total_bytes=nvml_total),
                 quantity="nvml_device_peak",
                 phases=("rollout",) if phase == "generation" else ("scoring", "actor_update"),
                 source_phase=phase, measured_bytes=int(p["device_peak_bytes"]), outcome="ran", raw=raw,
+                # warmup_steps=0: get_action() runs before the agent's first learn(), so no AdamW state exists yet
+                before_first_optimizer_step=phase == "generation" and s["warmup_steps"] == 0,
+                # both torch counters carry vLLM's CuMem pages (allocated and reserved alike): their difference does not
+                allocator_slack_bytes=(int(p["torch_max_reserved_bytes"]) - int(p["torch_max_allocated_bytes"])
+                                       if p.get("torch_max_reserved_bytes") and p.get("torch_max_allocated_bytes")
+                                       else None),
                 request=req, assumptions=extra_assumptions + assumptions, notes=point_notes))
     ids = [r.id for r in records]
     dupes = {i for i in ids if ids.count(i) > 1}

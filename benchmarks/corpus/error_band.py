@@ -141,7 +141,7 @@ def main() -> int:
             skipped += 1
             continue
         kind = kinds.pop()
-        points[kind].append((r.source, r.estimated_bytes, r.measured_bytes - r.estimated_bytes))
+        points[kind].append((r.source, r.estimated_bytes, r.compared_bytes - r.estimated_bytes))
         phases[kind].update(rec.phases)
         for dim, value in zip(band.DIMS, band.configuration(rec.request, resolve(rec.request))):
             covered[dim].add(value)

@@ -206,6 +206,8 @@ SHARED: dict[str, tuple[Any, Any]] = {
     "vllm_max_num_batched_tokens": (_option("vllm_max_num_batched_tokens", _ROLL), None),
     "vllm_max_num_batched_tokens": (_option("vllm_max_num_batched_tokens", _ROLL), None),
     "gather_for_generation": (_option("gather_for_generation", _ROLL), None),
+    "inference_tp_size": (_option("inference_tp_size", _ROLL), None),
+    "tp_gather_partition_size": (_option("tp_gather_partition_size", _ROLL), None),
     "weight_sync_bucket_mb": (_option("weight_sync_bucket_mb", _ROLL), None),
 }
 

@@ -14,8 +14,10 @@ Known limitations:
   without it.
 * CUDA graphs of vLLM and NCCL's buffers are approximations; the CUDA tier is the judge.
 * DeepSpeed-Chat's hybrid engine (``dschat``) is modeled from the deepspeed 0.10.3 / transformers 4.31
-  sources (workspace, make-experience outputs, log-prob temporaries), not from a GPU run; with
-  ``--offload optimizer`` it still predicts that the ReMax paper's PPO fits where the paper reports OOM.
+  sources (workspace, make-experience outputs, log-prob temporaries, the fused q/k/v and up/gate copies a
+  ZeRO-1/2 actor keeps beside ZeRO's buffer, inference tensor parallelism as DeepSpeed 0.9.x slices it), not from a
+  GPU run; with ``--offload optimizer`` the ReMax paper's PPO is TIGHT on 8×A100-40GB (37.24 GiB of 39.49), where
+  the paper reports OOM.
 * FSDP2 (``engine='fsdp'``, N > 1) is modeled as torchtitan and verl wrap it — ``fully_shard`` per decoder
   layer and root, bf16 compute with fp32 reduce-scatter, one reduce-scatter in flight, the root resharded
   after no-grad forwards — and checked against rank-0 traces, not GPU runs. Other wrap policies, explicit
@@ -31,7 +33,8 @@ Known limitations:
   dequantization workspace are not traced: the harness refuses them (it runs no second adapter, no compiled kernel
   and no quantized weights).
 * Every phase is the steady state (optimizer states exist from the second step): a rollout measured before the
-  first update (AgileRL's corpus) holds no AdamW states, 8 B per trained parameter less than the estimate.
+  first update (AgileRL's corpus) holds no AdamW states, 8 B per trained parameter less than the estimate
+  (``memplan validate`` nets them out of the estimate for such records: ``before_first_optimizer_step``).
 * The weight sync to colocated vLLM (shards back under idle offload, vLLM's weights woken alone in sleep mode,
   one tensor gathered at a time or the whole actor, and verl 0.9's bucket the tensors are packed into:
   ``weight_sync_bucket_mb``) is read from verl 0.9, TRL 1.16 and OpenRLHF 0.11, not traced; vLLM's weights are
@@ -63,14 +66,14 @@ Known limitations:
   pool (vLLM PR #56373: "leaves graph executables and native CUDA graph pools resident"). The pool's tensors are
   small at AgileRL's settings (capture sizes up to min(2 × max_num_seqs, 512) tokens, ``_set_cudagraph_sizes``:
   8–32 tokens); the executables and the kernel images vLLM, flash-attn and torch.compile load are sized by no
-  source (vLLM itself measures its graphs at capture). Measured on AgileRL's corpus (benchmarks/corpus/, vLLM 0.23/0.26, torch 2.11, in-process engine):
-  a sleeping engine's device floor lies a median 735–810 MiB (A100-40GB) and 385–490 MiB (L4) above memplan's
-  CUDA context + cuBLAS workspace + vLLM's input buffers; awake, the rollout peak lies −80 to +470 MiB (median
-  per fixture) from the estimate. The trainer above that floor is under-estimated by a median 160–430 MiB per
-  fixture on bf16 bases (the caching allocator's reserve, which NVML sees, kernels loaded by the first update's
-  compilation) and 510 MiB on a 4-bit base, where a term of about 60 B per token of a micro batch is not
-  accounted for (measured nf4 − bf16 pairs with the same knobs: −0.1 GiB at 512 tokens, +1.8 GiB at 32,768;
-  memplan's difference is a constant −0.24 GiB).
+  source (vLLM itself measures its graphs at capture). Measured on AgileRL's corpus (benchmarks/corpus/, vLLM
+  0.23/0.26, torch 2.11, in-process engine), with NVML's driver reserve netted out and the measured contexts in the
+  catalog: a sleeping engine's device floor lies a median 170–250 MiB (Qwen2.5 0.5B–7B, A100-40GB and L4) above
+  memplan's CUDA context + cuBLAS workspace + vLLM's input buffers (OLMoE-1B-7B's: 760 MiB). The trainer above
+  that floor is under-estimated by a median 160–430 MiB per fixture (the caching allocator's reserve, which NVML
+  sees; the kernels the first update loads and compiles). A 4-bit base's residual stream is fp32
+  (``_checkpointed_inputs``); the recomputed layer's own fp32 intermediates are not counted (≈ 10 KB per token of
+  a micro batch on Qwen2.5-0.5B).
 * ``logprob_kernel='chunked'`` (TRL 1.16's fused LM head) is read from trl's ``kernels/chunked_logprob.py`` and
   traced with a stand-in that makes the same allocations (within 1 % on tiny-llama, 0.05 % on Qwen2.5-0.5B GRPO),
   not measured; the stand-in folds its tiles in small fp32 blocks where the GPU folds them in registers.
@@ -85,10 +88,10 @@ Known limitations:
   is not. The entropy (``entropy``, ``formulas.entropy_bytes``) is read from verl's, TRL's and OpenRLHF's sources
   and torch's backward formulas, and traced (eager, fp32-chunked, TRL's chunks); what torch.compile saves for the
   compiled one is taken as its input only (not traced).
-* The error band beside every estimate (``band``: the verdict TIGHT) comes from one public corpus — AgileRL's
-  single-GPU LoRA GRPO runs with a colocated vLLM — and is an extrapolation for every other configuration (more
-  GPUs, DeepSpeed or FSDP, full fine-tuning, other algorithms and rollout engines) and for phases it never
-  measured (critic_update); the report's notes say so.
+* The error band beside every estimate (``band``: the verdict TIGHT) comes from the corpus' measured peaks —
+  AgileRL's single-GPU LoRA GRPO runs with a colocated vLLM and one torchtune full fine-tune step — and is an
+  extrapolation for every other configuration (more GPUs, DeepSpeed or FSDP, other algorithms and rollout
+  engines) and for phases it never measured (critic_update); the report's notes say so.
 """
 
 from __future__ import annotations

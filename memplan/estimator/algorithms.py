@@ -58,6 +58,7 @@ from memplan.estimator.dschat import (
     hybrid,
     hybrid_engine_workspace,
     logprob_loss,
+    tp_generation,
 )
 from memplan.estimator.formulas import (
     LayerActivation,
@@ -74,9 +75,11 @@ from memplan.estimator.formulas import (
     logprob_logits_bytes,
     norm_backward_transient_per_token,
     norm_input_bytes_per_token,
+    per_layer_inputs_bytes_per_token,
     row_chunk_rows,
     row_chunked_logprob_bytes,
     saved_bytes_per_token,
+    shared_kv_bytes_per_token,
     tied_embedding_gradient_sum_bytes,
     ring_backward_transient_per_token,
     ring_forward_transient_per_token,
@@ -129,7 +132,7 @@ def _fsdp_units(r: RoleSetup) -> Units | None:
     spec = r.spec
     head = (spec.lm_head_params or spec.vocab_size * spec.hidden_size) if r.lm_head else (
         r.num_params - spec.backbone_params)
-    return Units(layer=spec.layer_params, root=r.num_params - spec.num_layers * spec.layer_params, head=head)
+    return Units(layer=spec.layer_params, root=r.num_params - spec.decoder_params, head=head)
 
 
 def _gathered(st: States, first: bool) -> int:
@@ -237,6 +240,8 @@ def generate(run: Run, actor: RoleSetup, st: States, name: str, first: bool = Tr
         return [sync]
     spec, seqs, tokens, e, tp = actor.spec, run.rollout_seqs, run.prompt_len + run.gen_len, run.e, run.tp
     if run.rollout_engine == "hybrid-engine":  # K/V in the engine's workspace (``dschat``)
+        if whole is not None and run.inference_tp > 1:  # ZeRO-3: layers sliced over the inference TP group
+            return tp_generation(run, actor, name)
         prefill = Activity(f"{name}: prefill", [weights(first)])
         decode = Activity(f"{name}: last decode step", [weights(False)])
         generation_logits(run, actor, prefill, decode)
@@ -405,10 +410,22 @@ def _entropy_loss(run: Run, r: RoleSetup, act: Activity, positions: int, logprob
 def _checkpointed_inputs(run: Run, r: RoleSetup, tokens: int) -> int:
     """Each checkpointed layer's input (e·h per token). transformers makes the input embeddings' output
     require grad when checkpointing (``enable_input_require_grads``): with frozen embeddings (LoRA) and
-    learned positions added to it (OPT, GPT-2), that output is one more e·h tensor kept to the end (traced)."""
-    per_token = r.spec.num_layers * run.e * r.spec.hidden_size
+    learned positions added to it (OPT, GPT-2), that output is one more e·h tensor kept to the end (traced).
+    Gemma-4 adds its per-layer inputs and the keys and values its KV-shared layers read (``formulas``).
+    A bitsandbytes-quantized base goes through peft's ``prepare_model_for_kbit_training`` (peft 0.22
+    ``utils/other.py``: every bf16/fp16 parameter that is not ``Params4bit`` — embeddings, norms — cast to fp32),
+    so the residual stream is fp32: the embedding's output is, each RMSNorm multiplies by its fp32 weight, and
+    bitsandbytes' ``Linear4bit.forward`` casts its output back to its (fp32) input's dtype; each layer's input is
+    4·h per token (the recomputed layer's own fp32 intermediates are not counted)."""
+    hidden_bytes = 4 if r.quantized else run.e
+    per_token = r.spec.num_layers * hidden_bytes * r.spec.hidden_size
     if r.lora and r.spec.model_type in ("opt", "gpt2"):
         per_token += run.e * r.spec.hidden_size
+    if r.spec.layer_groups:
+        rank = run.lora_rank if _lora_mlp(r, run) else 0  # 'all-linear' adapts per_layer_model_projection
+        per_token += (per_layer_inputs_bytes_per_token(r.spec, run.e, weights_trainable=not r.lora, grad=True,
+                                                       lora_rank=rank, lora_dtype_bytes=_adapter_bytes(r, run.e))
+                      + shared_kv_bytes_per_token(r.spec, run.e, run.tp))
     return int(tokens * per_token)
 
 
@@ -453,7 +470,7 @@ def train(run: Run, r: RoleSetup, st: States, setup: TrainSetup | None = None) -
     spec, tokens, per, moment = setup or _train_setup(run, r, st)
     fb = moment("forward/backward", _fsdp_at(st, "backward" if run.gradient_checkpointing else "loss"))
     if run.gradient_checkpointing:
-        layer = per.base + per.implementation + per.lora + per.attention_scores
+        layer = per.base + per.implementation + per.lora + per.attention_scores + per.largest_layer_excess
         fb.items += (
             (r.role, "activation", _checkpointed_inputs(run, r, tokens), "checkpointed layer inputs"),
             (r.role, "activation", int(tokens * layer), "one layer recomputed in backward"),
@@ -467,6 +484,10 @@ def train(run: Run, r: RoleSetup, st: States, setup: TrainSetup | None = None) -
                "kept by transformers' implementation")
         fb.add(r.role, "activation", int(tokens * spec.num_layers * per.lora), "LoRA adapters' inputs")
         fb.add(r.role, "activation", int(tokens * spec.num_layers * per.attention_scores), "eager attention scores")
+        if spec.per_layer_input_size:
+            fb.add(r.role, "activation", int(tokens * per_layer_inputs_bytes_per_token(
+                spec, run.e, weights_trainable=not r.lora, grad=True, lora_rank=run.lora_rank if _lora_mlp(r, run)
+                else 0, lora_dtype_bytes=_adapter_bytes(r, run.e))), "per-layer inputs (PLE)")
         _loss(run, r, fb, tokens)
     out = [fb]
     if r.lm_head and not r.lora and spec.tie_word_embeddings:

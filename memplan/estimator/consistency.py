@@ -35,7 +35,7 @@ def for_algorithm(request: EstimateRequest, algo: str) -> EstimateRequest:
     if algo in GENERATES:
         update["seq_len"] = None
     else:
-        update.update(group_size=None, rollout_batch_size=None, rollout_engine="hf", **_DEFAULTS,
+        update.update(group_size=None, rollout_batch_size=None, rollout_engine="hf", **_DEFAULTS, **_HYBRID_DEFAULTS,
                       gather_for_generation=False, weight_sync_bucket_mb=0, entropy="none", gen_len_mean=None)
         if request.score_micro_batch_size is not None and request.rollout_engine == "hybrid-engine":
             update["score_micro_batch_size"] = None
@@ -46,6 +46,9 @@ VLLM_FIELDS = ("vllm_gpu_memory_utilization", "vllm_tensor_parallel_size", "vllm
                "vllm_max_num_batched_tokens")
 """Fields only a colocated vLLM reads (``rollout_engine='vllm'``)."""
 _DEFAULTS = {name: EstimateRequest.model_fields[name].default for name in VLLM_FIELDS}
+HYBRID_TP_FIELDS = ("inference_tp_size", "tp_gather_partition_size")
+"""Fields only the hybrid engine reads (``rollout_engine='hybrid-engine'``, DeepSpeed's ``hybrid_engine`` config)."""
+_HYBRID_DEFAULTS = {name: EstimateRequest.model_fields[name].default for name in HYBRID_TP_FIELDS}
 
 
 def ignored_options(req: EstimateRequest, algo: str, ref_mode: str, reward_mode: str) -> list[str]:
@@ -108,4 +111,21 @@ def ignored_options(req: EstimateRequest, algo: str, ref_mode: str, reward_mode:
             else:
                 raise InputError(name, f"applies to rollout_engine 'vllm' (colocated vLLM); this run generates with "
                                  f"{req.rollout_engine!r}: set rollout_engine 'vllm', or leave it unset", value)
+    notes += _hybrid_tp_options(req, algo)
     return notes
+
+
+def _hybrid_tp_options(req: EstimateRequest, algo: str) -> list[str]:
+    """The hybrid engine's tensor-parallel options: ``inference_tp_size`` > 1 cannot hold on another engine (an
+    error), ``tp_gather_partition_size`` is only read with ``inference_tp_size`` > 1 (a note). DeepSpeed reads both
+    from its ``hybrid_engine`` config only (deepspeed 0.10.3 runtime/hybrid_engine.py)."""
+    hybrid = req.rollout_engine == "hybrid-engine" and algo in GENERATES
+    if not hybrid and req.inference_tp_size != 1:
+        raise InputError("inference_tp_size", "splits DeepSpeed's hybrid engine's generation over GPUs; this run "
+                         + (f"generates nothing ({algo})" if algo not in GENERATES
+                            else f"generates with {req.rollout_engine!r}")
+                         + ": set rollout_engine 'hybrid-engine', or leave it 1", req.inference_tp_size)
+    if req.tp_gather_partition_size != _HYBRID_DEFAULTS["tp_gather_partition_size"] and req.inference_tp_size == 1:
+        return [f"tp_gather_partition_size {req.tp_gather_partition_size}: ignored, DeepSpeed reads it only with "
+                "inference_tp_size > 1"]
+    return []

@@ -19,7 +19,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from memplan.specs import ModelSpec
+from memplan.errors import InputError
+from memplan.specs import ModelSpec, layer_views
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 QUANT_BYTES_PER_PARAM = {"int8": 1.0 + 4 / 4096, "int4": 0.5 + 0.127 / 8}
@@ -30,16 +31,18 @@ ALLOC_BLOCK = 512
 """The CUDA caching allocator rounds every block up to 512 bytes."""
 
 GATED_ACTS = {"llama", "mistral", "qwen2", "qwen3", "mixtral", "phi3", "gemma", "gemma2", "gemma3_text", "gemma3",
-              "qwen2_moe", "qwen3_moe", "olmoe"}
+              "gemma4", "gemma4_text", "qwen2_moe", "qwen3_moe", "olmoe"}
 """Gated MLPs, ``down(act(gate(x)) * up(x))``: SwiGLU, and Gemma's gated GELU (transformers 5.25
 ``modeling_gemma3.py::Gemma3MLP``: ``act_fn(gate_proj(x)) * up_proj(x)``); OLMoE's experts likewise."""
 LAYERNORM_FAMILIES = {"opt", "gpt2", "gpt_neox"}
-GEMMA_NORM = {"gemma", "gemma2", "gemma3_text", "gemma3"}
+GEMMA_NORM = {"gemma", "gemma2", "gemma3_text", "gemma3", "gemma4", "gemma4_text"}
 """RMSNorm that normalizes and scales in fp32 and casts back after (``Gemma3RMSNorm.forward``:
 ``self._norm(x.float()) * (1.0 + self.weight.float())``, then ``type_as(x)``): its weight's gradient keeps the
 fp32 normalized tensor (4h), not a 16-bit one."""
-POST_NORMS = {"gemma2", "gemma3_text", "gemma3"}
+POST_NORMS = {"gemma2", "gemma3_text", "gemma3", "gemma4", "gemma4_text"}
 """Post-attention and post-feedforward norms before each residual add (``Gemma3DecoderLayer``: four norms)."""
+GEMMA4 = {"gemma4", "gemma4_text"}
+"""Layers of several shapes (``ModelSpec.layer_groups``): per-layer formulas are summed over ``layer_views``."""
 
 
 def round_block(n_bytes: int) -> int:
@@ -57,6 +60,11 @@ def lora_params(spec: ModelSpec, rank: int, targets: str) -> int:
     as peft 0.21 builds them with ``target_modules='all-linear'`` (checked against peft in the tests)."""
     if rank == 0:
         return 0
+    if spec.layer_groups:  # layers of several shapes (Gemma-4): each group's adapters, and 'all-linear' also
+        # adapts the model-level ``per_layer_model_projection`` (h → L·P, an nn.Linear outside the layers)
+        model_level = rank * (spec.hidden_size + spec.num_layers * spec.per_layer_input_size) if (
+            targets == "all-linear" and spec.per_layer_input_size) else 0
+        return sum(lora_params(view, rank, targets) for view in layer_views(spec)) + model_level
     per_layer = 0
     for lin in spec.linears:
         if targets != "all-linear" and not lin.attention:
@@ -72,6 +80,8 @@ def lora_params(spec: ModelSpec, rank: int, targets: str) -> int:
 
 def linear_params(spec: ModelSpec) -> int:
     """Parameters in the decoder layers' linear matrices: what bitsandbytes quantizes for QLoRA."""
+    if spec.layer_groups:
+        return sum(linear_params(view) for view in layer_views(spec))
     return spec.num_layers * sum(lin.count * lin.in_features * lin.out_features for lin in spec.linears)
 
 
@@ -82,6 +92,8 @@ def dequantized_weight_bytes(spec: ModelSpec, e: int, tp: int = 1) -> int:
     the input's gradient against ``F.dequantize_4bit(B)`` (``autograd/_functions.py:381``, ``MatMul4Bit.backward``):
     one weight at a time, beside the layer's tensors. Fused MoE experts are not quantized (bitsandbytes replaces
     ``nn.Linear`` only)."""
+    if spec.layer_groups:
+        return max(dequantized_weight_bytes(view, e, tp) for view in layer_views(spec))
     dense = [lin.in_features * lin.out_features for lin in spec.linears if not (spec.num_experts and lin.count > 1)]
     return e * max(dense, default=0) // tp
 
@@ -101,7 +113,19 @@ def optimizer_state_bytes_per_param(optimizer: str, state_dtype_bytes: int) -> f
 
 
 def kv_cache_bytes(spec: ModelSpec, tokens: int, sequences: int, e: int, tp: int = 1) -> int:
-    """KV cache: 2 (K and V) · L · k · d · tokens · sequences · e, split over tensor-parallel ranks by KV head."""
+    """KV cache: 2 (K and V) · L · k · d · tokens · sequences · e, split over tensor-parallel ranks by KV head.
+
+    Gemma-4 (``layer_groups``): summed over the layers that compute keys and values — a KV-shared layer reuses an
+    earlier layer's and caches nothing (transformers 5.25 ``Gemma4TextAttention.forward``: no ``cache.update``
+    when ``is_kv_shared_layer``; vLLM likewise allocates no cache for ``kv_sharing_target_layer_name`` layers) —
+    and a sliding-window layer holds at most its window (``DynamicSlidingWindowLayer`` keeps the last
+    ``sliding_window − 1`` tokens, cache_utils.py; vLLM frees blocks that leave the window): min(tokens, w).
+    """
+    if spec.layer_groups:
+        return sum(
+            kv_cache_bytes(view, min(tokens, g.sliding_window) if g.sliding_window else tokens, sequences, e, tp)
+            for view in layer_views(spec) if (g := view.layer_group).kv_source
+        )
     kv_heads = max(1, spec.num_kv_heads // tp)
     return 2 * spec.num_layers * kv_heads * spec.head_dim * tokens * sequences * e
 
@@ -125,6 +149,9 @@ class LayerActivation:
     """What transformers' implementation keeps beyond the layer's own tensors (``base``), traced: GPT-NeoX's
     fused QKV output stays alive through the views attention saves of it, beside the rotary-embedded q and
     k and a contiguous copy of v (3·e·h); its parallel residual feeds both norms one input (− e·h)."""
+    largest_layer_excess: float = 0.0
+    """Layers of several shapes (Gemma-4): the fields above are the average over the L layers (so L × them is
+    the model's sum); this is what the largest layer keeps beyond that average (one layer recomputed)."""
 
 
 def saved_bytes_per_token(
@@ -152,6 +179,10 @@ def saved_bytes_per_token(
     LoRA with fp32 adapters (peft's default) makes each adapted linear cast its input to fp32 (4·in) and
     keep the rank-r intermediate (4r).
     """
+    if spec.layer_groups:  # Gemma-4: the average layer, and the largest layer's excess over it
+        return _average_layer(spec, e, seq_len=seq_len, weights_trainable=weights_trainable, lora_rank=lora_rank,
+                              lora_targets=lora_targets, lora_dtype_bytes=lora_dtype_bytes,
+                              eager_attention=eager_attention, tp=tp)
     h, a, k, d, f = spec.hidden_size, spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.intermediate_size
     a_t, k_t, f_t = a / tp, max(1, k // tp), f / tp
     layernorm = spec.model_type in LAYERNORM_FAMILIES
@@ -178,8 +209,13 @@ def saved_bytes_per_token(
         # Qwen3's per head (over d), OLMoE's over the whole projection (``OlmoeAttention``: q_norm over
         # hidden_size = a·d, k_norm over k·d): the same a·d + k·d elements per token either way
         attention += (4 + (e if weights_trainable else 0)) * (a_t + k_t) * d
-    elif spec.model_type in ("gemma3_text", "gemma3"):  # per-head q_norm and k_norm, Gemma-style (fp32 scale)
+    elif spec.model_type in ("gemma3_text", "gemma3", *GEMMA4):  # per-head q_norm, k_norm, Gemma-style (fp32)
         attention += (4 + (4 if weights_trainable else 0)) * (a_t + k_t) * d
+    group = spec.layer_group
+    if group is not None and not group.kv_source:  # Gemma-4 KV-shared layer: k and v are the producer's tensors
+        attention -= e * 2 * k_t * d + (4 + (4 if weights_trainable else 0)) * k_t * d
+    elif group is not None:  # v_norm (no weight) keeps its fp32 upcast
+        attention += 4 * k_t * d
 
     if spec.num_experts:
         topk = spec.experts_per_token
@@ -206,12 +242,72 @@ def saved_bytes_per_token(
                 input_copy = e * lin.in_features  # the down projection's input, kept for lora_A
             lora += copies * (input_copy + lora_dtype_bytes * lora_rank)
 
+    per_layer_input = 0.0
+    if group is not None and spec.per_layer_input_size:  # Gemma-4 PLE: gate → GELU → × per-layer input → proj
+        P = spec.per_layer_input_size
+        # GELU keeps the gate's output, the product keeps GELU's (its other factor is a view of the model-level
+        # ``per_layer_inputs``, ``per_layer_inputs_bytes_per_token``); the projection keeps the product and the
+        # gate keeps the residual stream when their weights train; post_per_layer_input_norm as a post norm
+        per_layer_input = 2 * e * P + (e * P + e * h if linear_in else 0) + norm(False)
     scores = (4 + e) * a_t * seq_len if eager_attention else 0.0
     implementation = 0.0
     if spec.model_type == "gpt_neox":
         implementation = 3 * e * a_t * d - (e * h + 8)
-    return LayerActivation(base=pre_norms + post_norms + attention + mlp, lora=lora, attention_scores=scores,
-                           implementation=implementation)
+    return LayerActivation(base=pre_norms + post_norms + attention + mlp + per_layer_input, lora=lora,
+                           attention_scores=scores, implementation=implementation)
+
+
+def _average_layer(spec: ModelSpec, e: int, **kw: object) -> LayerActivation:
+    """``saved_bytes_per_token`` of a model with layers of several shapes: each group's (``layer_views``) weighted
+    by its layer count, averaged over the L layers, and the largest layer's excess over that average."""
+    per = [(view.num_layers, saved_bytes_per_token(view, e, **kw))  # type: ignore[arg-type]
+           for view in layer_views(spec)]
+    L = spec.num_layers
+
+    def avg(name: str) -> float:
+        return sum(n * getattr(act, name) for n, act in per) / L
+
+    base, lora, scores = avg("base"), avg("lora"), avg("attention_scores")
+    largest = max(act.base + act.lora + act.attention_scores for _, act in per)
+    return LayerActivation(base=base, lora=lora, attention_scores=scores,
+                           largest_layer_excess=largest - (base + lora + scores))
+
+
+def per_layer_inputs_bytes_per_token(spec: ModelSpec, e: int, *, weights_trainable: bool, grad: bool,
+                                     lora_rank: int = 0, lora_dtype_bytes: int = 4) -> float:
+    """Gemma-4's per-layer inputs (PLE), made once before the layers and alive until the last layer's backward
+    (transformers 5.25 ``Gemma4TextModel.get_per_layer_inputs`` / ``project_per_layer_inputs``): a
+    [tokens, L, P] tensor, e·L·P per token, that every layer reads a slice of (gradient checkpointing keeps each
+    layer's slice, a view of it). When it needs a gradient (``grad``: the input embeddings' output requires
+    grad under checkpointing, ``enable_input_require_grads``), ``per_layer_projection_norm`` keeps its fp32
+    upcast (4·L·P) and, when its weight trains, the fp32 normalized tensor (4·L·P). A LoRA adapter on
+    ``per_layer_model_projection`` (``lora_rank``, 'all-linear') keeps, like a layer's (``saved_bytes_per_token``),
+    its input cast to the adapter's dtype (4·h for fp32 adapters) and its rank-r intermediate. 0 without PLE."""
+    LP = spec.num_layers * spec.per_layer_input_size
+    if not LP:
+        return 0.0
+    lora = (lora_dtype_bytes * spec.hidden_size if lora_dtype_bytes != e else 0) + lora_dtype_bytes * lora_rank
+    return e * LP + ((4 + (4 if weights_trainable else 0)) * LP + (lora if lora_rank else 0) if grad else 0)
+
+
+def shared_kv_bytes_per_token(spec: ModelSpec, e: int, tp: int = 1) -> float:
+    """Gemma-4 with gradient checkpointing: the keys and values the last KV-computing layer of each type hands
+    to the KV-shared layers (``shared_kv_states``, ``Gemma4TextAttention.forward``, 'store' layers) stay alive
+    through the forward and backward — each checkpointed shared layer's recomputation holds the dict — where a
+    checkpointed layer's own K and V would be dropped: 2·e·k·d per token for each such layer type."""
+    if not any(not g.kv_source for g in spec.layer_groups):
+        return 0.0
+    stored = {(g.sliding_window > 0): (max(1, g.num_kv_heads // tp), g.head_dim)
+              for g in spec.layer_groups if g.kv_source}
+    return sum(2 * e * k * d for k, d in stored.values())
+
+
+def uniform_layers_only(spec: ModelSpec, what: str, field: str) -> None:
+    """Refuse a mechanism modelled for alike layers when the model's differ (Gemma-4: per-layer head dims and
+    KV heads, shared KV)."""
+    if spec.layer_groups:
+        raise InputError(field, f"{what} is not modelled for {spec.model_type} (layers with different head dims, "
+                         "shared keys and values)", None)
 
 
 def final_norm_bytes_per_token(spec: ModelSpec, e: int, *, weights_trainable: bool, lm_head_input: bool) -> float:
@@ -249,6 +345,8 @@ def backward_transient_per_token(spec: ModelSpec, e: int, tp: int = 1, lora_mlp:
     2·e·f + e·h; e·f + e·h for GPT-NeoX's exact GELU. In OPT an adapted fc2 sends a second f-wide gradient
     to its input through the LoRA path (+ e·f; traced; in the other families it is gone by the peak).
     """
+    if spec.layer_groups:
+        return max(backward_transient_per_token(view, e, tp, lora_mlp) for view in layer_views(spec))
     h, f = spec.hidden_size, spec.intermediate_size / tp
     if spec.num_experts:
         # and, per routed copy, the gradient of the router-weighted output (fp32 where the router weights
@@ -286,6 +384,9 @@ def layer_forward_transient_per_token(spec: ModelSpec, e: int, tp: int = 1, lora
       k·h-wide down outputs, their weighted copies and the unsorted result (k·e·4h); plus the router's top-k
       indices and weights.
     """
+    if spec.layer_groups:  # the largest layer, beside Gemma-4's per-layer inputs (alive through the forward)
+        return (max(layer_forward_transient_per_token(view, e, tp, lora_mlp) for view in layer_views(spec))
+                + per_layer_inputs_bytes_per_token(spec, e, weights_trainable=False, grad=False))
     h, f = spec.hidden_size, spec.intermediate_size / tp
     if spec.num_experts:
         k = spec.experts_per_token
@@ -420,6 +521,34 @@ def row_chunked_logprob_bytes(positions: int, seqs: int, vocab: int, hidden: int
     return 2 * tile + n * e * hidden + copies + head
 
 
+HYBRID_ENGINE_FUSED = {"llama": ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"),
+                       "opt": ("q_proj", "k_proj", "v_proj"), "gptj": ("q_proj", "k_proj", "v_proj"),
+                       "gpt_neo": ("q_proj", "k_proj", "v_proj")}
+"""The weights DeepSpeed 0.10.3's hybrid-engine policies concatenate into a new tensor, per model type
+(``module_inject/containers``: ``LLAMALayerPolicy.attention`` ``torch.cat((qw, kw, vw))`` and ``.mlp``
+``torch.cat((up, gate))``; ``HFOPTLayerPolicy.attention`` q, k, v weights and biases; GPT-J's and GPT-Neo's q, k,
+v). GPT-NeoX, BLOOM and GPT-2 keep a fused QKV of their own; other model types have no policy."""
+
+
+def hybrid_engine_fused_weight_bytes(spec: ModelSpec, e: int, tp: int = 1) -> int:
+    """The hybrid engine's fused copies of a ZeRO-1/2 actor's weights, kept beside ZeRO's flat 16-bit buffer.
+
+    DeepSpeed 0.10.3: ``HybridEngineContainer.initialize_tensors`` stores the policy's concatenated weights
+    (``HYBRID_ENGINE_FUSED``); below ZeRO-3, ``set_attn_params_wo_copy`` / ``set_mlp_params_wo_copy``
+    (containers/features/split_qkv.py, gated_mlp.py) point the parameters' ``.data`` at views of those copies,
+    while ZeRO-1/2's flat buffer (``bit16_groups_flat``, the optimizer's) still holds the originals; after each
+    step ``_update_model_bit16_weights`` points the parameters back at it and the hybrid engine's ``reset_params``
+    copies them into the fused tensors again. Both stay resident. Llama-2-7B, bf16: (3·4,096² + 2·4,096·11,008)
+    · 32 · 2 = 8,992,587,776 B. OPT adds its q, k, v biases. Under ZeRO-3 the engine uses the gathered parameters
+    (no copy); a frozen weight (LoRA's base) is in no optimizer buffer, so re-pointing it frees its old storage
+    (no copy either: ``dschat.hybrid_engine_workspace`` counts trained actors only)."""
+    names = HYBRID_ENGINE_FUSED.get(spec.model_type, ())
+    per_layer = sum(lin.count * lin.in_features * lin.out_features + (lin.out_features if spec.model_type == "opt"
+                                                                        else 0)
+                    for lin in spec.linears if lin.name in names)
+    return per_layer * spec.num_layers * e // tp
+
+
 def hybrid_engine_workspace_bytes(spec: ModelSpec, seqs: int, max_out_tokens: int, e: int, tp: int = 1) -> int:
     """DeepSpeed's inference workspace, allocated once by the first generation and kept in every phase.
 
@@ -436,6 +565,7 @@ def hybrid_engine_workspace_bytes(spec: ModelSpec, seqs: int, max_out_tokens: in
     (runtime/config.py:531; hybrid_engine.py:271-274). Llama-2-7B, T = 512, bf16: (40,960 + 16,384 +
     262,144) · 512 · 2 = 327,155,712 B = 312 MiB per sequence.
     """
+    uniform_layers_only(spec, "DeepSpeed's hybrid engine", "model")
     a = spec.num_heads
     d = spec.hidden_size // a
     d_eff = d if d > 128 else 32 if d <= 32 else 64 if d <= 64 else 128
@@ -453,6 +583,75 @@ def hybrid_engine_cache_bytes(spec: ModelSpec, seqs: int, max_out_tokens: int, e
     d = spec.hidden_size // a
     d_eff = d if d > 128 else 32 if d <= 32 else 64 if d <= 64 else 128
     return 2 * spec.num_layers * (a * d_eff // tp) * max_out_tokens * seqs * e
+
+
+HYBRID_ENGINE_ROW_PARALLEL = ("out_proj", "fc2", "o_proj", "down_proj")
+"""The linears whose input dimension the hybrid engine's tensor parallelism splits (attention output, MLP
+output); the others (q, k, v, fc1 / up, gate) are split along their output dimension, bias included."""
+
+
+def hybrid_engine_tp_layer_bytes(spec: ModelSpec, e: int, tp: int) -> int:
+    """One decoder layer's weights as an inference container holds them under ZeRO-3 with ``inference_tp_size``
+    = tp > 1: every linear's 1/tp slice, copied into a tensor of its own while the layer is gathered.
+
+    DeepSpeed 0.9.0 (DeepSpeed-Chat's release; microsoft/DeepSpeed @47f9f13, "DeepSpeed Chat (#3186)")
+    ``containers/base.py::apply_tensor_parallelism`` with ``ReplaceWithTensorSlicing(out_dim=0, in_dim=1)`` and
+    ``allocat_tensor=True``: ``attention_q_k_v_mp`` copies rows [r·h/tp, (r+1)·h/tp) of q, k, v and their biases
+    into ``torch.empty_like`` tensors of 1/tp; ``attention_o_mp`` and ``mlp_output_mp`` the o/fc2 weights'
+    column slices; ``mlp_inter_mp`` fc1's rows and bias. The row-parallel biases (o, fc2) are whole
+    (``ReplaceWithTensorSlicing.copy``: same shape, ``dst = src``), holding the gathered storage.
+
+        e · (Σ in·out / tp + Σ column biases / tp + Σ row biases)       (biases: OPT only, here)
+
+    OPT-13B (h = 5120, f = 20480), fp16, tp 2: (12·5120² / 2 + (3·5120 + 20480) / 2 + 2·5120) · 2 = 314,629,120 B.
+    """
+    weights = sum(lin.count * lin.in_features * lin.out_features for lin in spec.linears)
+    column = row = 0
+    if spec.model_type == "opt":
+        for lin in spec.linears:
+            if lin.name in HYBRID_ENGINE_ROW_PARALLEL:
+                row += lin.count * lin.out_features
+            else:
+                column += lin.count * lin.out_features
+    return e * (weights // tp + column // tp + row)
+
+
+def hybrid_engine_non_tp_bytes(spec: ModelSpec, e: int) -> int:
+    """What the hybrid engine gathers whole around ``_generate`` under ZeRO-3 with ``inference_tp_size`` > 1:
+    every parameter outside the layers' linears — the embeddings (OPT's learned positions too), the final norm,
+    an untied LM head and each layer's norms (deepspeed 0.10.3 runtime/hybrid_engine.py ``generate``:
+    ``non_tp_params`` = the ``_other_layers``' parameters + ``layer_params[layer_id][:4]``, gathered with
+    ``GatheredParameters`` for the whole call). e·(Ψ − L·Σ(in·out + bias)). OPT-13B, fp16: (12,853,473,280 −
+    40 · 314,618,880) · 2 = 537,436,160 B."""
+    bias = sum(lin.count * lin.out_features for lin in spec.linears) if spec.model_type == "opt" else 0
+    linear = sum(lin.count * lin.in_features * lin.out_features for lin in spec.linears) + bias
+    return e * (spec.num_params - spec.num_layers * linear)
+
+
+def hybrid_engine_tp_gather_bytes(spec: ModelSpec, e: int, tp: int, partition: int, adapter_params: int = 0,
+                                  fuse_bytes: int = 0) -> int:
+    """Peak of the hybrid engine's gather-and-slice step under ZeRO-3 with ``inference_tp_size`` = tp > 1: the
+    slices of the layers done so far beside one group of ``partition`` layers gathered whole.
+
+    deepspeed 0.10.3 runtime/hybrid_engine.py ``generate``: ceil(L / ``tp_gather_partition_size``) groups
+    (0.9.0: L // P), each gathered with ``GatheredParameters`` (the layers' parameters and their LoRA adapters,
+    ``adapter_params`` per layer), LoRA fused into each weight (``fuse_lora``: ``param.data += scaling ·
+    matmul(left.t(), right.t())``, a weight-sized product and its scaled copy: ``fuse_bytes``), each layer sliced
+    (``hybrid_engine_tp_layer_bytes``), then the group released. After group k of n_k layers ending at layer
+    end_k: end_k slices + n_k whole layers, or — fusing the group's last layer — one slice less plus the fuse:
+
+        max_k  n_k · e·(layer + adapters) + max(end_k · S, (end_k − 1) · S + fuse)
+
+    OPT-13B fp16, tp 2, P = 8, no LoRA: 40 · 314,629,120 + 8 · 629,278,720 = 17,619,394,560 B (16.41 GiB), against
+    25.7 GB for the whole actor."""
+    sliced = hybrid_engine_tp_layer_bytes(spec, e, tp)
+    whole = e * (spec.layer_params + adapter_params)
+    peak = 0
+    for start in range(0, spec.num_layers, partition):
+        n = min(partition, spec.num_layers - start)
+        end = start + n
+        peak = max(peak, n * whole + max(end * sliced, (end - 1) * sliced + fuse_bytes))
+    return peak
 
 
 def past_key_values_bytes(spec: ModelSpec, seq_len: int, seqs: int, e: int, tp: int = 1) -> int:
@@ -541,6 +740,7 @@ def ulysses_saved_bytes_per_token(spec: ModelSpec, e: int, sp: int, *, weights_t
 
     Llama-3-8B (a = 32, k = 8, d = 128), sp = 16, bf16: 2·2·8·128 + 2·32·128 = 12,288 B per local token.
     """
+    uniform_layers_only(spec, "Ulysses sequence parallelism", "sequence_parallel")
     d, a, k = spec.head_dim, spec.num_heads, spec.num_kv_heads
     repeated = k * max(sp // k, 1) if sp > 1 else k
     out_copy = e * a * d if weights_trainable and sp > 1 else 0
@@ -558,6 +758,7 @@ def ulysses_forward_transient_per_token(spec: ModelSpec, e: int, sp: int) -> flo
 
     Llama-2-7B (a = k = 32, d = 128, h = 4096), sp = 2, bf16: 2·128·288 + 4·4096 + 4·4096 = 106,496 B.
     """
+    uniform_layers_only(spec, "Ulysses sequence parallelism", "sequence_parallel")
     d, a, k, h = spec.head_dim, spec.num_heads, spec.num_kv_heads, spec.hidden_size
     repeated = k * max(sp // k, 1)
     return e * d * (5 * a + 2 * k + 2 * repeated) + 2 * e * h + 4 * h
@@ -716,6 +917,7 @@ def ring_forward_transient_per_token(spec: ModelSpec, e: int, sp: int, stride: i
     The attention part is traced (``memplan.harness.ring``, tests/test_ring_attention.py): the same, to the byte.
     Llama-3-8B (a = 32, k = 8, d = 128, h = 4096), sp = 4, s = 1, bf16: 256·140 + 256 + 16,384 + 16,384 = 68,864 B.
     """
+    uniform_layers_only(spec, "ring attention", "sequence_parallel")
     d, a, k, h = spec.head_dim, spec.num_heads // tp, max(spec.num_kv_heads // tp, 1), spec.hidden_size  # per GPU
     chunks = 4 * stride if stride < k else 0
     return e * d * (3 * a + 3 * k + 4 * sp * stride + chunks) + 8 * a + 2 * e * h + 4 * h
@@ -738,6 +940,7 @@ def ring_backward_transient_per_token(spec: ModelSpec, e: int, sp: int, stride: 
     (``backward_transient_per_token``). Llama-3-8B, sp = 8, s = 8 (every KV head at once), bf16:
     256·(64 + 16 + 384) + 8,192 = 126,976 B (the MLP's: 2·2·14,336 + 8,192 = 65,536 B).
     """
+    uniform_layers_only(spec, "ring attention", "sequence_parallel")
     d, a, k, h = spec.head_dim, spec.num_heads // tp, max(spec.num_kv_heads // tp, 1), spec.hidden_size  # per GPU
     chunks = 0 if stride >= k else (7 if k // stride >= 3 else 6) * stride
     return e * d * (2 * a + 2 * k + 6 * sp * stride + chunks) + e * h

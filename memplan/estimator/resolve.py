@@ -129,6 +129,11 @@ class Run(NamedTuple):
     """A step trains more than one micro batch (the earlier ones' gradients stay); None: rollout_seqs > train_seqs."""
     vllm_sleep_level: int = 2
     """vLLM's sleep level (``vllm_sleep_level``): 1 keeps its weights in host RAM while it sleeps."""
+    inference_tp: int = 1
+    """The hybrid engine's inference tensor-parallel size (``inference_tp_size``): each GPU generates tp × its
+    own sequences with 1/tp of every layer's weights; 1 on any other engine."""
+    tp_gather_partition: int = 8
+    """Layers the hybrid engine gathers at once before slicing them (``tp_gather_partition_size``)."""
 
     def gpus_of(self, role: str) -> tuple[str, ...] | None:
         """The roles sharing ``role``'s GPUs under split placement; None when every role is on every GPU."""
@@ -331,6 +336,8 @@ def resolve(req: EstimateRequest) -> Run:
         req.lora_rank, req.lora_targets, fsdp_version=req.fsdp_version,
     )
 
+    _check_inference_tp(req, algo, actor_spec, roles[0].sharding.zero_stage, group_gpus, cluster.gpus_per_node,
+                        notes)
     prompts = req.rollout_batch_size or req.micro_batch_size
     group = req.group_size or DEFAULT_GROUP.get(algo, 1)
     generates = algo in GENERATES
@@ -384,7 +391,33 @@ def resolve(req: EstimateRequest) -> Run:
         gather_for_generation=req.gather_for_generation, sync_bucket_bytes=req.weight_sync_bucket_mb << 20,
         tp=req.tp, placement=req.placement, groups=groups,
         host_ram_bytes_per_node=req.host_ram_bytes_per_node, notes=tuple(notes), **batches,
+        inference_tp=req.inference_tp_size, tp_gather_partition=req.tp_gather_partition_size,
     )
+
+
+def _check_inference_tp(req: EstimateRequest, algo: str, spec: ModelSpec, actor_stage: int, gpus: int,
+                        gpus_per_node: int, notes: list[str]) -> None:
+    """The hybrid engine's ``inference_tp_size`` as DeepSpeed and DeepSpeed-Chat take it: DeepSpeed-Chat's
+    step-3 ``main.py`` asserts ZeRO stage 3 for the actor ("Zero stage 3 must be used to do Tensor sharding in the
+    hybrid engine"); ``DeepSpeedHybridEngine.create_inference_module`` (deepspeed 0.10.3 runtime/hybrid_engine.py)
+    makes groups of consecutive ranks, tp each (all inside a node when tp divides the GPUs per node); the
+    containers' ``create_ds_model_config`` asserts the heads divide by tp."""
+    tp = req.inference_tp_size
+    if tp == 1 or req.rollout_engine != "hybrid-engine" or algo not in GENERATES:
+        return  # another engine with tp > 1 is refused by ``ignored_options``
+    if actor_stage != 3:
+        raise InputError("inference_tp_size", f"the hybrid engine splits generation only under ZeRO-3 (DeepSpeed-Chat "
+                         f"main.py asserts actor_zero_stage 3); the actor is at stage {actor_stage}: set zero_stage "
+                         "3, or leave it 1", tp)
+    if gpus % tp or gpus_per_node % tp:
+        raise InputError("inference_tp_size", f"must divide the actor's GPUs ({gpus}) and the GPUs per node "
+                         f"({gpus_per_node}): DeepSpeed's inference groups are {tp} consecutive ranks", tp)
+    if spec.num_heads % tp:
+        raise InputError("inference_tp_size", f"must divide the attention heads ({spec.num_heads}) (DeepSpeed: "
+                         "'the attention_heads require to be divisible by the world_size')", tp)
+    notes.append(f"inference_tp_size {tp}: the hybrid engine as DeepSpeed 0.9.x ran it (DeepSpeed-Chat's release); "
+                 "from 0.9.3 (#3497) DeepSpeed slices the layers only when an mpu is passed, which DeepSpeed-Chat "
+                 "does not (DeepSpeed issues #4080, #3998)")
 
 
 def _check_ring(req: EstimateRequest, spec: ModelSpec, sp: int, packed: bool, gpus: int) -> None:

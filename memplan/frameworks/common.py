@@ -1,4 +1,5 @@
-"""What the framework readers share: catalog names for their model paths, checked integers, script files.
+"""What the framework readers share: catalog names for their model paths, checked integers, script files, and
+``Settings``, a launch file's settings over its framework's defaults.
 
 Each reader (``verl``, ``trl``) names its own error field (``InputError(field, ...)``) and keeps its notes.
 """
@@ -7,6 +8,8 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ from memplan.errors import InputError, shown
 
 MAX_SCRIPT_BYTES = 1 << 20
 _TUNE = re.compile(r"-(?:Instruct|instruct|Chat|chat|it)(?:-hf)?(?:-\d+)?$")
+_UNSET = object()
 
 
 def catalog_model(path: Any, key: str, field: str, notes: list[str]) -> str:
@@ -145,3 +149,36 @@ def launch_text(source: Any, marker: str, field: str) -> str:
     and is no file's path, else the file's text."""
     text = str(source)
     return read_text(text, field) if marker not in text or is_file(text) else text
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """A launch file's settings over its framework's defaults, each read and checked under the reader's error
+    field: ``get`` a value, ``num`` an integer, ``flag`` a bool, ``number`` a number in a range. A bad value's
+    error names the framework's own key (``data.max_len must be an integer ≥ 2, got 'x'``)."""
+
+    given: Mapping[str, Any]
+    """The launch file's settings (a reader's ``read``), by the framework's key."""
+    defaults: Mapping[str, Any]
+    """The framework's defaults for the keys the reader reads (its ``DEFAULTS``)."""
+    field: str
+    """The request field an ``InputError`` names (the reader's ``FIELD``: 'verl', 'openrlhf', ...)."""
+
+    def get(self, key: str, default: Any = _UNSET) -> Any:
+        """The setting as given, else ``default`` when one is passed, else the framework's default (None where
+        it has none)."""
+        if key in self.given:
+            return self.given[key]
+        return self.defaults.get(key) if default is _UNSET else default
+
+    def num(self, key: str, low: int = 1) -> int:
+        """The setting as an integer of at least ``low`` (``integer``)."""
+        return integer(self.get(key), key, self.field, low)
+
+    def flag(self, key: str) -> bool:
+        """The setting as true or false (``boolean``)."""
+        return boolean(self.get(key), key, self.field)
+
+    def number(self, key: str, low: float, high: float) -> float:
+        """The setting as a number in [low, high] (``number``)."""
+        return number(self.get(key), key, self.field, low, high)

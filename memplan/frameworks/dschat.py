@@ -28,6 +28,8 @@ What is read:
                                       rollout_batch_size (16), micro_batch_size (16)
     max_prompt_seq_len, max_answer_seq_len
                                       prompt_len, gen_len (256, 256)
+    inference_tp_size, tp_gather_partition_size
+                                      inference_tp_size (1), tp_gather_partition_size (8), when tp > 1
     (always)                          engine 'deepspeed', a reward model, a separate reference,
                                       logprob_kernel 'log-softmax' (``gather_log_probs``)
 """
@@ -38,7 +40,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from memplan.errors import InputError
-from memplan.frameworks.common import boolean, catalog_model, command_arguments, integer, launch_text
+from memplan.frameworks.common import Settings, catalog_model, command_arguments, launch_text
 
 FIELD = "deepspeed_chat"
 ALGOS = ("ppo", "remax")
@@ -47,7 +49,7 @@ DEFAULTS: dict[str, Any] = {  # step3_rlhf_finetuning/main.py parse_args, what t
     "offload_reward_model": False, "dtype": "fp16", "actor_gradient_checkpointing": False,
     "critic_gradient_checkpointing": False, "actor_lora_dim": 0, "critic_lora_dim": 0,
     "enable_hybrid_engine": False, "per_device_generation_batch_size": 16, "per_device_training_batch_size": 16,
-    "max_prompt_seq_len": 256, "max_answer_seq_len": 256, "inference_tp_size": 1,
+    "max_prompt_seq_len": 256, "max_answer_seq_len": 256, "inference_tp_size": 1, "tp_gather_partition_size": 8,
     "release_inference_cache": False, "unpin_actor_parameters": False,
 }
 
@@ -74,15 +76,8 @@ def fields(args: dict[str, Any], gpus: str | None = None, algo: str = "ppo") -> 
         raise InputError("algo", f"DeepSpeed-Chat's step 3 trains {' or '.join(ALGOS)} (ReMax's fork), got {algo!r}",
                          algo)
 
-    def get(key: str) -> Any:
-        return args.get(key, DEFAULTS.get(key))
-
-    def num(key: str, low: int = 1) -> int:
-        return integer(get(key), key, FIELD, low)
-
-    def flag(key: str) -> bool:
-        return boolean(get(key), key, FIELD)
-
+    settings = Settings(args, DEFAULTS, FIELD)
+    get, num, flag = settings.get, settings.num, settings.flag
     notes: list[str] = []
     out: dict[str, Any] = {"algo": algo, "engine": "deepspeed", "reward": "model", "ref": "separate",
                            "logprob_kernel": "log-softmax"}
@@ -128,9 +123,12 @@ def fields(args: dict[str, Any], gpus: str | None = None, algo: str = "ppo") -> 
     out["rollout_batch_size"] = num("per_device_generation_batch_size")
     out["micro_batch_size"] = num("per_device_training_batch_size")
     out["prompt_len"], out["gen_len"] = num("max_prompt_seq_len"), num("max_answer_seq_len")
-    if num("inference_tp_size") > 1:
-        notes.append(f"inference_tp_size {get('inference_tp_size')}: the hybrid engine's tensor parallelism is not "
-                     "modeled (an upper bound)")
+    if num("inference_tp_size") > 1 and out["rollout_engine"] == "hybrid-engine":
+        out["inference_tp_size"] = num("inference_tp_size")
+        out["tp_gather_partition_size"] = num("tp_gather_partition_size")
+    elif num("inference_tp_size") > 1:  # main.py: "hybrid-engine need to be enabled when using this feature"
+        notes.append(f"inference_tp_size {get('inference_tp_size')}: ignored, DeepSpeed reads it in the hybrid engine "
+                     "only (no --enable_hybrid_engine)")
     for key in ("release_inference_cache", "unpin_actor_parameters"):
         if flag(key):
             notes.append(f"{key}: not modeled; the hybrid engine's workspace counted as kept")

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from memplan.errors import InputError
-from memplan.frameworks.common import boolean, catalog_model, command_arguments, integer, launch_text, number
+from memplan.frameworks.common import Settings, catalog_model, command_arguments, integer, launch_text
 
 FIELD = "openrlhf"
 ESTIMATORS = {"gae": "ppo", "rloo": "rloo", "group_norm": "grpo", "reinforce": "grpo",
@@ -128,15 +128,8 @@ def read(text: str) -> dict[str, Any]:
 def fields(args: dict[str, Any], gpu: str | None = None) -> OpenRLHFRun:
     """Request fields of an OpenRLHF run: ``args`` (from ``read``) on its defaults; ``gpu`` names the GPU kind
     ('H100-80GB'), the count following from the models' placement."""
-    def get(key: str) -> Any:
-        return args.get(key, DEFAULTS.get(key))
-
-    def num(key: str, low: int = 1) -> int:
-        return integer(get(key), key, FIELD, low)
-
-    def flag(key: str) -> bool:
-        return boolean(get(key), key, FIELD)
-
+    settings = Settings(args, DEFAULTS, FIELD)
+    get, num, flag = settings.get, settings.num, settings.flag
     notes: list[str] = []
     out: dict[str, Any] = {"engine": "deepspeed"}
     out["model"] = catalog_model(get("actor.model_name_or_path"), "actor.model_name_or_path", FIELD, notes)
@@ -159,7 +152,7 @@ def fields(args: dict[str, Any], gpu: str | None = None) -> OpenRLHFRun:
         critic = get("critic.model_name_or_path") or reward
         if critic:
             out["critic_model"] = catalog_model(critic, "critic.model_name_or_path", FIELD, notes)
-    kl = number(get("algo.kl.init_coef"), "algo.kl.init_coef", FIELD, 0.0, 1e6)
+    kl = settings.number("algo.kl.init_coef", 0.0, 1e6)
     reference = kl > 0 or flag("algo.kl.use_loss")
     out["ref"] = "separate" if reference else "none"  # ReferenceModelActor loads the base, LoRA or not
 
@@ -198,14 +191,13 @@ def fields(args: dict[str, Any], gpu: str | None = None) -> OpenRLHFRun:
     actor_gpus = num("actor.num_nodes") * per_node
     colocated = flag("train.colocate_all")
     engines = get("vllm.num_engines")
-    vllm = engines is not None and integer(engines, "vllm.num_engines", FIELD, 0) > 0
+    vllm = engines is not None and num("vllm.num_engines", 0) > 0
     active = 1 + (algo == "ppo") + reference + bool(reward)
     if colocated:
         out["placement"], gpus = "colocated", actor_gpus
         if vllm:
             out["rollout_engine"] = "vllm"
-            out["vllm_gpu_memory_utilization"] = number(get("vllm.gpu_memory_utilization"),
-                                                        "vllm.gpu_memory_utilization", FIELD, 0.01, 1.0)
+            out["vllm_gpu_memory_utilization"] = settings.number("vllm.gpu_memory_utilization", 0.01, 1.0)
             out["vllm_sleep_mode"] = flag("vllm.enable_sleep")
             if out["vllm_sleep_mode"]:  # trainer/ray/vllm_engine.py: sleep(self, level=1), called without a level
                 out["vllm_sleep_level"] = 1

@@ -64,7 +64,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from memplan.errors import InputError
-from memplan.frameworks.common import boolean, catalog_model, integer, launch_text, number, typed
+from memplan.frameworks.common import Settings, catalog_model, integer, launch_text, typed
 
 FIELD = "verl"
 A = "actor_rollout_ref"
@@ -169,13 +169,8 @@ def _per_gpu(value: Any, dynamic: bool, max_tokens: Any, seq: int, what: str, no
 def fields(overrides: dict[str, Any], gpu: str | None = None) -> VerlRun:
     """Request fields for a verl run: ``overrides`` (from ``read``) on top of verl's defaults; ``gpu`` names the
     GPU kind (``'H100-80GB'``): the count is the script's ``trainer.nnodes × trainer.n_gpus_per_node``."""
-    unknown_keys = object()
-
-    def get(key: str, default: Any = unknown_keys) -> Any:
-        if key in overrides:
-            return overrides[key]
-        return DEFAULTS.get(key) if default is unknown_keys else default
-
+    settings = Settings(overrides, DEFAULTS, FIELD)
+    get, num, flag = settings.get, settings.num, settings.flag
     notes: list[str] = []
     out: dict[str, Any] = {}
     strategy = get(f"{A}.actor.strategy")
@@ -184,9 +179,6 @@ def fields(overrides: dict[str, Any], gpu: str | None = None) -> VerlRun:
                          "(fsdp, fsdp2)", strategy)
     out["engine"] = "fsdp"
     out["fsdp_version"] = 1 if strategy == "fsdp" else 2
-
-    def num(key: str, low: int = 1) -> int:
-        return integer(get(key), key, FIELD, low)
 
     nodes, per_node = num("trainer.nnodes"), num("trainer.n_gpus_per_node")
     world = nodes * per_node
@@ -266,14 +258,12 @@ def fields(overrides: dict[str, Any], gpu: str | None = None) -> VerlRun:
             notes.append("the critic's ulysses_sequence_parallel_size differs from the actor's: estimated with the "
                          "actor's")
     if dynamic and packed:  # rearrange_micro_batches: micro batches of at most max_token_len × sp tokens
-        out["max_tokens_per_gpu"] = integer(get(f"{A}.actor.ppo_max_token_len_per_gpu"),
-                                            f"{A}.actor.ppo_max_token_len_per_gpu", FIELD)
+        out["max_tokens_per_gpu"] = num(f"{A}.actor.ppo_max_token_len_per_gpu")
         if out["max_tokens_per_gpu"] * sp < seq:  # seqlen_balancing.py::rearrange_micro_batches asserts it
             raise InputError(FIELD, f"{A}.actor.ppo_max_token_len_per_gpu {out['max_tokens_per_gpu']} × ulysses "
                              f"{sp} is under max_prompt_length + max_response_length ({seq}): verl asserts "
                              "'max_token_len must be greater than the sequence length'", out["max_tokens_per_gpu"])
-        if algo == "ppo" and integer(get("critic.ppo_max_token_len_per_gpu"), "critic.ppo_max_token_len_per_gpu",
-                                     FIELD) > out["max_tokens_per_gpu"]:
+        if algo == "ppo" and num("critic.ppo_max_token_len_per_gpu") > out["max_tokens_per_gpu"]:
             notes.append(f"critic.ppo_max_token_len_per_gpu {get('critic.ppo_max_token_len_per_gpu')}: the critic's "
                          "update estimated with the actor's token cap")
     micro = _per_gpu(get(f"{A}.actor.ppo_micro_batch_size_per_gpu", None), dynamic and not packed,
@@ -322,8 +312,7 @@ def fields(overrides: dict[str, Any], gpu: str | None = None) -> VerlRun:
     name = get(f"{A}.rollout.name")
     if name in ("vllm", "sglang"):
         out["rollout_engine"] = "vllm"
-        out["vllm_gpu_memory_utilization"] = number(get(f"{A}.rollout.gpu_memory_utilization"),
-                                                    f"{A}.rollout.gpu_memory_utilization", FIELD, 0.0, 1.0)
+        out["vllm_gpu_memory_utilization"] = settings.number(f"{A}.rollout.gpu_memory_utilization", 0.0, 1.0)
         out["vllm_tensor_parallel_size"] = num(f"{A}.rollout.tensor_model_parallel_size")
         # async rollout (verl 0.9's only mode): the engine's GPU workers are processes of their own beside the
         # FSDP worker, sent the weights through a bucket over CUDA IPC (BucketedWeightSender)
@@ -332,11 +321,10 @@ def fields(overrides: dict[str, Any], gpu: str | None = None) -> VerlRun:
         # vLLM's profile run and persistent input buffers (verl passes it to vllm.LLM / its engine args)
         out["vllm_max_num_batched_tokens"] = num(f"{A}.rollout.max_num_batched_tokens")
         # free_cache_engine: the engine sleeps (weights and KV cache released) outside rollout
-        out["vllm_sleep_mode"] = boolean(get(f"{A}.rollout.free_cache_engine"), f"{A}.rollout.free_cache_engine",
-                                         FIELD)
+        out["vllm_sleep_mode"] = flag(f"{A}.rollout.free_cache_engine")
         # vllm_rollout.py (vLLMAsyncRollout.__init__): layered_summon sleeps at level 1 (weights kept in host RAM),
         # else VLLM_SLEEP_LEVEL, 2 from vLLM 0.8.5 (verl/third_party/vllm/__init__.py)
-        if boolean(get(f"{A}.rollout.layered_summon"), f"{A}.rollout.layered_summon", FIELD):
+        if flag(f"{A}.rollout.layered_summon"):
             out["vllm_sleep_level"] = 1
         if name == "sglang":
             notes.append("rollout sglang: its gpu_memory_utilization reservation counted as vLLM's")

@@ -130,6 +130,10 @@ class MeasuredDevice(BaseModel):
     total_bytes: int | None = Field(None, description="Total memory as the run reported it (torch total_memory)")
     count: int = Field(1, ge=1, description="GPUs the run used")
     catalog_gpu: str | None = Field(None, description="memplan's catalog name for this device, e.g. 'A100-40GB'")
+    nvml_total_bytes: int | None = Field(
+        None, description="NVML's v1 total (physical device memory) where the run's NVML readings are v1 'used', "
+                          "which counts the driver's reserve; that reserve, NVML's total − torch's total, lies "
+                          "outside torch's total_memory and is netted out before comparing (memplan.validate)")
 
 
 class MeasuredPoint(BaseModel):
@@ -164,6 +168,15 @@ class MeasuredPoint(BaseModel):
     source_phase: str = Field(description="The phase as the source names it, e.g. 'training'")
     measured_bytes: int | None = Field(None, description="The measured peak (None for an outcome-only point)")
     outcome: Outcome | None = Field(None, description="Whether the run went through ('ran') or ran out of memory")
+    allocator_slack_bytes: int | None = Field(
+        None, description="torch's max_memory_reserved − max_memory_allocated over the same window, where the source "
+                          "recorded both: the caching allocator's reserve beyond live tensors at the peak (each is "
+                          "the window's maximum, so this is exact only where they peak together), which an NVML peak "
+                          "includes and memplan's estimate (live tensors) does not")
+    before_first_optimizer_step: bool = Field(
+        False, description="The window closed before the run's first optimizer step: no optimizer states existed "
+                           "yet (torch's AdamW creates them lazily in its first step()), where memplan's phases are "
+                           "the steady state")
     raw: dict[str, int | float | str | bool | None] = Field(
         default_factory=dict, description="The source's own fields for this point, verbatim"
     )

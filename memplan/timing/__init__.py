@@ -137,7 +137,7 @@ def _notes(run: Run, request: EstimateRequest) -> tuple[str, ...]:
                 notes.append(f"vLLM's KV cache ({max(free, 0) / 2**30:.1f} GiB per GPU at gpu_memory_utilization "
                              f"{run.vllm_utilization}) holds fewer than the {run.rollout_seqs} sequences per GPU: it "
                              "generates them in waves (preempting), slower than estimated")
-        if run.tp > 1 or (run.rollout_engine == "vllm" and run.vllm_tp > 1):
+        if run.tp > 1 or run.inference_tp > 1 or (run.rollout_engine == "vllm" and run.vllm_tp > 1):
             notes.append("tensor-parallel decode: the two all-reduces per layer and token are latency-bound "
                          "(~10 µs each) and not counted")
     if run.train_batch is not None:

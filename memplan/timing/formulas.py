@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from math import ceil
 
-from memplan.specs import ModelSpec
+from memplan.specs import ModelSpec, layer_views
 from memplan.timing.hardware import (
     ADAM_BYTES_PER_PARAM, BUS_EFFICIENCY, DECODE_HBM_EFFICIENCY,
     GPU_STREAM_EFFICIENCY, HOST_MEMORY_EFFICIENCY, MATMUL_EFFICIENCY, PCIE_EFFICIENCY, GPUPerf,
@@ -30,20 +30,30 @@ state (12), writes master and state (8) and the 16-bit weight (2): 22."""
 
 def matmul_params(spec: ModelSpec, lm_head: bool) -> int:
     """P: parameters a token multiplies through — each layer's linears (MoE: only the ``experts_per_token``
-    experts a token is routed to) and the LM head (V·h) for models that make logits; a scalar head's h."""
-    per_layer = 0
-    for lin in spec.linears:
-        count = lin.count
-        if spec.num_experts and count == spec.num_experts:
-            count = spec.experts_per_token
-        per_layer += lin.in_features * lin.out_features * count
+    experts a token is routed to; layers of different shapes, Gemma-4's, group by group) and the LM head (V·h)
+    for models that make logits; a scalar head's h."""
+    total = 0
+    for view in layer_views(spec):
+        per_layer = 0
+        for lin in view.linears:
+            count = lin.count
+            if spec.num_experts and count == spec.num_experts:
+                count = spec.experts_per_token
+            per_layer += lin.in_features * lin.out_features * count
+        total += per_layer * view.num_layers
     head = spec.vocab_size * spec.hidden_size if lm_head else spec.hidden_size
-    return per_layer * spec.num_layers + head
+    return total + head
+
+
+def attention_width(spec: ModelSpec) -> int:
+    """Σ over layers of a·d, the query width attention multiplies per token pair (L·a·d for uniform layers;
+    Gemma-4's groups each with their own head dim). Sliding windows are not taken off."""
+    return sum(view.num_layers * view.num_heads * view.head_dim for view in layer_views(spec))
 
 
 def forward_flops(spec: ModelSpec, lm_head: bool, seq_len: int, seqs: int) -> float:
     """One forward over ``seqs`` sequences of ``seq_len`` tokens: b·(2·P·s + 4·L·(a·d)·s²)."""
-    attn = 4 * spec.num_layers * spec.num_heads * spec.head_dim * seq_len * seq_len
+    attn = 4 * attention_width(spec) * seq_len * seq_len
     return float(seqs) * (2 * matmul_params(spec, lm_head) * seq_len + attn)
 
 
@@ -51,8 +61,7 @@ def token_forward_flops(spec: ModelSpec, lm_head: bool, tokens: int, span: int) 
     """One forward over ``tokens`` tokens of sequences ``span`` tokens long: tokens·(2·P + 4·L·(a·d)·span) — the
     same as ``forward_flops(spec, lm_head, span, tokens / span)``. Packed sequences (flash-attn's varlen kernel,
     ``cu_seqlens``) attend within their own sequence: ``span`` is a sequence's length, not the packed row's."""
-    return float(tokens) * (2 * matmul_params(spec, lm_head) + 4 * spec.num_layers * spec.num_heads * spec.head_dim
-                            * span)
+    return float(tokens) * (2 * matmul_params(spec, lm_head) + 4 * attention_width(spec) * span)
 
 
 def ulysses_all_to_all_bytes(spec: ModelSpec, tokens: int, sp: int, kv_heads: int, e: int) -> float:
@@ -92,8 +101,10 @@ def compute_seconds(flops: float, perf: GPUPerf, dtype: str, tp: int = 1) -> flo
 
 
 def kv_bytes_per_token(spec: ModelSpec, e: int) -> int:
-    """Key and value of one token in every layer: 2·L·kv_heads·d·e."""
-    return 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * e
+    """Key and value of one token in every layer that caches its own: 2·L·kv_heads·d·e (Gemma-4's KV-shared
+    layers read an earlier layer's; sliding windows are not taken off)."""
+    return sum(2 * view.num_layers * view.num_kv_heads * view.head_dim * e for view in layer_views(spec)
+               if view.layer_group is None or view.layer_group.kv_source)
 
 
 def decode_step_seconds(weight_bytes: float, kv_bytes: float, flops: float, perf: GPUPerf, dtype: str,

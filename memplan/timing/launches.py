@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from memplan.specs import ModelSpec
 from memplan.timing.hardware import EAGER_DECODE_SECONDS_PER_LAYER
 
 EAGER_LAYER_LAUNCHES = 51
@@ -114,3 +115,26 @@ def layer_launches(engine: str, model_type: str, zero3: bool = False, tp: int = 
 def decode_launch_seconds(engine: str, model_type: str, num_layers: int, zero3: bool = False, tp: int = 1) -> float:
     """The launch floor of one decode step: layers × kernels per layer × ``SECONDS_PER_LAUNCH``."""
     return num_layers * layer_launches(engine, model_type, zero3, tp) * SECONDS_PER_LAUNCH
+
+
+def hybrid_engine_merge_bytes(spec: ModelSpec, e: int, zero3: bool, tp: int = 1) -> int:
+    """HBM bytes the hybrid engine's ZeRO-3 weight merges move per decode token, all layers, per GPU (0 without
+    ZeRO-3, or for a family the hybrid engine has no container for here).
+
+    Under ZeRO-3 the containers leave the split weights as ZeRO manages them (``split_qkv.py`` /
+    ``gated_mlp.py::set_*_params_wo_copy(Z3_enabled=True)``), so ``DeepSpeedSelfAttention.forward`` finds
+    ``attn_qkvw`` None and copies q, k and v (OPT: their biases too) into one shared buffer on every forward
+    (``ds_attention.py::_merge_qkv``), and Llama's ``DeepSpeedMLP.forward`` copies up and gate into another
+    (``ds_mlp.py::_merge_inter_w``) — one forward per decode token. Each copy reads and writes its elements: per
+    layer 2·(a + 2·kv)·d·h·e for q, k, v (+ 2·(a + 2·kv)·d·e of OPT biases) and 2·2·f·h·e for up and gate, over
+    the inference tensor-parallel partition ``tp``. microsoft/DeepSpeed @38327e0. Llama-2-7B: (100.7 + 180.4) MB
+    × 2 × 32 layers = 17.99 GB a token."""
+    if not zero3 or spec.model_type not in ("llama", "opt"):
+        return 0
+    qkv_rows = (spec.num_heads + 2 * spec.num_kv_heads) * spec.head_dim
+    per_layer = qkv_rows * spec.hidden_size
+    if spec.model_type == "opt":
+        per_layer += qkv_rows  # q, k, v biases (qkv_unfused_cublas adds them)
+    else:
+        per_layer += 2 * spec.intermediate_size * spec.hidden_size  # up and gate
+    return 2 * per_layer * e * spec.num_layers // tp

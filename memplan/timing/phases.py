@@ -7,10 +7,13 @@ its longest term; blocks follow one another. Per GPU: every data-parallel rank r
 
 * rollout — prefill (FLOPs) then ``gen_len`` decode steps, each reading the weights and the KV cache at the mean
   context once (HBM), or launch-bound without CUDA graphs (HF ``generate``, the hybrid engine: ``launches.py``
-  counts each one's kernels per layer); vLLM's KV reads and
+  counts each one's kernels per layer; under ZeRO-3 the hybrid engine also copies its split q, k, v and up/gate
+  weights into merged buffers every token: ``launches.hybrid_engine_merge_bytes``); vLLM's KV reads and
   FLOPs follow ``gen_len_mean`` (``workload.decode_lengths``); ReMax's greedy
   pass again; the weight sync into the engine (vLLM: a copy of the weights, gathered first under ZeRO-3; the
-  hybrid engine: its train↔inference switch, one gather under ZeRO-3; HF under ZeRO-3: a gather per token).
+  hybrid engine: its train↔inference switch, one gather under ZeRO-3; HF under ZeRO-3: a gather per token). The
+  hybrid engine's ``inference_tp_size``: 1/tp of the layers read per token, the LM head over the group's
+  sequences, two all-reduces per layer, the gathered layers sliced once per call (``hybrid_tp``).
 * scoring — a forward of each frozen or old-policy model over the batch, ``score_micro_batch_size`` (or a token
   cap's worth) at a time; ZeRO-3 gathers the weights per call, over PCIe first when they live on the CPU. The
   tokens of every forward and training pass are ``workload``'s: padded, or packed at the mean length; Ulysses'
@@ -25,13 +28,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import NamedTuple
 
+from memplan.estimator.formulas import hybrid_engine_tp_layer_bytes
 from memplan.estimator.resolve import RoleSetup, Run
 from memplan.estimator.tokens import ulysses_kv_heads
 from memplan.report import EstimateRequest
 from memplan.timing import formulas as f
 from memplan.timing import workload
 from memplan.timing.hardware import GPUPerf
-from memplan.timing.launches import decode_launch_seconds
+from memplan.timing.launches import decode_launch_seconds, hybrid_engine_merge_bytes
 from memplan.timing.workload import Passes, Work, decode_lengths
 
 
@@ -80,6 +84,34 @@ def _tp_seconds(run: Run, perf: GPUPerf, tp: int, tokens: float, hidden: int, al
     return all_reduces * f.bus_seconds(per, perf, multi_node=False)
 
 
+class HybridTP(NamedTuple):
+    """What ``inference_tp_size`` = tp > 1 changes in a hybrid-engine generation, per GPU."""
+
+    weight_bytes: float
+    """Weights one decode step reads: every layer's 1/tp slice and the whole LM head."""
+    head_flops_per_token: float
+    """The LM head's FLOPs per sequence-token beyond the GPU's own sequences: (tp − 1)·2·V·h."""
+    slice_copy_bytes: float
+    """HBM traffic of slicing the gathered layers into the containers, per generate call (read + write)."""
+
+
+def hybrid_tp(run: Run, actor: RoleSetup) -> HybridTP | None:
+    """The hybrid engine's inference tensor parallelism (deepspeed 0.10.3 runtime/hybrid_engine.py ``generate``,
+    slicing as in 0.9.0: ``formulas.hybrid_engine_tp_layer_bytes``): each GPU runs the tp × all-gathered
+    sequences through 1/tp of every layer — the layers' FLOPs and KV reads per GPU are those of its own
+    sequences, the weights read per token 1/tp — but through the whole LM head (an ``_other_layers``
+    ``LinearLayer``, not split); before it, each layer's slices are copied out of the gathered weights. None
+    without it."""
+    tp = run.inference_tp
+    if run.rollout_engine != "hybrid-engine" or tp <= 1:
+        return None
+    spec = actor.spec
+    head = spec.vocab_size * spec.hidden_size
+    slices = spec.num_layers * hybrid_engine_tp_layer_bytes(spec, run.e, tp)
+    return HybridTP(weight_bytes=slices + head * run.e, head_flops_per_token=(tp - 1) * 2.0 * head,
+                    slice_copy_bytes=2.0 * slices)
+
+
 def rollout(run: Run, perf: GPUPerf, dtype: str, request: EstimateRequest) -> Iterator[Block]:
     actor = run.roles[0]
     spec, b = actor.spec, run.rollout_seqs
@@ -89,8 +121,11 @@ def rollout(run: Run, perf: GPUPerf, dtype: str, request: EstimateRequest) -> It
         yield Block("rollout", "actor", "send the weights to the remote engine (generation runs on other GPUs)",
                     weights / (perf.internode_bytes_per_s * f.BUS_EFFICIENCY), "network")
         return
-    gen_tp = run.vllm_tp if engine == "vllm" else run.tp
+    gen_tp = run.vllm_tp if engine == "vllm" else max(run.tp, run.inference_tp)
     weight_bytes = actor.num_params * actor.base_bytes_per_param / gen_tp
+    htp = hybrid_tp(run, actor)
+    if htp is not None:
+        weight_bytes = htp.weight_bytes
     passes = (("sampled", b), ("greedy", b)) if run.greedy_pass else (("sampled", b),)  # ReMax: one per prompt
     zero3 = actor.sharding.zero_stage == 3 and actor.sharding.dp > 1
     gather_bus, _ = _gather_seconds(run, perf, actor)
@@ -111,26 +146,40 @@ def rollout(run: Run, perf: GPUPerf, dtype: str, request: EstimateRequest) -> It
     # count, or DeepSpeed's fused inference ops for the hybrid engine)
     launch = decode_launch_seconds(engine, spec.model_type, spec.num_layers,
                                    zero3=actor.sharding.zero_stage == 3, tp=gen_tp)
+    # the hybrid engine under ZeRO-3 copies q, k, v (and Llama's up, gate) into merged buffers every forward, i.e.
+    # every decode token: more HBM traffic per step (launches.hybrid_engine_merge_bytes)
+    merge = hybrid_engine_merge_bytes(spec, run.e, actor.sharding.zero_stage == 3, gen_tp) if (
+        engine == "hybrid-engine") else 0
+    merged = f" (+ ZeRO-3 weight merges, {merge / 1e9:.2f} GB a token)" if merge else ""
     # A tensor-parallel group shares its replica's sequences (``tp``); a vLLM engine over ``vllm_tp`` GPUs takes
     # the sequences of all of them: per GPU, its 1/gen_tp of the weights and its own sequences' KV and FLOPs.
     kv_token = f.kv_bytes_per_token(spec, run.e) / run.tp
     mean, lengths = decode_lengths(run, request)
     live = mean / run.gen_len  # vLLM: the share of the batch's sequences still generating, over its gen_len steps
     for label, seqs in passes:
-        if gathers_per_call:
+        if gathers_per_call and htp is not None:  # the same all-gathers, group by group, then the slices copied
+            copy = htp.slice_copy_bytes / (perf.hbm_bytes_per_s * f.GPU_STREAM_EFFICIENCY)
+            yield Block("rollout", "actor", f"{label}: gather the actor {run.tp_gather_partition} layers at a time, "
+                        f"slice 1/{gen_tp} of each into the inference containers", gather_bus + copy,
+                        _link(run) if gather_bus >= copy else "hbm")
+        elif gathers_per_call:
             yield Block("rollout", "actor", f"{label}: gather the sharded actor whole to generate", gather_bus,
                         _link(run))
         prefill = f.forward_flops(spec, True, run.prompt_len, seqs)
+        if htp is not None:
+            prefill += htp.head_flops_per_token * run.prompt_len * seqs
         prefill_s = f.compute_seconds(prefill, perf, dtype, run.tp)
         prefill_tp = _tp_seconds(run, perf, gen_tp, seqs * run.prompt_len * gen_tp // max(1, run.tp), spec.hidden_size,
                                  2 * spec.num_layers)
-        yield Block("rollout", "actor", f"{label}: prefill {run.prompt_len} tokens × {seqs} sequences",
+        shared = f" (× {gen_tp}: the TP group's, 1/{gen_tp} of the heads each)" if htp is not None else ""
+        yield Block("rollout", "actor", f"{label}: prefill {run.prompt_len} tokens × {seqs} sequences{shared}",
                     prefill_s + prefill_tp, "compute" if prefill_s >= prefill_tp else "nvlink")
         context = run.prompt_len + mean / 2  # the KV cache each decode step reads, on average
-        step_flops = seqs * live * (2 * f.matmul_params(spec, True) + 4 * spec.num_layers * spec.num_heads
-                                    * spec.head_dim * context) / run.tp
-        step, bound = f.decode_step_seconds(weight_bytes, seqs * live * context * kv_token, step_flops, perf, dtype,
-                                            launch)
+        step_flops = seqs * live * (2 * f.matmul_params(spec, True) + 4 * f.attention_width(spec) * context) / run.tp
+        if htp is not None:
+            step_flops += htp.head_flops_per_token * seqs * live
+        step, bound = f.decode_step_seconds(weight_bytes + merge, seqs * live * context * kv_token, step_flops, perf,
+                                            dtype, launch)
         if engine == "hf" and zero3 and not run.gather_for_generation:
             # DeepSpeed / FSDP gather every layer again for every token
             gather = gather_bus
@@ -138,7 +187,8 @@ def rollout(run: Run, perf: GPUPerf, dtype: str, request: EstimateRequest) -> It
                 step, bound = gather, _link(run)
         step += _tp_seconds(run, perf, gen_tp, seqs * gen_tp // max(1, run.tp) * live, spec.hidden_size,
                             2 * spec.num_layers)
-        yield Block("rollout", "actor", f"{label}: decode {run.gen_len} tokens × {seqs} sequences; {lengths}",
+        yield Block("rollout", "actor", f"{label}: decode {run.gen_len} tokens × {seqs} sequences{shared}{merged}; "
+                    f"{lengths}",
                     step * run.gen_len, bound)
 
 
