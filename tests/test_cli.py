@@ -53,7 +53,7 @@ def test_headline_table():
     result = run("estimate", *HEADLINE)
     assert result.exit_code == 0, result.output
     report = memplan.estimate(model="meta-llama/Llama-2-7b-hf", algo="ppo", gpus="8xA100-40GB")
-    verdict = "FITS" if report.fits else "DOES NOT FIT"
+    verdict = {"fits": "FITS", "tight": "TIGHT", "does_not_fit": "DOES NOT FIT"}[report.verdict]
     out = result.stdout
     line = next(line for line in out.splitlines() if line.startswith(verdict))  # the verdict (and why), then the peak
     assert f"peak {report.peak_bytes_per_gpu / GiB:.2f} GiB" in line

@@ -61,8 +61,12 @@ def test_plan_table_names_the_fastest_change():
     best = expected.candidates[0]
     assert f"As given: DOES NOT FIT peak {expected.as_given.peak_bytes_per_gpu / GiB:.2f} GiB" in out
     assert "Changes that make it fit, fastest first" in out
-    # e.g. "Fastest: --critic-zero-stage 2→3, --offload none→optimizer"
-    parts = [f"--{f.replace('_', '-')} {old}→{new}" for f, (old, new) in best.changes.items()]
+    # e.g. "Fastest: --critic-zero-stage (--zero-stage)→3, --offload none→optimizer" (an unset per-role stage
+    # follows --zero-stage)
+    def shown(field: str, value) -> str:
+        return "(--zero-stage)" if value is None and field.endswith("zero_stage") else str(value)
+
+    parts = [f"--{f.replace('_', '-')} {shown(f, old)}→{shown(f, new)}" for f, (old, new) in best.changes.items()]
     assert "Fastest: " + ", ".join(parts) in out
     for c in expected.candidates:  # each row: its memory, then its estimated time
         assert (f"{c.peak_bytes_per_gpu / GiB:.2f} {c.headroom_bytes / GiB:.2f} {c.peak_phase} "
