@@ -330,3 +330,20 @@ def test_band_lookup_is_cached_per_configuration():
     assert band.bands(config) is band.bands(config)
     assert math.isclose(band.bands(config)["actor_update"].upper, BAND["kinds"]["training"]["upper"])
     assert band.bands(config)["actor_update"].upper_bytes == BAND["kinds"]["training"]["upper_bytes"]
+
+
+def test_coverage_is_of_whole_configurations_not_of_each_dimension():
+    """The corpus measured LoRA GRPO with vLLM on one GPU, and one full-fine-tuning SFT step (torchtune): each
+    dimension's value appears somewhere, but a full-fine-tuning GRPO run with vLLM was never measured, so its band
+    is an extrapolation, and the note names what sets it apart from the nearest measured configuration."""
+    data = band.load()
+    assert ["sft", "torch", "single", "hf", "full", "colocated", "bf16", "none"] in data["configurations"]["training"]
+    assert "full" in data["covered"]["finetune"] and "vllm" in data["covered"]["rollout_engine"]
+    report = memplan.estimate(model="Qwen/Qwen2.5-0.5B-Instruct", algo="grpo", gpus="1xA100-40GB", engine="torch",
+                              group_size=4, rollout_engine="vllm", vllm_gpu_memory_utilization=0.3)
+    bases = {b.phase: b.basis for b in report.phase_bands}
+    assert all(basis.startswith("extrapolated") for basis in bases.values()), bases
+    assert "finetune=full" in bases["actor_update"] and "finetune=full" in bases["rollout"]
+    lora = memplan.estimate(model="Qwen/Qwen2.5-0.5B-Instruct", algo="grpo", gpus="1xA100-40GB", engine="torch",
+                            group_size=4, rollout_engine="vllm", vllm_gpu_memory_utilization=0.3, lora_rank=8)
+    assert {b.phase: b.basis for b in lora.phase_bands}["actor_update"] == "training"

@@ -131,6 +131,7 @@ def main() -> int:
     points: dict[str, list[tuple[str, int, int]]] = {kind: [] for kind in band.KINDS}  # (source, T, d)
     phases: dict[str, set[str]] = {kind: set() for kind in band.KINDS}
     covered: dict[str, set[str]] = {dim: set() for dim in band.DIMS}
+    configurations: dict[str, set[tuple[str, ...]]] = {kind: set() for kind in band.KINDS}
     skipped = 0
     for rec, r in zip(records, summary.results, strict=True):
         assert rec.id == r.id
@@ -143,7 +144,9 @@ def main() -> int:
         kind = kinds.pop()
         points[kind].append((r.source, r.estimated_bytes, r.compared_bytes - r.estimated_bytes))
         phases[kind].update(rec.phases)
-        for dim, value in zip(band.DIMS, band.configuration(rec.request, resolve(rec.request))):
+        config = band.configuration(rec.request, resolve(rec.request))
+        configurations[kind].add(config)
+        for dim, value in zip(band.DIMS, config):
             covered[dim].add(value)
     kinds = {}
     for kind, pts in points.items():
@@ -172,7 +175,8 @@ def main() -> int:
         "_doc": "memplan's error band: per phase kind, the quantiles of d = measured - estimated over the corpus' "
                 "real-GPU measurements, in the form (relative, bytes, bytes+relative) whose held-out pinball loss "
                 "is smallest. A phase estimated at T bytes has been T + lower_bytes + lower*T to T + upper_bytes + "
-                "upper*T on real GPUs. Read by memplan/estimator/band.py; a configuration outside 'covered', or a "
+                "upper*T on real GPUs. Read by memplan/estimator/band.py; a configuration (all of 'covered''s dimensions "
+                "together) outside its kind's 'configurations', or a "
                 "phase outside its kind's 'phases_measured', takes 'widest' (an extrapolation). Written by the "
                 "command below; never edited by hand.",
         "quantity": "measured - estimated (bytes), per record of memplan validate",
@@ -198,6 +202,8 @@ def main() -> int:
                    "upper": max(k["upper"] for k in kinds.values()),
                    "upper_bytes": max(k["upper_bytes"] for k in kinds.values()), "from": list(kinds)},
         "covered": {dim: sorted(values) for dim, values in covered.items()},
+        "configurations": {kind: sorted(list(c) for c in configs) for kind, configs in configurations.items()
+                           if configs},
     }
     OUT.write_text(json.dumps(data, indent=1) + "\n")
     for kind, k in kinds.items():

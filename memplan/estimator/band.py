@@ -110,16 +110,26 @@ def describe(relative: float, n_bytes: int) -> str:
     return " ".join(parts)
 
 
+def _missing(config: tuple[str, ...], measured: list[list[str]]) -> list[str]:
+    """What sets ``config`` apart from the nearest configuration the corpus measured (fewest differing
+    dimensions; every dimension when it measured none): [] when it measured this one."""
+    if not measured:
+        return [f"{dim}={value}" for dim, value in zip(DIMS, config)]
+    nearest = min(measured, key=lambda m: sum(a != b for a, b in zip(config, m)))
+    return [f"{dim}={value}" for dim, value, seen in zip(DIMS, config, nearest) if value != seen]
+
+
 @lru_cache(maxsize=256)
 def bands(config: tuple[str, ...]) -> dict[str, Band]:
-    """Each phase's band for a configuration (``configuration``): its kind's where the corpus covers both."""
+    """Each phase's band for a configuration (``configuration``): its kind's where the corpus measured that
+    configuration — all its dimensions together — in that kind's phases."""
     data = load()
-    covered = data["covered"]
-    missing = [f"{dim}={value}" for dim, value in zip(DIMS, config) if value not in covered.get(dim, ())]
+    measured = data.get("configurations", {})
     widest = data["widest"]
     out = {}
     for phase, kind in PHASE_KIND.items():
         k = data["kinds"].get(kind)
+        missing = _missing(config, measured.get(kind) or [m for ms in measured.values() for m in ms])
         if not missing and k is not None and phase in k["phases_measured"]:
             out[phase] = Band(k["lower"], k["upper"], kind, 1 + k["lower"], 1 + k["upper"],
                               k.get("lower_bytes", 0), k.get("upper_bytes", 0))
