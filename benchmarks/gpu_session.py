@@ -14,8 +14,8 @@ folded into one file):
 * ``cuda_records.jsonl`` — one ``CudaRecord`` per case (``memplan.harness.cuda.measure_cuda``: two training steps,
   torch's allocated and reserved peaks and NVML's per phase), each case in its own process so that each has a
   clean CUDA context and allocator. Split it into ``benchmarks/results/cuda/<case>.json`` here
-  (``--split FILE``, ``--out`` its default): ``memplan validate`` then compares them (``records_from_cuda``), ``tests/test_records.py``
-  holds the estimator to them.
+  (``--split FILE``, ``--out`` its default): ``memplan validate`` then compares them (``records_from_cuda``),
+  ``tests/test_records.py`` holds the estimator to them.
 * ``session.log`` — what ran, how long, what failed.
 
 The cases: ``CASES`` below, real-size configurations of ``memplan.harness.accuracy.CASES`` that fit one 80 GB GPU

@@ -175,9 +175,9 @@ def main() -> int:
         "_doc": "memplan's error band: per phase kind, the quantiles of d = measured - estimated over the corpus' "
                 "real-GPU measurements, in the form (relative, bytes, bytes+relative) whose held-out pinball loss "
                 "is smallest. A phase estimated at T bytes has been T + lower_bytes + lower*T to T + upper_bytes + "
-                "upper*T on real GPUs. Read by memplan/estimator/band.py; a configuration (all of 'covered''s dimensions "
-                "together) outside its kind's 'configurations', or a "
-                "phase outside its kind's 'phases_measured', takes 'widest' (an extrapolation). Written by the "
+                "upper*T on real GPUs. Read by memplan/estimator/band.py; a configuration (all of 'covered''s "
+                "dimensions together) outside its kind's 'configurations', or a phase outside its kind's "
+                "'phases_measured', takes 'widest' (an extrapolation). Written by the "
                 "command below; never edited by hand.",
         "quantity": "measured - estimated (bytes), per record of memplan validate",
         "quantiles": [LOW_Q, HIGH_Q],
