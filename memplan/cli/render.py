@@ -205,7 +205,8 @@ def compare_next_steps(found: dict[str, PlanReport | None], commands: dict[str, 
     line."""
     out = _console()
     out.print(Text("What to try next", style="bold").append(
-        " — for each algorithm that does not fit, the fastest change that fits (memplan plan):", style="not bold"))
+        " — for each algorithm that is TIGHT or does not fit, the fastest change that FITS (memplan plan):",
+        style="not bold"))
     for algo, plan_report in found.items():
         if plan_report is not None and plan_report.fits_any:
             best = plan_report.candidates[0]

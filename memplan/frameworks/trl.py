@@ -52,12 +52,19 @@ What is read:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from memplan.errors import InputError
-from memplan.frameworks.common import boolean, catalog_model, command_arguments, integer, is_file, number, read_text
+from memplan.frameworks.common import (
+    Settings,
+    boolean,
+    catalog_model,
+    command_arguments,
+    integer,
+    is_file,
+    read_text,
+)
 
 FIELD = "trl"
 ACCELERATE_FIELD = "accelerate_config"
@@ -248,8 +255,8 @@ def fields(recipe: dict[str, Any], accelerate: dict[str, Any] | None = None, gpu
                          f"use {', '.join(TRAINERS)}", algo)
     defaults = {**COMMON, **DEFAULTS[algo]}
 
-    def get(key: str) -> Any:
-        return recipe.get(key, defaults.get(key))
+    settings = Settings(recipe, defaults, FIELD)
+    get, num, flag = settings.get, settings.num, settings.flag
 
     notes: list[str] = []
     out: dict[str, Any] = {"algo": algo}
@@ -265,11 +272,11 @@ def fields(recipe: dict[str, Any], accelerate: dict[str, Any] | None = None, gpu
         out["gpus"] = cluster
     if "model" not in given:
         out["model"] = catalog_model(get("model_name_or_path"), "model_name_or_path", FIELD, notes)
-    out["micro_batch_size"] = integer(get("per_device_train_batch_size"), "per_device_train_batch_size", FIELD)
+    out["micro_batch_size"] = num("per_device_train_batch_size")
 
-    peft = boolean(get("use_peft"), "use_peft", FIELD)
+    peft = flag("use_peft")
     if peft:
-        out["lora_rank"] = integer(get("lora_r"), "lora_r", FIELD)
+        out["lora_rank"] = num("lora_r")
         targets = get("lora_target_modules")
         if targets == "all-linear":
             out["lora_targets"] = "all-linear"
@@ -278,12 +285,12 @@ def fields(recipe: dict[str, Any], accelerate: dict[str, Any] | None = None, gpu
             notes.append(f"lora_target_modules {targets!r}" + (" (peft's default for the model: q_proj and v_proj "
                          "in Llama and Qwen)" if targets is None else "") + ": estimated as the attention "
                          "projections (lora_targets 'attention')")
-        if boolean(get("load_in_4bit"), "load_in_4bit", FIELD):
+        if flag("load_in_4bit"):
             out["quantize_base"] = "int4"
-        elif boolean(get("load_in_8bit"), "load_in_8bit", FIELD):
+        elif flag("load_in_8bit"):
             out["quantize_base"] = "int8"
-    fp16 = boolean(get("fp16"), "fp16", FIELD)
-    bf16 = not fp16 if get("bf16") is None else boolean(get("bf16"), "bf16", FIELD)  # bf16 unless fp16
+    fp16 = flag("fp16")
+    bf16 = not fp16 if get("bf16") is None else flag("bf16")  # bf16 unless fp16
     out["dtype"] = "bf16" if bf16 else "fp16" if fp16 else "fp32"
     load_dtype = str(get("dtype")).replace("torch.", "")
     if out["dtype"] != "fp32":
@@ -294,26 +301,27 @@ def fields(recipe: dict[str, Any], accelerate: dict[str, Any] | None = None, gpu
             notes.append("model loaded in float32 under autocast (engine 'torch'): counted as 16-bit weights + fp32 "
                          "master, the same 16 bytes per trained parameter")
     if "gradient_checkpointing" not in out:
-        out["gradient_checkpointing"] = boolean(get("gradient_checkpointing"), "gradient_checkpointing", FIELD)
+        out["gradient_checkpointing"] = flag("gradient_checkpointing")
     if get("attn_implementation") == "eager":
         out["attention"] = "eager"
     out["logprob_kernel"] = "chunked"  # every trainer patches the model with add_fused_lm_head: no logits
-    if boolean(get("use_liger_kernel"), "use_liger_kernel", FIELD):
+    if flag("use_liger_kernel"):
         notes.append("use_liger_kernel: Liger's layer kernels (TRL keeps its own fused LM head) are not modeled")
     if algo in ("grpo", "rloo"):
-        _online(recipe, get, out, engine, peft, accelerate, given, notes)
+        _online(recipe, settings, out, engine, peft, accelerate, given, notes)
     else:
-        _offline(recipe, get, out, engine, peft, notes)
+        _offline(recipe, settings, out, engine, peft, notes)
     return TrlRun(out, notes)
 
 
-def _online(recipe: dict[str, Any], get: Callable[[str], Any], out: dict[str, Any], engine: dict[str, Any],
+def _online(recipe: dict[str, Any], settings: Settings, out: dict[str, Any], engine: dict[str, Any],
             peft: bool, accelerate: dict[str, Any] | None, given: frozenset[str], notes: list[str]) -> None:
     """GRPO's and RLOO's generation batch, lengths, reference, reward model and rollout engine."""
+    get, num, flag = settings.get, settings.num, settings.flag
     processes = _processes(accelerate)
-    group = integer(get("num_generations"), "num_generations", FIELD, 2)
+    group = num("num_generations", 2)
     per_device = out["micro_batch_size"]
-    accumulation = integer(get("gradient_accumulation_steps"), "gradient_accumulation_steps", FIELD)
+    accumulation = num("gradient_accumulation_steps")
     if recipe.get("generation_batch_size") is not None:
         total = integer(recipe["generation_batch_size"], "generation_batch_size", FIELD)
         if total % (per_device * processes):
@@ -329,14 +337,14 @@ def _online(recipe: dict[str, Any], get: Callable[[str], Any], out: dict[str, An
         notes.append(f"{completions} completions per GPU per generation (per_device_train_batch_size × "
                      f"steps_per_generation), {group} per prompt spread over GPUs: estimated as "
                      f"{completions // shared} prompts × {shared}")
-    out["gen_len"] = integer(get("max_completion_length"), "max_completion_length", FIELD)
+    out["gen_len"] = num("max_completion_length")
     if recipe.get("max_prompt_length") is not None:
         out["prompt_len"] = integer(recipe["max_prompt_length"], "max_prompt_length", FIELD)
     elif "prompt_len" not in given:
         notes.append("TRL 1.16 does not truncate prompts (no max_prompt_length): pass --prompt-len, your longest "
                      "prompt in tokens (memplan's default is 256)")
 
-    beta = number(get("beta"), "beta", FIELD, 0.0, 1e6)
+    beta = settings.number("beta", 0.0, 1e6)
     if beta == 0:
         out["ref"] = "none"
     elif peft:
@@ -352,17 +360,15 @@ def _online(recipe: dict[str, Any], get: Callable[[str], Any], out: dict[str, An
     else:
         out["reward"] = "rule"
 
-    if boolean(get("use_vllm"), "use_vllm", FIELD):
+    if flag("use_vllm"):
         mode = get("vllm_mode")
         if mode == "server":
             out["rollout_engine"] = "remote"
         elif mode == "colocate":
             out["rollout_engine"] = "vllm"
-            out["vllm_gpu_memory_utilization"] = number(get("vllm_gpu_memory_utilization"),
-                                                        "vllm_gpu_memory_utilization", FIELD, 0.01, 1.0)
-            out["vllm_sleep_mode"] = boolean(get("vllm_enable_sleep_mode"), "vllm_enable_sleep_mode", FIELD)
-            out["vllm_tensor_parallel_size"] = integer(get("vllm_tensor_parallel_size"), "vllm_tensor_parallel_size",
-                                                       FIELD)
+            out["vllm_gpu_memory_utilization"] = settings.number("vllm_gpu_memory_utilization", 0.01, 1.0)
+            out["vllm_sleep_mode"] = flag("vllm_enable_sleep_mode")
+            out["vllm_tensor_parallel_size"] = num("vllm_tensor_parallel_size")
             if peft and engine["engine"] == "deepspeed" and engine.get("zero_stage") == 3:
                 out["gather_for_generation"] = True  # _iter_named_params gathers a PEFT model whole to merge it
         else:
@@ -370,12 +376,11 @@ def _online(recipe: dict[str, Any], get: Callable[[str], Any], out: dict[str, An
     else:
         out["rollout_engine"] = "hf"
         if engine["engine"] == "deepspeed" and engine.get("zero_stage") == 3:
-            out["gather_for_generation"] = boolean(get("ds3_gather_for_generation"), "ds3_gather_for_generation",
-                                                   FIELD)
+            out["gather_for_generation"] = flag("ds3_gather_for_generation")
     # grpo_trainer.py::_get_per_token_logps_and_entropies: the loss forward takes utils.entropy_from_logits (128-row
     # chunks) with grad when the entropy bonus is on (entropy_coef ≠ 0), else under no_grad for the
     # top_entropy_quantile mask
-    if get("entropy_coef") or boolean(get("use_adaptive_entropy"), "use_adaptive_entropy", FIELD):
+    if get("entropy_coef") or flag("use_adaptive_entropy"):
         out["entropy"], out["entropy_kernel"] = "update", "chunked"
     elif get("top_entropy_quantile") != 1.0:
         out["entropy"], out["entropy_kernel"] = "update-no-grad", "chunked"
@@ -383,7 +388,7 @@ def _online(recipe: dict[str, Any], get: Callable[[str], Any], out: dict[str, An
         out["logprob_kernel"] = "log-softmax"  # the entropy reads the logits: outputs.logits, selective_log_softmax
         notes.append("entropies (entropy_coef, top_entropy_quantile) are taken from the logits (grpo_trainer.py "
                      "_get_per_token_logps_and_entropies): every forward estimated with its logits and log-softmax")
-    if boolean(get("cast_lm_head_to_fp32"), "cast_lm_head_to_fp32", FIELD):
+    if flag("cast_lm_head_to_fp32"):
         notes.append("cast_lm_head_to_fp32: the fp32 LM head and its fp32 logits are not counted")
     iterations = integer(recipe.get("num_iterations", 1), "num_iterations", FIELD)
     if out["rollout_engine"] == "hf" and accumulation % (steps * iterations) == 0:
@@ -391,12 +396,12 @@ def _online(recipe: dict[str, Any], get: Callable[[str], Any], out: dict[str, An
                      "optimizer steps, no vLLM)")
 
 
-def _offline(recipe: dict[str, Any], get: Callable[[str], Any], out: dict[str, Any], engine: dict[str, Any],
+def _offline(recipe: dict[str, Any], settings: Settings, out: dict[str, Any], engine: dict[str, Any],
              peft: bool, notes: list[str]) -> None:
     """DPO's and SFT's sequence length, and DPO's reference (the pairs: memplan's DPO counts chosen + rejected)."""
-    out["seq_len"] = integer(get("max_length"), "max_length", FIELD)
-    if boolean(get("padding_free"), "padding_free", FIELD) or boolean(recipe.get("packing", False), "packing",
-                                                                       FIELD):
+    num, flag = settings.num, settings.flag
+    out["seq_len"] = num("max_length")
+    if flag("padding_free") or boolean(recipe.get("packing", False), "packing", FIELD):
         # DataCollatorForLanguageModeling(padding_free=True) flattens a micro batch into one row with position_ids;
         # packing (bfd) fills rows of max_length: either way a micro batch of at most micro × max_length tokens
         if out.get("attention") == "eager":
@@ -406,7 +411,7 @@ def _offline(recipe: dict[str, Any], get: Callable[[str], Any], out: dict[str, A
             out["packing"] = True
     if out["algo"] == "sft":
         return
-    precompute = boolean(get("precompute_ref_log_probs"), "precompute_ref_log_probs", FIELD)
+    precompute = flag("precompute_ref_log_probs")
     if peft:
         out["ref"] = "lora-shared"
     elif precompute and engine["engine"] != "fsdp":  # DPOTrainer keeps no reference then (FSDP excepted)
