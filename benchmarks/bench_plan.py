@@ -26,8 +26,8 @@ HEADLINE = dict(  # the ReMax paper's setup, PPO: does not fit on 8×A100-40GB a
 )
 MAX_BATCH = dict(HEADLINE, gpus="1xA100-80GB", offload="optimizer")  # the ReMax README's max-batch setting
 EXTRA = {  # wider searches: every knob, more roles to place, a vLLM fraction to choose
-    "plan, PPO defaults (ZeRO-0, 8×A100-40GB)": dict(model="meta-llama/Llama-2-7b-hf", algo="ppo",
-                                                      gpus="8xA100-40GB"),
+    "plan, PPO unsharded (ZeRO-0, 8×A100-40GB)": dict(model="meta-llama/Llama-2-7b-hf", algo="ppo",
+                                                       gpus="8xA100-40GB", zero_stage=0),  # the defaults shard now
     "plan, GRPO vLLM 0.9 (8×H100-80GB, batch 8)": dict(model="meta-llama/Llama-2-7b-hf", algo="grpo",
                                                         gpus="8xH100-80GB", rollout_engine="vllm",
                                                         vllm_gpu_memory_utilization=0.9, micro_batch_size=8),
@@ -71,7 +71,7 @@ def main() -> None:
     for name, command, fn, kwargs in searches:
         times, result = timed(fn, EstimateRequest(**kwargs))
         if command == "memplan plan":
-            answer = (f"{result.evaluations} estimates; cheapest: "
+            answer = (f"{result.evaluations} estimates; first (fastest): "
                       + (", ".join(f"{k} {a}→{b}" for k, (a, b) in result.candidates[0].changes.items()) or "as given"))
         elif command.endswith("--max-batch"):
             answer = f"max_micro_batch_size {result.max_micro_batch_size}"
