@@ -46,10 +46,12 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from memplan.errors import MemplanError
+from pydantic import ValidationError
+
+from memplan.errors import InputError, MemplanError
 from memplan.estimator import estimate
 from memplan.harness.records import CudaRecord, MeasuredPoint, records_from_cuda
-from memplan.report import Report
+from memplan.report import PhaseReport, Report
 from memplan.units import GiB
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,13 +131,24 @@ def load_corpus(path: Path | str | None = None) -> list[MeasuredPoint]:
     the ``memplan measure`` CudaRecords under benchmarks/results/cuda/, converted (``records_from_cuda``)."""
     root = Path(path) if path is not None else DEFAULT_CORPUS
     files = sorted(root.glob("*.jsonl")) if root.is_dir() else [root]
-    records = [MeasuredPoint.model_validate_json(line) for f in files
-               for line in f.read_text().splitlines() if line.strip()]
+    records = [_parsed(MeasuredPoint, line, f"{f.name}:{n}") for f in files
+               for n, line in enumerate(f.read_text().splitlines(), 1) if line.strip()]
     if path is None and CUDA_RECORDS.is_dir():
         for f in sorted(CUDA_RECORDS.glob("*.json")):
-            record = CudaRecord.model_validate_json(f.read_text())
+            record = _parsed(CudaRecord, f.read_text(), f.name)
             records += records_from_cuda(record, f"benchmarks/results/cuda/{f.name}")
     return records
+
+
+def _parsed(model: type[MeasuredPoint] | type[CudaRecord], text: str, where: str) -> MeasuredPoint | CudaRecord:
+    """One record, or an InputError naming the file, the line and the record's field that is wrong."""
+    try:
+        return model.model_validate_json(text)
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "(the record)"
+        raise InputError("corpus", f"{where}: {field}: {first['msg']} (a {model.__name__}, "
+                         "memplan/harness/records.py)", field) from None
 
 
 def compare(record: MeasuredPoint, report: Report) -> tuple[int, str]:
@@ -145,15 +158,15 @@ def compare(record: MeasuredPoint, report: Report) -> tuple[int, str]:
         top = next(p for p in report.phases if p.phase == report.peak_phase)
     else:
         top = max(phases, key=lambda p: p.total_bytes)
-    return top.total_bytes - _netted(record, report, top.phase), top.phase
+    return top.total_bytes - _netted(record, report, top), top.phase
 
 
-def _netted(record: MeasuredPoint, report: Report, phase: str) -> int:
+def _netted(record: MeasuredPoint, report: Report, phase: PhaseReport) -> int:
     """What the estimate of ``phase`` holds that the measurement cannot: the fixed bytes for torch's counters, the
     optimizer states before the first optimizer step."""
     out = report.fixed_bytes if record.quantity.startswith("torch_") else 0
     if record.before_first_optimizer_step:
-        out += next(p.breakdown.optstate for p in report.phases if p.phase == phase)
+        out += phase.breakdown.optstate
     return out
 
 

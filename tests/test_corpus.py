@@ -199,3 +199,22 @@ def test_cli_validate() -> None:
     data = json.loads(out.output)
     assert {g["group"] for g in data["groups"]} == {g.group for g in validate(load_corpus(one)).groups}
     assert runner.invoke(app, ["validate", "--corpus", "/no/such/corpus"]).exit_code == 2
+
+
+def test_cli_validate_names_the_bad_record(tmp_path) -> None:
+    """A corpus file that is not records: exit 2, the file, the line and the record's field named, no traceback."""
+    from typer.testing import CliRunner
+
+    from memplan.cli.app import app
+
+    good = (Path(__file__).resolve().parents[1] / "benchmarks" / "corpus" / "agilerl.jsonl").read_text().splitlines()
+    record = json.loads(good[0])
+    del record["quantity"]
+    bad = tmp_path / "mine.jsonl"
+    bad.write_text(good[0] + "\n" + json.dumps(record) + "\n")
+    out = CliRunner().invoke(app, ["validate", "--corpus", str(bad)])
+    assert out.exit_code == 2 and "mine.jsonl:2: quantity: Field required" in out.output
+    assert "Traceback" not in out.output
+    bad.write_text("{not json\n")
+    out = CliRunner().invoke(app, ["validate", "--corpus", str(bad)])
+    assert out.exit_code == 2 and "mine.jsonl:1" in out.output and "Invalid JSON" in out.output
